@@ -3,5 +3,14 @@
 Kernels know tensors and nothing else: no models, no datasets.
 """
 from headwater.kernels.pooling import EmptyMaskError, masked_mean_pool
+from headwater.kernels.similarity import cosine_similarity, cosine_similarity_blocks
+from headwater.kernels.topk import cosine_topk, cosine_topk_reference
 
-__all__ = ["EmptyMaskError", "masked_mean_pool"]
+__all__ = [
+    "EmptyMaskError",
+    "cosine_similarity",
+    "cosine_similarity_blocks",
+    "cosine_topk",
+    "cosine_topk_reference",
+    "masked_mean_pool",
+]

@@ -1,0 +1,115 @@
+"""Backend choice for every kernel op, the compiled extension loader, and logging of both.
+
+Backends, by name:
+
+- ``"triton"``: the Triton kernels; needs CUDA tensors, or ``TRITON_INTERPRET=1`` set before
+  ``headwater.kernels`` is imported (the interpreter, used by the tests on CPU machines).
+- ``"cpp"``: the C++ extension ``headwater._C`` (OpenMP threads) for CPU tensors.
+- ``"torch"``: plain torch operations; runs everywhere and is the fallback.
+- ``"auto"``: ``triton`` for CUDA tensors, else ``cpp`` when the extension loads, else ``torch``.
+
+Each choice is logged once per (op, backend, reason), like faiss's ``loader.py`` logs which build it
+loaded and why the others were not used.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from types import ModuleType
+
+import torch
+
+LOG = logging.getLogger("headwater.kernels")
+
+BACKENDS = ("auto", "triton", "cpp", "torch")
+
+_logged: set[tuple[str, str, str]] = set()
+_extension: ModuleType | None = None
+_extension_error: str | None = None
+_extension_tried = False
+
+
+def log_once(op: str, backend: str, reason: str) -> None:
+    """Log the backend used for ``op`` the first time this (op, backend, reason) occurs."""
+    key = (op, backend, reason)
+    if key not in _logged:
+        _logged.add(key)
+        LOG.info("%s: using the %s backend (%s)", op, backend, reason)
+
+
+def load_extension() -> ModuleType | None:
+    """``headwater._C`` or None; the import error is remembered and logged once as a warning."""
+    global _extension, _extension_error, _extension_tried
+    if not _extension_tried:
+        _extension_tried = True
+        try:
+            _extension = importlib.import_module("headwater._C")
+        except ImportError as error:  # not built: fall back to torch, say why
+            _extension_error = (
+                f"headwater._C is not available ({error}); build it with "
+                "`pip install --no-build-isolation -e .`"
+            )
+            LOG.warning("%s; CPU kernels fall back to torch", _extension_error)
+    return _extension
+
+
+def extension_error() -> str | None:
+    """Why ``headwater._C`` could not be imported, or None when it loaded."""
+    load_extension()
+    return _extension_error
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """None when Triton kernels can run on tensors of ``device``, else why not."""
+    try:
+        importlib.import_module("triton")
+    except ImportError as error:
+        return f"triton is not installed ({error})"
+    if device.type == "cuda":
+        return None
+    if triton_interpreter_enabled():
+        return None
+    return (
+        f"tensors are on {device.type}, and Triton runs on CUDA devices only (or under "
+        "TRITON_INTERPRET=1, set before headwater.kernels is imported)"
+    )
+
+
+def resolve_backend(op: str, requested: str, device: torch.device) -> str:
+    """The concrete backend for ``op`` on ``device``: ``"triton"``, ``"cpp"`` or ``"torch"``.
+
+    Raises:
+        ValueError: ``requested`` is not one of :data:`BACKENDS`.
+        RuntimeError: a backend was requested by name and cannot run here (with the reason).
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
+    if requested == "auto":
+        if device.type == "cuda":
+            reason = triton_unavailable_reason(device)
+            if reason is None:
+                log_once(op, "triton", "CUDA tensors")
+                return "triton"
+            log_once(op, "torch", reason)
+            return "torch"
+        if device.type == "cpu" and load_extension() is not None:
+            log_once(op, "cpp", "CPU tensors, headwater._C loaded")
+            return "cpp"
+        log_once(op, "torch", extension_error() or f"tensors on {device.type}")
+        return "torch"
+    if requested == "triton":
+        reason = triton_unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"{op}: backend='triton' cannot run: {reason}")
+    elif requested == "cpp":
+        if device.type != "cpu":
+            raise RuntimeError(f"{op}: backend='cpp' needs CPU tensors, got {device.type}")
+        if load_extension() is None:
+            raise RuntimeError(f"{op}: backend='cpp' cannot run: {extension_error()}")
+    log_once(op, requested, "requested by name")
+    return requested

@@ -1,0 +1,233 @@
+"""Exact cosine top-k of query rows against a stream of key rows, never materialising [Q, N].
+
+Names (faiss's): ``xq`` queries [Q, d], ``xb`` keys [N, d] (any key source of
+:mod:`headwater.kernels.similarity`: tensor, numpy array/memmap, or iterable of
+``(block, global_offset)``), ``k`` results per query, ``D`` scores [Q, k] float32, ``I`` global
+key indices [Q, k] int64.
+
+Contract (every backend):
+
+- ``D[i]`` is sorted descending; equal scores are ordered by lower index, and when equal scores
+  straddle the k-th place the lower indices are kept. "Equal" means equal *as computed* in float32:
+  two keys whose true cosines differ by less than the float32 rounding of a dot product (about
+  1e-6 relative) may come out in either order, which is the documented tolerance of the exactness
+  tests against float64.
+- Rows are normalised inside (see :mod:`headwater.kernels.similarity`); a zero query or key row
+  scores 0 against everything, never NaN.
+- When fewer than ``k`` keys exist, the missing slots at the end of each row hold score ``-inf``
+  and index ``-1`` (faiss's convention for missing results); the output is always [Q, k].
+- Memory is O(Q·k) for the running result plus one work tile (O(tile_rows · (d + min(Q, 2048)))),
+  whatever N is.
+
+This module holds the torch reference (:func:`cosine_topk_reference`, the oracle: full matrix plus
+a stable sort), the tiled torch backend, the tiled C++ backend (BLAS tile from torch, selection and
+merge in ``headwater._C`` with OpenMP) and the dispatcher :func:`cosine_topk`. The Triton kernel
+lives in :mod:`headwater.kernels.topk_triton` so that importing this module never needs triton.
+
+The tiled search has the shape of faiss ``contrib.exhaustive_search.knn_ground_truth``: stream key
+tiles, merge each tile's candidates into a running top-k, offset local indices to global ones,
+sort once at the end.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from headwater.kernels import _dispatch
+from headwater.kernels.similarity import (
+    DEFAULT_QUERY_CHUNK,
+    KeySource,
+    as_query_matrix,
+    cosine_similarity,
+    inverse_row_norms,
+    iter_key_blocks,
+    normalize_rows,
+    tile_rows_for,
+)
+
+MISSING_SCORE = float("-inf")
+MISSING_INDEX = -1
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative int, got {k!r}")
+    return k
+
+
+def _empty_result(q: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = torch.full((q, k), MISSING_SCORE, dtype=torch.float32, device=device)
+    indices = torch.full((q, k), MISSING_INDEX, dtype=torch.int64, device=device)
+    return scores, indices
+
+
+def _sort_by_score_then_index(
+    scores: torch.Tensor, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows reordered by (score descending, index ascending); missing slots (-inf, -1) go last.
+
+    Two passes: sort by index, then a *stable* sort by score keeps equal scores in index order.
+    """
+    by_index = torch.where(indices < 0, torch.iinfo(torch.int64).max, indices)
+    by_index, order = torch.sort(by_index, dim=1)
+    scores = scores.gather(1, order)
+    scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    indices = by_index.gather(1, order)
+    indices = torch.where(indices == torch.iinfo(torch.int64).max, MISSING_INDEX, indices)
+    return scores, indices
+
+
+# ----------------------------------------------------------------------------------------------
+# torch reference: the oracle
+# ----------------------------------------------------------------------------------------------
+
+
+def cosine_topk_reference(
+    queries: Any, keys: KeySource, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute force: the full cosine matrix [Q, N] float32, then a stable descending sort per row.
+
+    Same contract as :func:`cosine_topk`, but memory O(Q·N). ``keys`` may be any key source.
+    """
+    k = _check_k(k)
+    xq = as_query_matrix(queries)
+    blocks = list(iter_key_blocks(keys, xq.shape[1], 1 << 62))  # a generator can be read once
+    s = cosine_similarity(xq, blocks, max_bytes=1 << 62)  # [Q, N]; the reference may be big
+    covered = torch.zeros(s.shape[1], dtype=torch.bool, device=s.device)
+    for tile, offset in blocks:
+        covered[offset : offset + tile.shape[0]] = True
+    s = torch.where(covered[None, :], s, MISSING_SCORE)  # rows no block covers are not results
+    scores, order = torch.sort(s, dim=1, descending=True, stable=True)
+    scores, indices = scores[:, :k], order[:, :k]
+    indices = torch.where(torch.isneginf(scores), MISSING_INDEX, indices)
+    out_s, out_i = _empty_result(xq.shape[0], k, xq.device)
+    out_s[:, : scores.shape[1]] = scores
+    out_i[:, : indices.shape[1]] = indices
+    return out_s, out_i
+
+
+# ----------------------------------------------------------------------------------------------
+# tiled torch backend
+# ----------------------------------------------------------------------------------------------
+
+
+def _tile_topk_torch(
+    scores: torch.Tensor, offset: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``min(k, n)`` of a score tile [q, n] per row, ordered by (score desc, index asc).
+
+    torch.topk picks an arbitrary member among equal scores at the k-th place; rows where more
+    than k scores reach the k-th value are redone with a stable sort so the lower indices win.
+    """
+    kk = min(k, scores.shape[1])
+    values, local = torch.topk(scores, kk, dim=1, largest=True, sorted=True)
+    kth = values[:, -1:]
+    tied = ((scores >= kth).sum(dim=1) > kk).nonzero().flatten()
+    if tied.numel():
+        stable_values, stable_local = torch.sort(scores[tied], dim=1, descending=True, stable=True)
+        values[tied] = stable_values[:, :kk]
+        local[tied] = stable_local[:, :kk]
+    return _sort_by_score_then_index(values, local + offset)
+
+
+def _merge_torch(
+    run_s: torch.Tensor, run_i: torch.Tensor, new_s: torch.Tensor, new_i: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    scores, indices = _sort_by_score_then_index(
+        torch.cat([run_s, new_s], dim=1), torch.cat([run_i, new_i], dim=1)
+    )
+    return scores[:, :k].contiguous(), indices[:, :k].contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# dispatcher
+# ----------------------------------------------------------------------------------------------
+
+
+def cosine_topk(
+    queries: Any,
+    keys: KeySource,
+    k: int,
+    *,
+    backend: str = "auto",
+    tile_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` keys by cosine similarity for every query row.
+
+    Args:
+        queries: [Q, d] tensor or numpy array, fp32/fp16/bf16/fp64. Results live on its device.
+        keys: [N, d] tensor, numpy array or memmap, or an iterable of ``(block [n_b, d],
+            global_offset)`` pairs (streamed; never held whole).
+        k: results per query; may exceed N (missing slots: score -inf, index -1).
+        backend: ``"auto"`` (Triton on CUDA, else C++ if built, else torch), ``"triton"``,
+            ``"cpp"`` or ``"torch"``; see :mod:`headwater.kernels._dispatch`.
+        tile_rows: key rows per work tile (default: derived from Q and d, about 8 MiB a tile).
+
+    Returns:
+        ``(D, I)``: scores [Q, k] float32 sorted descending (ties: lower index first) and global
+        key indices [Q, k] int64.
+    """
+    k = _check_k(k)
+    xq = as_query_matrix(queries)
+    q, d = xq.shape
+    chosen = _dispatch.resolve_backend("cosine_topk", backend, xq.device)
+    tile_rows = tile_rows or tile_rows_for(d, q)
+    if k == 0 or q == 0:
+        # Still walk the key source so that malformed input is reported the same way.
+        for _ in iter_key_blocks(keys, d, tile_rows):
+            pass
+        return _empty_result(q, k, xq.device)
+    if chosen == "triton":
+        from headwater.kernels import topk_triton  # imports triton only when used
+
+        return topk_triton.cosine_topk_triton(xq, keys, k, tile_rows=tile_rows)
+    if chosen == "cpp":
+        return _cosine_topk_cpp(xq, keys, k, tile_rows)
+    return _cosine_topk_torch(xq, keys, k, tile_rows)
+
+
+def _query_chunks(q: int) -> list[tuple[int, int]]:
+    return [(start, min(q, start + DEFAULT_QUERY_CHUNK)) for start in range(0, q, DEFAULT_QUERY_CHUNK)]
+
+
+def _cosine_topk_torch(
+    xq: torch.Tensor, keys: KeySource, k: int, tile_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    q, d = xq.shape
+    xq_hat = normalize_rows(xq, "queries")
+    run_s, run_i = _empty_result(q, k, xq.device)
+    chunks = _query_chunks(q)
+    for tile, offset in iter_key_blocks(keys, d, tile_rows):
+        tile32 = tile.to(xq.device, non_blocking=True).to(torch.float32)
+        inv = inverse_row_norms(tile32, "keys", offset)
+        for start, stop in chunks:
+            scores = (xq_hat[start:stop] @ tile32.T) * inv[None, :]  # [q_chunk, n]
+            new_s, new_i = _tile_topk_torch(scores, offset, k)
+            run_s[start:stop], run_i[start:stop] = _merge_torch(
+                run_s[start:stop], run_i[start:stop], new_s, new_i, k
+            )
+    return run_s, run_i
+
+
+def _cosine_topk_cpp(
+    xq: torch.Tensor, keys: KeySource, k: int, tile_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BLAS tile from torch; selection, merge and final sort in ``headwater._C`` (OpenMP).
+
+    The running result is kept as one binary heap per row (root = the worst kept result), so a
+    tile element costs one comparison against the root unless it enters the top-k.
+    """
+    ext = _dispatch.load_extension()
+    q, d = xq.shape
+    xq_hat = normalize_rows(xq, "queries")
+    heap_s, heap_i = _empty_result(q, k, xq.device)
+    chunks = _query_chunks(q)
+    for tile, offset in iter_key_blocks(keys, d, tile_rows):
+        tile32 = tile.to(torch.float32).contiguous()
+        inv = inverse_row_norms(tile32, "keys", offset)
+        for start, stop in chunks:
+            raw = xq_hat[start:stop] @ tile32.T  # [q_chunk, n]; scaled by inv inside the scan
+            ext.topk_merge_tile(raw, inv, offset, heap_s[start:stop], heap_i[start:stop])
+    ext.topk_sort_rows(heap_s, heap_i)
+    return heap_s, heap_i
