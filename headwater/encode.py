@@ -64,7 +64,7 @@ def encode_dataset(
         "dataset_fingerprint": dataset.fingerprint,
         "n_pairs_in_dataset": len(pairs),
         "n_truncated": dp.n_truncated,
-        "skipped_rows": [{"row": row, "reason": reason} for row, reason in dataset.skipped],
+        "skipped_rows": [s._asdict() for s in dataset.skipped],
         "skipped_pairs": [{"pair_id": pid, "reason": reason} for pid, reason in dp.skipped],
     }
     write_store(out_dir, dp.pair_ids, dp.vectors, manifest)
