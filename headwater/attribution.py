@@ -14,38 +14,30 @@ from typing import Sequence
 import numpy as np
 import torch
 
-SCORE_CHUNK_ROWS = 65536  # datapoint rows per matmul: bounds the [chunk, S] score block in memory
-
-
-def _normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """Unit rows in float32; zero rows stay zero (their cosine is 0, never NaN)."""
-    x = x.to(torch.float32)
-    norms = x.norm(dim=-1, keepdim=True)
-    return torch.where(norms > 0, x / norms.clamp_min(torch.finfo(torch.float32).tiny), x)
+from headwater.kernels import cosine_similarity_blocks
 
 
 def cosine_scores(datapoints: torch.Tensor, behaviors: torch.Tensor) -> torch.Tensor:
     """Score of each datapoint: its best cosine over the behaviour vectors.
 
     Args:
-        datapoints: [N, d] datapoint vectors (any float dtype).
+        datapoints: [N, d] datapoint vectors (any float dtype, a tensor or a numpy memmap).
         behaviors: [d] one vector, or [S, d] a bank.
 
     Returns:
-        [N] float32 scores in [-1, 1].
+        [N] float32 scores in [-1, 1]; a zero vector scores 0. The [S, N] similarity matrix is
+        computed one tile of datapoints at a time and reduced to its column maximum right away.
     """
     if behaviors.dim() == 1:
         behaviors = behaviors[None]
-    if datapoints.dim() != 2 or behaviors.dim() != 2 or datapoints.shape[1] != behaviors.shape[1]:
+    if datapoints.ndim != 2 or behaviors.dim() != 2 or datapoints.shape[1] != behaviors.shape[1]:
         raise ValueError(
             f"datapoints must be [N, d] and behaviors [d] or [S, d] with the same d, got "
             f"{tuple(datapoints.shape)} and {tuple(behaviors.shape)}"
         )
-    bank = _normalize_rows(behaviors)  # [S, d]
     scores = torch.empty(datapoints.shape[0], dtype=torch.float32)
-    for start in range(0, datapoints.shape[0], SCORE_CHUNK_ROWS):
-        block = _normalize_rows(datapoints[start : start + SCORE_CHUNK_ROWS])  # [n, d]
-        scores[start : start + block.shape[0]] = (block @ bank.T).amax(dim=1)  # [n, S] -> [n]
+    for block, offset in cosine_similarity_blocks(behaviors.to(torch.float32), datapoints):  # [S, n]
+        scores[offset : offset + block.shape[1]] = block.amax(dim=0).cpu()
     return scores
 
 
