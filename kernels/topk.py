@@ -228,6 +228,9 @@ def _cosine_topk_cpp(
         inv = inverse_row_norms(tile32, "keys", offset)
         for start, stop in chunks:
             raw = xq_hat[start:stop] @ tile32.T  # [q_chunk, n]; scaled by inv inside the scan
-            ext.topk_merge_tile(raw, inv, offset, heap_s[start:stop], heap_i[start:stop])
-    ext.topk_sort_rows(heap_s, heap_i)
+            # numpy views share memory with the tensors: the heaps are updated in place
+            ext.topk_merge_tile(
+                raw.numpy(), inv.numpy(), offset, heap_s[start:stop].numpy(), heap_i[start:stop].numpy()
+            )
+    ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())
     return heap_s, heap_i

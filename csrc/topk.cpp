@@ -1,0 +1,168 @@
+// Running top-k selection for exact cosine search on the CPU, bound with pybind11 as headwater._C.
+//
+// The Python side (headwater/kernels/topk.py) computes each score tile with BLAS (torch matmul of
+// the normalised queries against a raw key tile); this file scans the tile, scales every column by
+// its key's inverse norm on the fly (so keys are never normalised as a separate pass), and merges
+// the candidates into one binary heap per query row. The root of a heap is the worst result kept,
+// so an element that does not enter the top-k costs one comparison. Rows run in parallel (OpenMP).
+//
+// Order: a result ranks above another when its score is higher, or the scores are equal and its
+// index is lower. An empty slot holds (-inf, -1) and ranks below everything.
+//
+// Arrays arrive as numpy views of torch tensors (no copy); the heap arrays are updated in place.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+// Empty slots carry index -1; for ordering they count as the largest index.
+inline uint64_t index_key(int64_t index) {
+  return index < 0 ? std::numeric_limits<uint64_t>::max() : static_cast<uint64_t>(index);
+}
+
+// True when (s_a, i_a) ranks strictly below (s_b, i_b).
+inline bool ranks_below(float s_a, int64_t i_a, float s_b, int64_t i_b) {
+  return s_a < s_b || (s_a == s_b && index_key(i_a) > index_key(i_b));
+}
+
+// Replace the root (the worst kept result) of a heap of size k by (s, i) and restore the heap.
+inline void replace_root(float* hs, int64_t* hi, int64_t k, float s, int64_t i) {
+  int64_t pos = 0;
+  while (true) {
+    int64_t child = 2 * pos + 1;
+    if (child >= k) break;
+    if (child + 1 < k && ranks_below(hs[child + 1], hi[child + 1], hs[child], hi[child])) ++child;
+    if (!ranks_below(hs[child], hi[child], s, i)) break;  // the new entry is the worst: stop
+    hs[pos] = hs[child];
+    hi[pos] = hi[child];
+    pos = child;
+  }
+  hs[pos] = s;
+  hi[pos] = i;
+}
+
+// Merge one row of scores into its heap. Blocks of 16 are first reduced to their maximum, a loop
+// the compiler vectorises; only a block that can hold a candidate is scanned element by element.
+inline void merge_row(const float* raw, const float* inv, int64_t n, int64_t offset, float* hs,
+                      int64_t* hi, int64_t k) {
+  constexpr int64_t kBlock = 16;
+  float scaled[kBlock];
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    float block_max = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < len; ++j) {
+      scaled[j] = raw[start + j] * inv[start + j];
+      block_max = std::max(block_max, scaled[j]);
+    }
+    if (block_max < hs[0]) continue;  // equal to the root may still win on a lower index
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t index = offset + start + j;
+      if (ranks_below(hs[0], hi[0], scaled[j], index)) replace_root(hs, hi, k, scaled[j], index);
+    }
+  }
+}
+
+std::string describe(const py::array& a) {
+  std::ostringstream out;
+  out << "dtype " << std::string(py::str(a.dtype())) << ", shape (";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) out << (d ? ", " : "") << a.shape(d);
+  out << (a.ndim() == 1 ? ",)" : ")");
+  out << ((a.flags() & py::array::c_style) ? "" : ", not C-contiguous");
+  return out.str();
+}
+
+// Boundary check: dtype, rank and C layout of one argument, with a message naming it.
+template <typename T>
+void check_array(const char* fn, const char* name, const py::array& a, py::ssize_t ndim,
+                 bool writeable) {
+  const bool ok = a.dtype().is(py::dtype::of<T>()) && a.ndim() == ndim &&
+                  (a.flags() & py::array::c_style) && (!writeable || a.writeable());
+  if (!ok) {
+    std::ostringstream out;
+    out << fn << ": " << name << " must be a C-contiguous " << (writeable ? "writeable " : "")
+        << std::string(py::str(py::dtype::of<T>())) << " array with " << ndim
+        << " dimension(s), got " << describe(a);
+    throw py::value_error(out.str());
+  }
+}
+
+void check_heaps(const char* fn, const py::array& heap_scores, const py::array& heap_indices) {
+  check_array<float>(fn, "heap_scores", heap_scores, 2, true);
+  check_array<int64_t>(fn, "heap_indices", heap_indices, 2, true);
+  if (heap_scores.shape(0) != heap_indices.shape(0) || heap_scores.shape(1) != heap_indices.shape(1)) {
+    throw py::value_error(std::string(fn) + ": heap_scores and heap_indices must have the same shape, got " +
+                          describe(heap_scores) + " and " + describe(heap_indices));
+  }
+}
+
+void topk_merge_tile(const py::array& scores, const py::array& inv_norms, int64_t offset,
+                     py::array& heap_scores, py::array& heap_indices) {
+  const char* fn = "topk_merge_tile";
+  check_array<float>(fn, "scores", scores, 2, false);
+  check_array<float>(fn, "inv_norms", inv_norms, 1, false);
+  check_heaps(fn, heap_scores, heap_indices);
+  const int64_t q = scores.shape(0), n = scores.shape(1), k = heap_scores.shape(1);
+  if (inv_norms.shape(0) != n) {
+    throw py::value_error(std::string(fn) + ": inv_norms must have one entry per score column (" +
+                          std::to_string(n) + "), got " + std::to_string(inv_norms.shape(0)));
+  }
+  if (heap_scores.shape(0) != q) {
+    throw py::value_error(std::string(fn) + ": heap rows (" + std::to_string(heap_scores.shape(0)) +
+                          ") must equal score rows (" + std::to_string(q) + ")");
+  }
+  if (offset < 0) throw py::value_error(std::string(fn) + ": offset must be >= 0, got " + std::to_string(offset));
+  if (k == 0 || n == 0 || q == 0) return;
+  const float* raw = static_cast<const float*>(scores.data());
+  const float* inv = static_cast<const float*>(inv_norms.data());
+  float* hs = static_cast<float*>(heap_scores.mutable_data());
+  int64_t* hi = static_cast<int64_t*>(heap_indices.mutable_data());
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) if (q * n > 65536)
+  for (int64_t row = 0; row < q; ++row) {
+    merge_row(raw + row * n, inv, n, offset, hs + row * k, hi + row * k, k);
+  }
+}
+
+void topk_sort_rows(py::array& heap_scores, py::array& heap_indices) {
+  check_heaps("topk_sort_rows", heap_scores, heap_indices);
+  const int64_t q = heap_scores.shape(0), k = heap_scores.shape(1);
+  float* hs = static_cast<float*>(heap_scores.mutable_data());
+  int64_t* hi = static_cast<int64_t*>(heap_indices.mutable_data());
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) if (q * k > 4096)
+  for (int64_t row = 0; row < q; ++row) {
+    std::vector<std::pair<float, int64_t>> entries(k);
+    for (int64_t j = 0; j < k; ++j) entries[j] = {hs[row * k + j], hi[row * k + j]};
+    std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+      return ranks_below(b.first, b.second, a.first, a.second);
+    });
+    for (int64_t j = 0; j < k; ++j) {
+      hs[row * k + j] = entries[j].first;
+      hi[row * k + j] = entries[j].second;
+    }
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "headwater CPU kernels (OpenMP): running top-k selection for exact cosine search.";
+  m.def("topk_merge_tile", &topk_merge_tile, py::arg("scores"), py::arg("inv_norms"),
+        py::arg("offset"), py::arg("heap_scores"), py::arg("heap_indices"),
+        "Merge scores[q, n] * inv_norms[n] (global indices offset + column) into per-row heaps "
+        "heap_scores/heap_indices [q, k], in place.");
+  m.def("topk_sort_rows", &topk_sort_rows, py::arg("heap_scores"), py::arg("heap_indices"),
+        "Sort each heap row by (score descending, index ascending), in place; (-inf, -1) last.");
+}
