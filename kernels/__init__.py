@@ -1,8 +1,9 @@
 """headwater.kernels: tensor operations with a torch reference and faster backends.
 
-Kernels know tensors and nothing else: no models, no datasets.
+Kernels know tensors and nothing else: no models, no datasets. Each public function takes a
+``backend`` argument (``"auto"``, ``"triton"``, ``"cpp"``, ``"torch"``; see ``_dispatch``).
 """
-from headwater.kernels.pooling import EmptyMaskError, masked_mean_pool
+from headwater.kernels.pooling import EmptyMaskError, masked_mean_pool, masked_mean_pool_diff
 from headwater.kernels.similarity import cosine_similarity, cosine_similarity_blocks
 from headwater.kernels.topk import cosine_topk, cosine_topk_reference
 
@@ -13,4 +14,5 @@ __all__ = [
     "cosine_topk",
     "cosine_topk_reference",
     "masked_mean_pool",
+    "masked_mean_pool_diff",
 ]

@@ -80,15 +80,22 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     )
 
 
-def resolve_backend(op: str, requested: str, device: torch.device) -> str:
+def resolve_backend(
+    op: str,
+    requested: str,
+    device: torch.device,
+    available: tuple[str, ...] = ("triton", "cpp", "torch"),
+) -> str:
     """The concrete backend for ``op`` on ``device``: ``"triton"``, ``"cpp"`` or ``"torch"``.
 
+    ``available`` lists the backends ``op`` implements.
+
     Raises:
-        ValueError: ``requested`` is not one of :data:`BACKENDS`.
+        ValueError: ``requested`` is not ``"auto"`` or one of ``available``.
         RuntimeError: a backend was requested by name and cannot run here (with the reason).
     """
-    if requested not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
+    if requested != "auto" and requested not in available:
+        raise ValueError(f"{op}: backend must be one of {('auto', *available)}, got {requested!r}")
     if requested == "auto":
         if device.type == "cuda":
             reason = triton_unavailable_reason(device)
@@ -96,6 +103,9 @@ def resolve_backend(op: str, requested: str, device: torch.device) -> str:
                 log_once(op, "triton", "CUDA tensors")
                 return "triton"
             log_once(op, "torch", reason)
+            return "torch"
+        if "cpp" not in available:
+            log_once(op, "torch", f"tensors on {device.type}; no C++ kernel for this op")
             return "torch"
         if device.type == "cpu" and load_extension() is not None:
             log_once(op, "cpp", "CPU tensors, headwater._C loaded")
