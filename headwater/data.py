@@ -519,7 +519,8 @@ def _read_parquet(path: Path) -> _RawRows:
         raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
     rows: list[tuple[int, dict[str, Any] | _RowProblem]] = []
     for batch in parquet.iter_batches(batch_size=4096):
-        rows.extend((len(rows) + i + 1, row) for i, row in enumerate(batch.to_pylist()))
+        start = len(rows) + 1
+        rows.extend(enumerate(batch.to_pylist(), start=start))
     return _RawRows(str(path), "row", rows, set(parquet.schema_arrow.names))
 
 
