@@ -45,6 +45,7 @@ def _data(q: int, n: int, d: int, dtype=torch.float32, seed: int = 0):
         (4, 5, 8, 9, None),  # k > N: missing slots
         (3, 50, 16, 50, 16),  # k == N
         (9, 129, 65, 1, 128),  # k = 1, one-row last tile
+        (20, 150, 24, 7, None),  # more queries than one Triton query block
     ],
 )
 def test_matches_reference_and_float64(backend, q, n, d, k, tile_rows):
@@ -201,3 +202,25 @@ def test_property_streamed_equals_float64(problem, backend):
     # with small-integer inputs the float32 scores of equal cosines are bitwise equal only up to
     # rounding, so compare with the oracle's tie tolerance rather than exactly
     torch.testing.assert_close(D, D_ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_k_beyond_triton_limit(backend):
+    xq, xb = _data(2, 300, 8, seed=4)
+    D, I = cosine_topk(xq, xb, 140, backend=backend, tile_rows=128)
+    check_topk(D, I, xq, xb, 140)
+
+
+_no_triton = _dispatch.triton_unavailable_reason(torch.device("cpu"))
+
+
+@pytest.mark.skipif(_no_triton is not None, reason=str(_no_triton))
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=_problems())
+def test_property_triton_equals_float64(problem):
+    xq, xb, k, tile_rows, cuts = problem
+    bounds = [0, *cuts, xb.shape[0]]
+    blocks = [(xb[a:b], a) for a, b in zip(bounds[:-1], bounds[1:])]
+    # few, larger tiles: the interpreter pays per launch
+    D, I = cosine_topk(xq, blocks, k, backend="triton", tile_rows=max(tile_rows, 16))
+    check_topk(D, I, xq, xb, k)
