@@ -665,6 +665,13 @@ def load_preferences(
     raw = _read_source(source, split, source_name)
     if not raw.rows:
         raise ValueError(f"{raw.name} is empty: no preference rows")
+    if raw.columns is not None:
+        for source_column, canonical in renames.items():
+            if source_column in raw.columns and canonical in raw.columns and canonical not in renames:
+                raise ValueError(
+                    f"{raw.name} has both {source_column!r} and {canonical!r}: columns={{{canonical!r}: "
+                    f"{source_column!r}}} would make two {canonical!r} columns"
+                )
     present = None if raw.columns is None else {renames.get(c, c) for c in raw.columns}
     if present is not None:
         for required in ("chosen", "rejected"):

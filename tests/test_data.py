@@ -460,6 +460,11 @@ def test_column_mapping():
     ds = load_preferences(rows, columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
     assert (ds[0].prompt, ds[0].chosen, ds[0].rejected) == ("p", "a", "b")
     assert ds.ids == [pair_id("p", "a", "b")]
+    with pytest.raises(ValueError, match="has both 'good' and 'chosen'"):
+        load_preferences([{"prompt": "p", "chosen": "a", "good": "c", "rejected": "b"}], columns={"chosen": "good"})
+    # Swapping two columns by name is fine: both are renamed.
+    ds = load_preferences([{"prompt": "p", "chosen": "a", "rejected": "b"}], columns={"chosen": "rejected", "rejected": "chosen"})
+    assert (ds[0].chosen, ds[0].rejected) == ("b", "a")
 
 
 # ---------------------------------------------------------------------------------------------
