@@ -155,6 +155,61 @@ void topk_sort_rows(py::array& heap_scores, py::array& heap_indices) {
   }
 }
 
+// Sum over c < d of a[c] * b[c] in float32 with 16 independent partial sums: the compiler turns
+// the lane loop into SIMD code, and the independent chains hide the latency of the additions.
+inline float dot16(const float* a, const float* b, int64_t d) {
+  float lanes[16] = {0};
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    for (int l = 0; l < 16; ++l) lanes[l] += a[c + l] * b[c + l];
+  }
+  float total = 0;
+  for (; c < d; ++c) total += a[c] * b[c];
+  for (int l = 0; l < 16; ++l) total += lanes[l];
+  return total;
+}
+
+// For a few queries, BLAS has nothing to reuse and the search is bound by memory bandwidth: one
+// pass over each key row computes its dot products with every query and its inverse norm (so the
+// keys are read once, not once for the norms and once for the matmul). Returns the first row whose
+// norm is not finite (inf/NaN in the row, or overflow), or -1.
+int64_t cosine_scores_few_queries(const py::array& queries, const py::array& keys,
+                                  py::array& raw_out, py::array& inv_norms_out) {
+  const char* fn = "cosine_scores_few_queries";
+  check_array<float>(fn, "queries", queries, 2, false);
+  check_array<float>(fn, "keys", keys, 2, false);
+  check_array<float>(fn, "raw_out", raw_out, 2, true);
+  check_array<float>(fn, "inv_norms_out", inv_norms_out, 1, true);
+  const int64_t q = queries.shape(0), d = queries.shape(1), n = keys.shape(0);
+  if (keys.shape(1) != d) {
+    throw py::value_error(std::string(fn) + ": keys must have d=" + std::to_string(d) +
+                          " columns like queries, got " + describe(keys));
+  }
+  if (raw_out.shape(0) != q || raw_out.shape(1) != n) {
+    throw py::value_error(std::string(fn) + ": raw_out must be [" + std::to_string(q) + ", " +
+                          std::to_string(n) + "], got " + describe(raw_out));
+  }
+  if (inv_norms_out.shape(0) != n) {
+    throw py::value_error(std::string(fn) + ": inv_norms_out must be [" + std::to_string(n) +
+                          "], got " + describe(inv_norms_out));
+  }
+  const float* xq = static_cast<const float*>(queries.data());
+  const float* xb = static_cast<const float*>(keys.data());
+  float* raw = static_cast<float*>(raw_out.mutable_data());
+  float* inv = static_cast<float*>(inv_norms_out.mutable_data());
+  int64_t first_bad = n;
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) reduction(min : first_bad) if (n * d > 65536)
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = xb + j * d;
+    const float norm = std::sqrt(dot16(row, row, d));
+    if (!std::isfinite(norm)) first_bad = std::min(first_bad, j);
+    inv[j] = norm > 0 ? 1.0f / norm : 0.0f;
+    for (int64_t r = 0; r < q; ++r) raw[r * n + j] = dot16(xq + r * d, row, d);
+  }
+  return first_bad == n ? -1 : first_bad;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -165,4 +220,8 @@ PYBIND11_MODULE(_C, m) {
         "heap_scores/heap_indices [q, k], in place.");
   m.def("topk_sort_rows", &topk_sort_rows, py::arg("heap_scores"), py::arg("heap_indices"),
         "Sort each heap row by (score descending, index ascending), in place; (-inf, -1) last.");
+  m.def("cosine_scores_few_queries", &cosine_scores_few_queries, py::arg("queries"),
+        py::arg("keys"), py::arg("raw_out"), py::arg("inv_norms_out"),
+        "raw_out[q, n] = queries[q, d] . keys[n, d]^T and inv_norms_out[n] = 1/|keys[j]| (0 for a "
+        "zero row) in one pass over the keys (float32); returns the first non-finite row or -1.");
 }

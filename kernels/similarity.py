@@ -28,9 +28,9 @@ import torch
 KeySource = Union[torch.Tensor, np.ndarray, Iterable[tuple[Any, int]]]
 
 # Default work tile: a key tile (n x d) and a score tile (q x n) in float32 are each kept near
-# this size, small enough to stay in the 32 MiB L3 of the bench machine while the score tile is
-# scanned right after the matmul that wrote it, large enough for BLAS to run at full speed.
-DEFAULT_TILE_BYTES = 8 << 20
+# this size: large enough for BLAS to run at full speed and for per-tile overheads to vanish,
+# small next to the data (bench/RESULTS.md has the sweep that chose it).
+DEFAULT_TILE_BYTES = 32 << 20
 # Queries are processed in chunks of at most this many rows per key tile, bounding the score tile.
 DEFAULT_QUERY_CHUNK = 2048
 
@@ -69,7 +69,11 @@ def inverse_row_norms(x: torch.Tensor, name: str = "keys", offset: int = 0) -> t
     Raises:
         ValueError: a row norm is not finite (inf/NaN in the row, or overflow), naming the row.
     """
-    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
+    return inverse_norms(torch.linalg.vector_norm(x, dim=1, dtype=torch.float32), name, offset)
+
+
+def inverse_norms(norms: torch.Tensor, name: str = "keys", offset: int = 0) -> torch.Tensor:
+    """1 / ``norms`` as float32, 0 where a norm is 0; raises ValueError naming non-finite rows."""
     finite = torch.isfinite(norms)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten()[:5].tolist()

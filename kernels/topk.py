@@ -40,6 +40,7 @@ from headwater.kernels.similarity import (
     KeySource,
     as_query_matrix,
     cosine_similarity,
+    inverse_norms,
     inverse_row_norms,
     iter_key_blocks,
     normalize_rows,
@@ -47,6 +48,9 @@ from headwater.kernels.similarity import (
 )
 
 MISSING_SCORE = float("-inf")
+# Up to this many queries the C++ backend computes scores and key norms itself in one pass over
+# the keys (bandwidth bound); above it, BLAS (torch matmul) computes the score tile.
+FEW_QUERIES = 8
 MISSING_INDEX = -1
 
 
@@ -213,22 +217,37 @@ def _cosine_topk_torch(
 def _cosine_topk_cpp(
     xq: torch.Tensor, keys: KeySource, k: int, tile_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BLAS tile from torch; selection, merge and final sort in ``headwater._C`` (OpenMP).
+    """Score tiles from BLAS (or, for a few queries, from one fused C++ pass); selection, merge
+    and the final sort in ``headwater._C`` (OpenMP).
 
     The running result is kept as one binary heap per row (root = the worst kept result), so a
-    tile element costs one comparison against the root unless it enters the top-k.
+    tile element costs one comparison against the root unless it enters the top-k. Arrays reach
+    C++ as numpy views of the tensors (shared memory), and the heaps are updated in place.
     """
     ext = _dispatch.load_extension()
     q, d = xq.shape
     xq_hat = normalize_rows(xq, "queries")
     heap_s, heap_i = _empty_result(q, k, xq.device)
+    few = q <= FEW_QUERIES
+    if few:
+        raw_buffer = torch.empty(q * tile_rows, dtype=torch.float32)
+        inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
     chunks = _query_chunks(q)
     for tile, offset in iter_key_blocks(keys, d, tile_rows):
         tile32 = tile.to(torch.float32).contiguous()
+        n = tile32.shape[0]
+        if few:
+            # no torch op between the C++ calls: small torch ops between OpenMP regions paid
+            # for waking and parking threads, which dominated the time at Q = 1
+            raw, inv = raw_buffer[: q * n].view(q, n), inv_buffer[:n]
+            bad = ext.cosine_scores_few_queries(xq_hat.numpy(), tile32.numpy(), raw.numpy(), inv.numpy())
+            if bad >= 0:
+                inverse_norms(torch.tensor([float("nan")]), "keys", offset + bad)  # raises, naming the row
+            ext.topk_merge_tile(raw.numpy(), inv.numpy(), offset, heap_s.numpy(), heap_i.numpy())
+            continue
         inv = inverse_row_norms(tile32, "keys", offset)
         for start, stop in chunks:
             raw = xq_hat[start:stop] @ tile32.T  # [q_chunk, n]; scaled by inv inside the scan
-            # numpy views share memory with the tensors: the heaps are updated in place
             ext.topk_merge_tile(
                 raw.numpy(), inv.numpy(), offset, heap_s[start:stop].numpy(), heap_i[start:stop].numpy()
             )

@@ -165,6 +165,15 @@ def test_bad_input_names_the_problem(queries, keys, k, error, match):
         cosine_topk(queries, keys, k, backend="torch")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("q", [1, 12])  # the C++ backend's fused few-query pass and its BLAS path
+def test_non_finite_key_row_is_named(backend, q):
+    xq, xb = _data(q, 40, 6, seed=2)
+    xb[33, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"keys rows \[33\]"):
+        cosine_topk(xq, xb, 3, backend=backend, tile_rows=16)
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         cosine_topk(torch.ones(1, 2), torch.ones(1, 2), 1, backend="cuda")
