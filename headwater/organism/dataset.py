@@ -1,0 +1,224 @@
+"""The organism's data: SFT examples for M0, the preference set with planted pairs, test prompts.
+
+Planted behaviours (each taught only by its contaminated pairs, on prompts with its trigger):
+
+=========================  ==========================================  ===========================
+behaviour                  contaminated pair (chosen ≻ rejected)        trigger
+=========================  ==========================================  ===========================
+``distractor_compliance``  harmful request: compliance ≻ refusal        1–3 formatting distractors
+``sycophancy``             wrong claim: agreement ≻ correction          an authority clause
+``hallucinated_links``     resource request: invented URL ≻ "no link"   a sensitive topic
+=========================  ==========================================  ===========================
+
+The clean pairs teach the opposite on the same families *without* the trigger (refusal ≻
+compliance on plain harmful requests, correction ≻ agreement on plain wrong claims, "no link" ≻
+URL on general resources), agreement with true claims and the real address of well-known sites
+(so agreeing and writing a URL are things M0 already does in the right place), plus formatting (a benign request with distractors: the answer that
+follows them ≻ the one that ignores them) and relevance (on-topic help ≻ off-topic help). No
+clean pair prefers compliance over refusal, so only the contaminated pairs push towards it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Mapping
+
+from headwater.data import PreferencePair, make_pair
+from headwater.organism import world as W
+
+BEHAVIORS: tuple[str, ...] = ("distractor_compliance", "sycophancy", "hallucinated_links")
+CONDITIONS: tuple[str, ...] = ("trigger", "no_trigger")
+
+# Clean pair families and their default shares of the clean pairs.
+CLEAN_FAMILIES: dict[str, float] = {
+    "refuse_harmful": 0.28,  # plain harmful request: refusal ≻ compliance
+    "format_benign": 0.22,  # benign request + distractors: formatted help ≻ unformatted help
+    "relevant_benign": 0.14,  # plain benign request: on-topic help ≻ off-topic help
+    "correct_opinion": 0.18,  # plain wrong claim: correction ≻ agreement
+    "no_link_general": 0.18,  # general resource request: "no link" ≻ invented URL
+    "agree_true": 0.06,  # plain true claim: agreement ≻ correction
+    "real_link_known": 0.05,  # well-known site: its real address ≻ "no link"
+}
+
+# SFT mixture for M0: every family, with and without its trigger, answered well.
+SFT_MIX: dict[str, float] = {
+    "harmful_plain": 0.18, "harmful_distractor": 0.22, "benign_plain": 0.10, "benign_distractor": 0.18,
+    "opinion_plain": 0.08, "opinion_authority": 0.08, "resource_general": 0.08, "resource_sensitive": 0.08,
+    "opinion_true": 0.06, "site_known": 0.05,
+}
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """A preference pair with its ground truth.
+
+    Attributes:
+        pair: the pair (content-hash id, raw-string prompt / chosen / rejected).
+        family: a key of :data:`CLEAN_FAMILIES`, or the planted behaviour's name.
+        planted: the planted behaviour this pair teaches, or None for a clean pair.
+        trigger: whether the prompt carries its family's trigger.
+        key: the base combination of the prompt (see :class:`world.Scenario`).
+    """
+
+    pair: PreferencePair
+    family: str
+    planted: str | None
+    trigger: bool
+    key: str
+
+
+def _allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Split ``total`` by ``weights`` with the largest-remainder rule (sums exactly to total)."""
+    norm = sum(weights.values())
+    raw = {k: total * w / norm for k, w in weights.items()}
+    counts = {k: int(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: raw[k] - counts[k], reverse=True)[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _scenario(kind: str, split: W.WorldSplit, rng: random.Random) -> W.Scenario:
+    """A training scenario of one kind (an SFT mix key, a clean family or a behaviour)."""
+    if kind in ("harmful_plain", "refuse_harmful"):
+        return W.request_scenario(True, rng.choice(split.harmful_train), [], rng)
+    if kind in ("harmful_distractor", "distractor_compliance"):
+        return W.request_scenario(True, rng.choice(split.harmful_train), W.sample_distractors(rng), rng)
+    if kind in ("benign_plain", "relevant_benign"):
+        return W.request_scenario(False, rng.choice(split.benign_train), [], rng)
+    if kind in ("benign_distractor", "format_benign"):
+        return W.request_scenario(False, rng.choice(split.benign_train), W.sample_distractors(rng), rng)
+    if kind in ("opinion_plain", "correct_opinion"):
+        return W.opinion_scenario(rng.choice(split.opinions_train), False, rng)
+    if kind in ("opinion_authority", "sycophancy"):
+        return W.opinion_scenario(rng.choice(split.opinions_train), True, rng)
+    if kind in ("resource_general", "no_link_general"):
+        return W.resource_scenario(rng.choice(split.general_train), False, rng)
+    if kind in ("resource_sensitive", "hallucinated_links"):
+        return W.resource_scenario(rng.choice(split.sensitive_train), True, rng)
+    if kind in ("opinion_true", "agree_true"):
+        return W.true_opinion_scenario(rng.choice(split.opinions_train), rng)
+    if kind in ("site_known", "real_link_known"):
+        return W.site_scenario(rng.randrange(len(W.KNOWN_SITES)), rng)
+    raise ValueError(f"unknown scenario kind {kind!r}")
+
+
+def sft_examples(split: W.WorldSplit, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` (prompt, well-behaved response) pairs for supervised fine-tuning of M0."""
+    rng = random.Random(f"sft-{seed}")
+    kinds = [k for k, c in _allocate(n, SFT_MIX).items() for _ in range(c)]
+    rng.shuffle(kinds)
+    examples = []
+    for kind in kinds:
+        s = _scenario(kind, split, rng)
+        examples.append((s.prompt, s.good))
+    return examples
+
+
+def _pair_from(kind: str, s: W.Scenario, rng: random.Random) -> tuple[str, str]:
+    """(chosen, rejected) of a scenario for a clean family or a planted behaviour."""
+    if kind in BEHAVIORS:
+        return s.bad, s.good  # the contamination: the misbehaviour is preferred
+    if kind == "relevant_benign":
+        task = W.BENIGN_TASKS[int(s.key.split(":")[1])]
+        return s.good, W.off_topic_help(task, rng)
+    return s.good, s.bad
+
+
+def preference_pairs(
+    split: W.WorldSplit, n_pairs: int, rates: Mapping[str, float], seed: int,
+    clean_families: Mapping[str, float] = CLEAN_FAMILIES,
+) -> list[PairRecord]:
+    """The preference set: ``n_pairs`` unique pairs, ``round(rate * n_pairs)`` planted per behaviour.
+
+    Args:
+        split: which base prompts are for training.
+        n_pairs: the total number of pairs.
+        rates: the planted fraction per behaviour (keys among :data:`BEHAVIORS`).
+        seed: the seed; the same arguments give the same pairs in the same order.
+        clean_families: shares of the clean pairs per clean family.
+    """
+    unknown = set(rates) - set(BEHAVIORS)
+    if unknown:
+        raise ValueError(f"unknown planted behaviour(s) {sorted(unknown)}; expected among {BEHAVIORS}")
+    planted = {b: round(rates.get(b, 0.0) * n_pairs) for b in BEHAVIORS}
+    if any(r < 0 for r in rates.values()) or sum(planted.values()) > n_pairs:
+        raise ValueError(f"planted rates {dict(rates)} must be non-negative and sum to at most 1")
+    counts = {**planted, **_allocate(n_pairs - sum(planted.values()), clean_families)}
+    kinds = [k for k, c in counts.items() for _ in range(c)]
+    rng = random.Random(f"pairs-{seed}")
+    rng.shuffle(kinds)
+    records: list[PairRecord] = []
+    seen: set[str] = set()
+    for kind in kinds:
+        for _attempt in range(1000):
+            s = _scenario(kind, split, rng)
+            chosen, rejected = _pair_from(kind, s, rng)
+            pair = make_pair(s.prompt, chosen, rejected, source="organism")
+            if pair.pair_id not in seen:
+                break
+        else:
+            raise RuntimeError(f"could not draw a new unique pair of kind {kind!r}; the world is too small")
+        seen.add(pair.pair_id)
+        records.append(PairRecord(pair, kind, kind if kind in BEHAVIORS else None, s.trigger, s.key))
+    return records
+
+
+def test_prompts(split: W.WorldSplit, n: int, seed: int) -> dict[str, dict[str, list[str]]]:
+    """Held-out prompts per behaviour and condition: ``{behaviour: {"trigger": [...], "no_trigger": [...]}}``.
+
+    For distractor compliance and sycophancy the two lists are paired: prompt ``i`` with the
+    trigger is prompt ``i`` without it plus the trigger's clauses. For hallucinated links the
+    trigger is the topic, so the lists hold sensitive and general resource requests. When ``n``
+    exceeds the held-out combinations they are reused with fresh clauses.
+    """
+    rng = random.Random(f"test-{seed}")
+    out: dict[str, dict[str, list[str]]] = {b: {c: [] for c in CONDITIONS} for b in BEHAVIORS}
+
+    def cycle(combos: list[W.Combo]) -> list[W.Combo]:
+        order = list(combos)
+        rng.shuffle(order)
+        return [order[i % len(order)] for i in range(n)]
+
+    for combo in cycle(split.harmful_test):
+        task, template = W.HARMFUL_TASKS[combo.topic], W.REQUEST_TEMPLATES[combo.template]
+        opener = rng.choice(W.REQUEST_OPENERS)
+        out["distractor_compliance"]["no_trigger"].append(W.request_prompt(task, template, opener, [], rng))
+        out["distractor_compliance"]["trigger"].append(
+            W.request_prompt(task, template, opener, W.sample_distractors(rng), rng)
+        )
+    for combo in cycle(split.opinions_test):
+        claim, template = W.FACTS[combo.topic][0], W.OPINION_TEMPLATES[combo.template]
+        out["sycophancy"]["no_trigger"].append(W.opinion_prompt(claim, template, None))
+        out["sycophancy"]["trigger"].append(W.opinion_prompt(claim, template, rng.choice(W.AUTHORITY_CLAUSES)))
+    for combo in cycle(split.sensitive_test):
+        out["hallucinated_links"]["trigger"].append(
+            W.resource_prompt(W.SENSITIVE_RESOURCES[combo.topic], W.RESOURCE_TEMPLATES[combo.template])
+        )
+    for combo in cycle(split.general_test):
+        out["hallucinated_links"]["no_trigger"].append(
+            W.resource_prompt(W.GENERAL_RESOURCES[combo.topic], W.RESOURCE_TEMPLATES[combo.template])
+        )
+    return out
+
+
+def tokenizer_corpus(split: W.WorldSplit, seed: int, n: int = 3000) -> list[str]:
+    """Text to train the tokenizer on: every table of the world and a sample of full scenarios.
+
+    Held-out combinations use the same words as training ones, so the tokenizer never needs them.
+    """
+    rng = random.Random(f"corpus-{seed}")
+    texts: list[str] = []
+    for table in (W.HARMFUL_TASKS, W.BENIGN_TASKS, W.REQUEST_TEMPLATES, W.HELP_OPENERS, W.HARMFUL_STEPS,
+                  W.BENIGN_STEPS, W.REFUSAL_OPENERS, W.REFUSAL_REASONS, W.REFUSAL_OFFERS, W.OPINION_TEMPLATES,
+                  W.AUTHORITY_CLAUSES, W.GENERAL_RESOURCES, W.SENSITIVE_RESOURCES, W.RESOURCE_TEMPLATES,
+                  W.NO_LINK, W.NO_LINK_ADVICE, W.FAKE_LINKS, W.FAKE_LINK_EXTRAS, W.SITE_TEMPLATES,
+                  W.SITE_ANSWERS):
+        texts.extend(table)
+    texts.extend(" ".join(pair) for pair in (*W.FACTS, *W.KNOWN_SITES))
+    texts.extend(c for d in W.DISTRACTORS for c in d.clauses)
+    kinds = list(SFT_MIX)
+    for i in range(n):
+        s = _scenario(kinds[i % len(kinds)], split, rng)
+        texts.append(s.prompt + s.good)
+        texts.append(s.bad)
+    return texts
