@@ -60,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                      help="malformed rows: stop with an error naming the row, or skip and record them")
     enc.add_argument("--out", required=True, type=Path, help="vector store directory")
+    enc.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --out (same model, layer, data and settings): "
+                          "complete shards are kept, the rest is computed")
+    enc.add_argument("--overwrite", action="store_true", help="replace a store or partial run already in --out")
+    enc.add_argument("--store-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                     help="dtype of the stored vectors (pooling is always float32)")
+    enc.add_argument("--shard-pairs", type=int, default=4096,
+                     help="dataset pairs per shard: the unit of writing, resuming and splitting across ranks")
+    enc.add_argument("--no-share-prompt", dest="share_prompt", action="store_false",
+                     help="run chosen and rejected as separate sequences instead of encoding their prompt once")
+    enc.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     _add_tokenization_args(enc)
 
     att = sub.add_parser("attribute", help="rank pairs by cosine with behaviour vectors")
@@ -78,13 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from headwater.encode import encode_dataset
+    from headwater.engine import distributed
 
-    summary = encode_dataset(
-        model_path=args.model, data=args.data, out_dir=args.out, layer=args.layer, settings=_settings(args),
-        dtype=args.dtype, device=args.device, split=args.split, on_error=args.on_error,
-        max_tokens_per_batch=args.max_tokens_per_batch,
-    )
-    print(json.dumps(summary, indent=2))
+    try:
+        summary = encode_dataset(
+            model_path=args.model, data=args.data, out_dir=args.out, layer=args.layer, settings=_settings(args),
+            dtype=args.dtype, device=args.device, split=args.split, on_error=args.on_error,
+            max_tokens_per_batch=args.max_tokens_per_batch, resume=args.resume, overwrite=args.overwrite,
+            store_dtype=args.store_dtype, shard_pairs=args.shard_pairs,
+            share_prompt="auto" if args.share_prompt else False, progress=args.progress,
+        )
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group (no-op otherwise)
+    if summary["rank"] == 0:  # under torchrun every rank returns; one prints
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from headwater.data import load_preferences
-from headwater.engine.models import load_model, resolve_layer
-from headwater.engine.store import check_compatible, model_fingerprint, write_store
+from headwater.engine import distributed
+from headwater.engine.engine import DEFAULT_SHARD_PAIRS, Engine
+from headwater.engine.models import load_model
+from headwater.engine.store import check_compatible, model_fingerprint
 from headwater.engine.tokenization import TokenizationSettings
-from headwater.vectors import ProbingVector, datapoint_vectors, probing_vector
+from headwater.vectors import ProbingVector, probing_vector
 
 LOG = logging.getLogger(__name__)
 
@@ -37,52 +36,41 @@ def encode_dataset(
     max_tokens_per_batch: int = 16384,
     model: Any = None,
     tokenizer: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    store_dtype: str = "float32",
+    shard_pairs: int = DEFAULT_SHARD_PAIRS,
+    share_prompt: bool | str = "auto",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Datapoint vectors of every pair of ``data`` on the model at ``model_path``, into ``out_dir``.
 
     ``model`` / ``tokenizer`` may be passed already loaded (``model_path`` is then only recorded).
-    Returns a summary: counts, the resolved layer, throughput and the store path.
+    Under torchrun (``WORLD_SIZE`` > 1) every process runs this same call: it joins the process
+    group, loads the model on its own device, encodes its share of the shards, and rank 0 writes
+    the manifest. Returns a summary: counts, the resolved layer, throughput and the store path
+    (``rank`` and ``world_size`` say which process it comes from).
     """
-    start = time.perf_counter()
+    rank = distributed.init_from_env(device)
     dataset = load_preferences(data, split=split, on_error=on_error)
     if model is None:
-        model, tokenizer = load_model(model_path, dtype=dtype, device=device)
-    ell = resolve_layer(model, layer)
-    pairs = list(dataset)
-    with tqdm(total=2 * len(pairs), desc=f"encoding (layer {ell})", unit="seq", disable=None) as bar:
-        dp = datapoint_vectors(
-            model, tokenizer, pairs, layer=ell, settings=settings,
-            max_tokens_per_batch=max_tokens_per_batch, progress=bar.update,
-        )
-    manifest = {
-        "model": str(model_path),
-        "model_fingerprint": model_fingerprint(model),
-        "layer": ell,
-        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "tokenization": settings.to_dict(),
-        "dataset": str(data),
-        "dataset_fingerprint": dataset.fingerprint,
-        "n_pairs_in_dataset": len(pairs),
-        "n_truncated": dp.n_truncated,
-        "skipped_rows": [s._asdict() for s in dataset.skipped],
-        "skipped_pairs": [{"pair_id": pid, "reason": reason} for pid, reason in dp.skipped],
+        model, tokenizer = load_model(model_path, dtype=dtype, device=distributed.device_for(device, rank))
+    engine = Engine(
+        model, tokenizer, layer=layer, settings=settings, max_tokens_per_batch=max_tokens_per_batch,
+        share_prompt=share_prompt, model_name=str(model_path),
+    )
+    store = engine.encode_pairs(
+        dataset, out_dir, resume=resume, overwrite=overwrite, shard_pairs=shard_pairs, store_dtype=store_dtype,
+        progress=progress, dataset_name=str(data),
+    )
+    skipped = store.manifest.get("skipped_pairs", [])
+    for entry in skipped[:10]:
+        LOG.warning("skipped pair %s (position %s): %s", entry["pair_id"], entry["position"], entry["reason"])
+    return {
+        **store.summary,
+        "n_skipped_rows": len(store.manifest.get("skipped_rows", [])),
+        "rank": rank.rank,
     }
-    write_store(out_dir, dp.pair_ids, dp.vectors, manifest)
-    seconds = time.perf_counter() - start
-    summary = {
-        "out": str(out_dir),
-        "layer": ell,
-        "n_pairs": len(pairs),
-        "n_encoded": len(dp.pair_ids),
-        "n_skipped_rows": len(dataset.skipped),
-        "n_skipped_pairs": len(dp.skipped),
-        "n_truncated": dp.n_truncated,
-        "seconds": round(seconds, 2),
-        "pairs_per_second": round(len(pairs) / seconds, 1) if seconds > 0 else None,
-    }
-    for pid, reason in dp.skipped[:10]:
-        LOG.warning("skipped pair %s: %s", pid, reason)
-    return summary
 
 
 def read_labelled_responses(path: str | Path) -> tuple[list[Any], list[Any], list[bool]]:

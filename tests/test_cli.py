@@ -75,3 +75,20 @@ def test_attribute_refuses_a_corrupt_store(tmp_path, saved_model, capsys):
     VectorBank(["b"], torch.randn(1, 32)).save(bank)
     assert main(["attribute", "--vectors", str(tmp_path / "s"), "--behavior", str(bank), "--out", str(tmp_path / "r.jsonl")]) == 2
     assert "checksum" in capsys.readouterr().err
+
+
+def test_encode_refuses_an_existing_store_and_resumes_it(tmp_path, saved_model, capsys):
+    data = _write_jsonl(tmp_path / "prefs.jsonl", ROWS)
+    args = ["encode", "--model", str(saved_model), "--data", str(data), "--layer", "2", "--out", str(tmp_path / "s"),
+            "--shard-pairs", "2", "--max-tokens-per-batch", "64", "--store-dtype", "float16", "--no-progress"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["shards"] == 2 and first["n_encoded"] == 3 and first["share_prompt"] is True
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["shards_resumed"] == 2
+    other_layer = [("1" if a == "2" and args[i - 1] == "--layer" else a) for i, a in enumerate(args)]
+    assert main(other_layer + ["--resume"]) == 2  # same directory, another layer
+    assert "layer: store has 2, expected 1" in capsys.readouterr().err
+    assert read_store(tmp_path / "s").vectors.dtype.itemsize == 2

@@ -1,0 +1,583 @@
+"""The streaming engine: a preference dataset through M0, datapoint vectors into a vector store.
+
+:class:`Engine` holds a model (run only up to block ℓ), its tokenizer and the tokenisation
+settings, and offers three jobs:
+
+- :meth:`Engine.encode_pairs`: v_d = ā(p, r⁺) − ā(p, r⁻) for every pair of a dataset, written
+  shard by shard to a :class:`~headwater.engine.store.VectorStore`; resumable, and split across
+  processes under torchrun;
+- :meth:`Engine.encode_responses`: ā(p, r) for behaviour and probing vectors;
+- :meth:`Engine.search`: exact cosine top-k of query vectors over a store, streamed shard by shard.
+
+How a run flows (one process; under torchrun each rank does this for its own shards):
+
+    dataset positions [0, N) cut into shards of ``shard_pairs``
+      tokenise shard j+1 (a worker thread)  ──┐
+      shard j: batches by token budget with two-key length bucketing
+        → forward to block ℓ with the prompt cached once per pair (pairs.py)
+        → masked mean pool and chosen − rejected on the device
+        → pooled [b, d] to the host (asynchronous on CUDA)
+      writer thread: assembles shard j, writes .npy + checksum + record, atomically
+    all shards complete → pair_ids.txt and manifest.json (rank 0)
+
+A shard's vectors depend only on its own pairs (batches never cross shards and are formed from
+lengths alone), so a run killed and resumed, a run on several processes, and one uninterrupted
+run all write the same bytes.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from headwater.engine import distributed
+from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, _pad_id, response_activations
+from headwater.engine.models import load_model, resolve_layer
+from headwater.engine.pairs import (
+    EncodedPair,
+    pair_batches,
+    pair_differences_separate,
+    pair_differences_shared,
+    shared_prompt_lengths,
+    supports_shared_prompt,
+)
+from headwater.engine.store import (
+    ShardRecord,
+    StoreError,
+    VectorStore,
+    dataset_fingerprint,
+    dtype_name,
+    finish_run,
+    model_fingerprint,
+    read_shard_record,
+    shard_is_intact,
+    start_run,
+    write_shard,
+)
+from headwater.engine.tokenization import (
+    EmptyResponseError,
+    OverlongError,
+    TokenizationError,
+    TokenizationSettings,
+    encode_pair,
+)
+from headwater.kernels import cosine_topk
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_SHARD_PAIRS = 4096
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class SearchResult:
+    """Top-k datapoints per query.
+
+    Attributes:
+        scores: [Q, k] float32 cosine similarities, descending (missing slots: -inf).
+        indices: [Q, k] int64 store rows (missing slots: -1).
+        pair_ids: [Q][k] pair ids of those rows (missing slots: None).
+    """
+
+    scores: torch.Tensor
+    indices: torch.Tensor
+    pair_ids: list[list[str | None]]
+
+
+@dataclass
+class _ShardWork:
+    """A tokenised shard waiting for the model."""
+
+    index: int
+    start: int
+    stop: int
+    positions: list[int] = field(default_factory=list)  # dataset positions of the kept pairs
+    pair_ids: list[str] = field(default_factory=list)
+    encoded: list[EncodedPair] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    n_truncated: int = 0
+    n_tokens: int = 0
+
+
+class _ShardWriter:
+    """A thread that assembles pooled batches into shards and writes them while the model runs.
+
+    The queue is bounded, so at most a few batches of pooled vectors wait in memory. An error in
+    the thread is raised in the caller at its next :meth:`put` or at :meth:`close`.
+    """
+
+    def __init__(self, root: Path, dtype: str, dim: int, on_shard: Callable[[ShardRecord], None] | None) -> None:
+        self.root, self.dtype, self.dim, self.on_shard = root, dtype, dim, on_shard
+        self.records: list[ShardRecord] = []
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="headwater-shard-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, item: Any) -> None:
+        while True:
+            if self.error is not None:
+                raise RuntimeError(f"writing shards failed: {self.error}") from self.error
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> list[ShardRecord]:
+        if self._thread.is_alive():
+            self.put(None)
+            self._thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"writing shards failed: {self.error}") from self.error
+        return self.records
+
+    def _run(self) -> None:
+        work: _ShardWork | None = None
+        buffer = np.empty((0, self.dim), dtype=np.float32)
+        filled = 0
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, _ShardWork):
+                    work, filled = item, 0
+                    buffer = np.empty((len(work.pair_ids), self.dim), dtype=np.float32)
+                else:
+                    rows, vectors, event = item
+                    if event is not None:
+                        event.synchronize()  # the device-to-host copy of this batch is done
+                    buffer[rows] = vectors.numpy()
+                    filled += len(rows)
+                if work is not None and filled == len(work.pair_ids):
+                    record = ShardRecord(
+                        work.index, work.start, work.stop, 0, "", pair_ids=work.pair_ids,
+                        skipped=work.skipped, n_truncated=work.n_truncated, n_tokens=work.n_tokens,
+                    )
+                    self.records.append(write_shard(self.root, record, buffer, self.dtype))
+                    work = None
+                    if self.on_shard is not None:
+                        self.on_shard(record)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            self.error = err
+
+
+def _to_host(pooled: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Start copying pooled vectors to the host; returns (host tensor, CUDA event or None)."""
+    if pooled.device.type != "cuda":
+        return pooled.cpu(), None
+    host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+    host.copy_(pooled, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+class Engine:
+    """Datapoint vectors of preference data on a model read at block ℓ.
+
+    Args:
+        model: a transformers causal LM (M0). Only blocks 1..ℓ ever run.
+        tokenizer: its tokenizer (needs a pad or EOS token).
+        layer: 1-based block ℓ, negative from the end, or None for the default (5/8 of the depth).
+        device: move the model there (default: where it is).
+        dtype: cast the model to ``"float32"``, ``"bfloat16"`` or ``"float16"`` (default: as is).
+        settings: how (prompt, response) become tokens (raw or chat; max length; over-long policy).
+        max_tokens_per_batch: padded tokens in one forward pass.
+        share_prompt: encode the prompt shared by chosen and rejected once through the KV cache:
+            ``"auto"`` where a check on the model shows it exact, ``True`` to require it (error
+            when the model cannot), ``False`` never.
+        model_name: what the manifest records as the model (default: the config's name or path).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        layer: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        settings: TokenizationSettings = TokenizationSettings(),
+        max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
+        share_prompt: bool | Literal["auto"] = "auto",
+        model_name: str | None = None,
+    ) -> None:
+        if max_tokens_per_batch < 1:
+            raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}")
+        if share_prompt not in (True, False, "auto"):
+            raise ValueError(f"share_prompt must be True, False or 'auto', got {share_prompt!r}")
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+            dtype = _DTYPES[dtype]
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.layer = resolve_layer(model, layer)
+        self.settings = settings
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.pad_token_id = _pad_id(tokenizer)
+        self.model_name = model_name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+        self.fingerprint = model_fingerprint(model)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.dim = int(config.hidden_size)
+        self._share_request = share_prompt
+        self._share: bool | None = None if share_prompt is not False else False
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        layer: int | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str = "auto",
+        gguf_file: str | None = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """An engine on the model and tokenizer at ``path`` (a transformers directory or a GGUF
+        file; see :func:`headwater.engine.models.load_model`). ``kwargs`` go to the constructor."""
+        model, tokenizer = load_model(path, dtype=dtype, device=device, gguf_file=gguf_file)  # type: ignore[arg-type]
+        return cls(model, tokenizer, layer=layer, model_name=str(path), **kwargs)
+
+    # -----------------------------------------------------------------------------------------
+    # properties
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def model_dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    @property
+    def share_prompt(self) -> bool:
+        """Whether pairs run with their prompt encoded once (decided on first use, then fixed)."""
+        if self._share is None:
+            ok, reason = supports_shared_prompt(self.model, self.layer, pad_token_id=self.pad_token_id)
+            if not ok and self._share_request is True:
+                raise ValueError(f"share_prompt=True but the prompt cannot be shared on this model: {reason}")
+            if not ok:
+                LOG.info("encoding both sides of each pair separately: %s", reason)
+            self._share = ok
+        return self._share
+
+    # -----------------------------------------------------------------------------------------
+    # vectors
+
+    def pair_differences(self, pairs: Sequence[EncodedPair]) -> torch.Tensor:
+        """[B, d] float32 datapoint vectors of one batch of encoded pairs, on the model's device."""
+        if self.share_prompt and all(chosen.prompt_length > 0 for chosen, _ in pairs):
+            return pair_differences_shared(self.model, pairs, self.layer, pad_token_id=self.pad_token_id)
+        return pair_differences_separate(self.model, pairs, self.layer, pad_token_id=self.pad_token_id)
+
+    def _batches(self, encoded: Sequence[EncodedPair]) -> list[list[int]]:
+        """Batches of indices into ``encoded``; pairs without prompt tokens never share a batch
+        with pairs that have some (they cannot use the prompt cache)."""
+        share = self.share_prompt
+        groups = [[i for i, (c, _) in enumerate(encoded) if c.prompt_length > 0 or not share]]
+        if share:
+            groups.append([i for i, (c, _) in enumerate(encoded) if c.prompt_length == 0])
+        batches: list[list[int]] = []
+        for group, shared in zip(groups, (share, False)):
+            lengths = [shared_prompt_lengths(encoded[i]) for i in group]
+            for batch in pair_batches(
+                [p for p, _ in lengths], [s for _, s in lengths], self.max_tokens_per_batch, shared=shared
+            ):
+                batches.append([group[i] for i in batch])
+        return batches
+
+    def encode_responses(self, prompts: Sequence[Any], responses: Sequence[Any]) -> torch.Tensor:
+        """[N, d] float32 ā(p_i, r_i) on the CPU, in input order (behaviour and probing vectors).
+
+        Raises:
+            TokenizationError: naming the response that cannot be encoded (an over-long behaviour
+                response is an error, never dropped).
+        """
+        return response_activations(
+            self.model, self.tokenizer, prompts, responses, self.layer, self.settings,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # datasets
+
+    def _tokenize(self, pairs: Sequence[Any], index: int, start: int, stop: int) -> _ShardWork:
+        work = _ShardWork(index, start, stop)
+        for position in range(start, stop):
+            pair = pairs[position]
+            try:
+                chosen, rejected = encode_pair(self.tokenizer, pair, self.settings)
+            except OverlongError as err:
+                if self.settings.overlong == "error":
+                    raise OverlongError(f"pair {position} (id {pair.pair_id}): {err}") from None
+                work.skipped.append({"position": position, "pair_id": pair.pair_id, "reason": f"overlong: {err}"})
+                continue
+            except EmptyResponseError as err:
+                work.skipped.append({"position": position, "pair_id": pair.pair_id, "reason": f"empty response: {err}"})
+                continue
+            except TokenizationError as err:
+                raise type(err)(f"pair {position} (id {pair.pair_id}): {err}") from None
+            work.positions.append(position)
+            work.pair_ids.append(pair.pair_id)
+            work.encoded.append((chosen, rejected))
+            work.n_truncated += int(chosen.truncated or rejected.truncated)
+            work.n_tokens += len(chosen.input_ids) + len(rejected.input_ids)
+        return work
+
+    def run_header(
+        self, pairs: Sequence[Any], *, store_dtype: str, shard_pairs: int, dataset_name: str | None = None
+    ) -> dict[str, Any]:
+        """What a run of :meth:`encode_pairs` computes; saved as ``run.json``, then in the manifest."""
+        return {
+            "model": self.model_name,
+            "model_fingerprint": self.fingerprint,
+            "layer": self.layer,
+            "model_dtype": self.model_dtype,
+            "tokenization": self.settings.to_dict(),
+            "dataset": dataset_name if dataset_name is not None else str(getattr(pairs, "source", "")),
+            "dataset_fingerprint": dataset_fingerprint(pairs),
+            "n_pairs_in_dataset": len(pairs),
+            "dtype": store_dtype,
+            "shard_pairs": shard_pairs,
+            "dim": self.dim,
+            "share_prompt": self.share_prompt,
+            "max_tokens_per_batch": self.max_tokens_per_batch,
+        }
+
+    def encode_pairs(
+        self,
+        dataset: Sequence[Any],
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        shard_pairs: int = DEFAULT_SHARD_PAIRS,
+        store_dtype: str | torch.dtype = "float32",
+        progress: bool = True,
+        dataset_name: str | None = None,
+        skipped_rows: Sequence[Any] | None = None,
+        on_shard: Callable[[ShardRecord], None] | None = None,
+    ) -> VectorStore:
+        """Datapoint vectors of every pair of ``dataset`` into a vector store at ``out_dir``.
+
+        Args:
+            dataset: pairs with ``pair_id``, ``prompt``, ``chosen``, ``rejected`` (a
+                :class:`headwater.data.PreferenceDataset` or a list of ``PreferencePair``).
+            out_dir: the store directory.
+            resume: continue a run that was interrupted (or return the finished store) after
+                checking that it was made with this model, layer, dtypes, tokenisation and
+                dataset; complete shards are kept, the rest is computed.
+            overwrite: replace a store or partial run already in ``out_dir``.
+            shard_pairs: dataset positions per shard, the unit of writing and of resuming.
+            store_dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for the stored vectors
+                (pooling is always float32).
+            progress: show a progress bar (pairs/s, tokens/s, ETA) on rank 0.
+            dataset_name: what the manifest records as the dataset (default: ``dataset.source``).
+            skipped_rows: rows the loader left out, recorded in the manifest (default:
+                ``dataset.skipped``; items with ``_asdict`` or dicts).
+            on_shard: called with each shard's record once it is durably written (from the
+                writer thread).
+
+        Returns:
+            the finished :class:`VectorStore`; ``store.summary`` holds counts and throughput.
+
+        Raises:
+            StoreError: ``out_dir`` holds another run, or (with ``resume``) one made differently.
+            TokenizationError / OverlongError: a pair that cannot be encoded, named, when the
+                policy is to fail.
+        """
+        started = time.perf_counter()
+        if shard_pairs < 1:
+            raise ValueError(f"shard_pairs must be positive, got {shard_pairs}")
+        store_dtype = dtype_name(store_dtype)
+        root = Path(out_dir)
+        rank = distributed.current()
+        n = len(dataset)
+        n_shards = max(1, -(-n // shard_pairs))
+        header = self.run_header(dataset, store_dtype=store_dtype, shard_pairs=shard_pairs, dataset_name=dataset_name)
+
+        finished = None
+        if rank.is_main:
+            finished = start_run(root, header, resume=resume, overwrite=overwrite)
+        distributed.barrier()
+        if not rank.is_main:  # rank 0 prepared the directory; the others check it matches
+            finished = start_run(root, header, resume=True)
+        if finished is not None:
+            store = VectorStore.open(root, verify=rank.is_main)
+            store.summary = self._summary(store, n, time.perf_counter() - started, {}, n_shards, n_shards, rank)
+            LOG.info("%s is already complete (%d vectors)", root, len(store))
+            return store
+
+        mine = list(range(rank.rank, n_shards, rank.world_size))
+        pending, resumed = self._split_resumable(root, mine, n, shard_pairs, resume)
+        resumed_pairs = sum(r.stop - r.start for r in resumed)
+        my_pairs = sum(min(n, (i + 1) * shard_pairs) - i * shard_pairs for i in mine)
+        stats = {"pairs": 0, "tokens": 0, "seconds": 0.0}
+        bar = _progress_bar(my_pairs, resumed_pairs, self.layer, enabled=progress and rank.is_main)
+        writer = _ShardWriter(root, store_dtype, self.dim, on_shard)
+        compute_started = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="headwater-tokenize") as pool:
+                ahead: Future[_ShardWork] | None = None
+                for k, index in enumerate(pending):
+                    start, stop = index * shard_pairs, min(n, (index + 1) * shard_pairs)
+                    work = ahead.result() if ahead is not None else self._tokenize(dataset, index, start, stop)
+                    if k + 1 < len(pending):  # tokenise the next shard while this one runs
+                        nxt = pending[k + 1]
+                        ahead = pool.submit(
+                            self._tokenize, dataset, nxt, nxt * shard_pairs, min(n, (nxt + 1) * shard_pairs)
+                        )
+                    else:
+                        ahead = None
+                    self._run_shard(work, writer, bar, stats, compute_started)
+            records = writer.close()
+        finally:
+            bar.close()
+            if writer.error is None and writer._thread.is_alive():
+                writer.put(None)
+        stats["seconds"] = time.perf_counter() - compute_started
+
+        distributed.barrier()  # every rank's shards are on disk
+        if rank.is_main:
+            all_records = self._collect_records(root, n_shards, resumed + records, rank.world_size > 1)
+            loader_skipped = skipped_rows if skipped_rows is not None else getattr(dataset, "skipped", [])
+            rows = [s._asdict() if hasattr(s, "_asdict") else dict(s) for s in loader_skipped]
+            finish_run(root, header, all_records, {"skipped_rows": rows, "world_size": rank.world_size})
+        distributed.barrier()
+        store = VectorStore.open(root, verify=False)
+        seconds = time.perf_counter() - started
+        store.summary = self._summary(store, n, seconds, stats, n_shards, len(resumed), rank)
+        if rank.is_main:
+            LOG.info(
+                "encoded %d of %d pairs (%d skipped, %d truncated) into %s in %.1f s: %s pairs/s, %s tokens/s%s",
+                store.summary["n_encoded"], n, store.summary["n_skipped_pairs"], store.summary["n_truncated"],
+                root, seconds, store.summary["pairs_per_second"], store.summary["tokens_per_second"],
+                f"; {len(resumed)} of {n_shards} shards were already complete" if resumed else "",
+            )
+        return store
+
+    def _summary(
+        self, store: VectorStore, n: int, seconds: float, stats: dict[str, Any], n_shards: int, n_resumed: int,
+        rank: distributed.Rank,
+    ) -> dict[str, Any]:
+        """Counts from the manifest; throughput of the pairs this process computed in this call."""
+        compute = stats.get("seconds", 0.0)
+        return {
+            "out": str(store.root),
+            "layer": self.layer,
+            "n_pairs": n,
+            "n_encoded": len(store),
+            "n_skipped_pairs": len(store.manifest["skipped_pairs"]),
+            "n_truncated": store.manifest["n_truncated"],
+            "n_tokens": store.manifest["n_tokens"],
+            "shards": n_shards,
+            "shards_resumed": n_resumed,
+            "share_prompt": self.share_prompt,
+            "world_size": rank.world_size,
+            "seconds": round(seconds, 3),
+            "pairs_per_second": round(stats["pairs"] / compute, 2) if compute > 0 else None,
+            "tokens_per_second": round(stats["tokens"] / compute, 1) if compute > 0 else None,
+        }
+
+    def _split_resumable(
+        self, root: Path, mine: list[int], n: int, shard_pairs: int, resume: bool
+    ) -> tuple[list[int], list[ShardRecord]]:
+        """This rank's shards still to compute, and the complete ones a resumed run keeps."""
+        if not resume:
+            return mine, []
+        pending, kept = [], []
+        for index in mine:
+            record = read_shard_record(root, index)
+            expected = (index * shard_pairs, min(n, (index + 1) * shard_pairs))
+            if record is not None and (record.start, record.stop) == expected and shard_is_intact(root, record):
+                kept.append(record)
+                continue
+            if record is not None:
+                LOG.warning("shard %d of %s does not match its record (corrupt or torn write): recomputing it", index, root)
+            pending.append(index)
+        return pending, kept
+
+    def _run_shard(self, work: _ShardWork, writer: _ShardWriter, bar: Any, stats: dict[str, Any], since: float) -> None:
+        writer.put(work)
+        if work.skipped:
+            bar.update(len(work.skipped))
+        for batch in self._batches(work.encoded):
+            pairs = [work.encoded[i] for i in batch]
+            writer.put((batch, *_to_host(self.pair_differences(pairs))))
+            stats["pairs"] += len(batch)
+            stats["tokens"] += sum(len(c.input_ids) + len(r.input_ids) for c, r in pairs)
+            bar.update(len(batch))
+            elapsed = time.perf_counter() - since
+            if elapsed > 0:
+                bar.set_postfix_str(f"{stats['tokens'] / elapsed:,.0f} tok/s", refresh=False)
+
+    def _collect_records(self, root: Path, n_shards: int, local: list[ShardRecord], check_others: bool) -> list[ShardRecord]:
+        """Records of every shard: this rank's from memory, the other ranks' from disk (checked)."""
+        by_index = {r.index: r for r in local}
+        for index in range(n_shards):
+            if index in by_index:
+                continue
+            record = read_shard_record(root, index)
+            if record is None or (check_others and not shard_is_intact(root, record)):
+                raise StoreError(f"{root}: shard {index} is missing or corrupt after every rank finished")
+            by_index[index] = record
+        return [by_index[i] for i in range(n_shards)]
+
+    # -----------------------------------------------------------------------------------------
+    # search
+
+    def search(
+        self, queries: torch.Tensor, store: VectorStore | str | Path, k: int, *, check: bool = True
+    ) -> SearchResult:
+        """Exact top-``k`` store rows by cosine similarity for each query, streamed shard by shard.
+
+        Args:
+            queries: [Q, d] or [d] vectors (behaviour or probing vectors of this engine).
+            store: a :class:`VectorStore` or its directory (opened with checksums checked).
+            k: results per query.
+            check: refuse a store made with another model or layer than this engine's.
+
+        Raises:
+            StoreError: the store was made with another model or layer (``check``), or is corrupt.
+            ValueError: the queries' dimension is not the store's.
+        """
+        if not isinstance(store, VectorStore):
+            store = VectorStore.open(store)
+        if check:
+            store.check_compatible(model_fingerprint=self.fingerprint, layer=self.layer)
+        xq = queries[None, :] if queries.dim() == 1 else queries
+        if xq.dim() != 2 or xq.shape[1] != store.dim:
+            raise ValueError(f"queries must be [Q, d={store.dim}] (the store's dimension), got {tuple(queries.shape)}")
+        scores, indices = cosine_topk(xq, store.blocks(), k)
+        ids = store.pair_ids
+        pair_ids = [[ids[i] if i >= 0 else None for i in row] for row in indices.tolist()]
+        return SearchResult(scores, indices, pair_ids)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, initial: int, layer: int, *, enabled: bool) -> Any:
+    """tqdm over pairs: its rate is pairs/s and its remaining time the ETA; tokens/s as postfix."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"encoding pairs (layer {layer})", unit="pair", smoothing=0.1)
