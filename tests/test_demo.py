@@ -1,0 +1,46 @@
+"""`headwater demo` end to end on the miniature organism: every stage runs for real, on real files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from headwater.cli import main
+
+REQUIRED_KEYS = [
+    "behavior_rate.m0.trigger", "behavior_rate.m0.no_trigger", "behavior_rate.m1.trigger",
+    "behavior_rate.m1.no_trigger", "attribution.random.precision_at_n", "attribution.random.recall_at_n",
+    "attribution.random.auroc", "n_pairs", "n_planted", "seconds",
+]
+
+
+def _get(doc, dotted):
+    for part in dotted.split("."):
+        doc = doc[part]
+    return doc
+
+
+@pytest.mark.slow
+def test_demo_miniature_writes_every_result(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HEADWATER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--preset", "miniature", "--samples", "2", "--json", str(out), "--out", str(tmp_path / "r")]) == 0
+    results = json.loads(out.read_text())
+    for key in REQUIRED_KEYS:
+        value = _get(results, key)
+        assert isinstance(value, (int, float)), key
+    for model in ("m0", "m1"):
+        for condition in ("trigger", "no_trigger"):
+            assert 0.0 <= results["behavior_rate"][model][condition] <= 1.0
+    gt = json.loads(next((tmp_path / "cache").rglob("ground_truth.json")).read_text())
+    assert results["n_planted"] == len(gt["planted"]["distractor_compliance"])
+    assert results["n_pairs"] == sum(1 for _ in next((tmp_path / "cache").rglob("preferences.jsonl")).open())
+    # The activation attribution is either measured or explains why there was no probe to rank with.
+    for name, b in results["behaviors"].items():
+        act = b["attribution"]["activation"]
+        if act is None:
+            assert "exhibit" in b["no_probe_reason"], name
+        else:
+            assert 0.0 <= act["precision_at_n"] <= 1.0 and act["n"] == b["n_planted"]
+            assert (tmp_path / "r" / f"rankings-{name}.parquet").exists()
+    assert "behaviour" in capsys.readouterr().out
