@@ -27,6 +27,16 @@ WORDS = (
 ).split()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine, OpenMP's second thread
+    mostly waits (100x slower per small matmul, measured). Restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_pairs(n: int, seed: int = 0, *, max_words: int = 14) -> list[PreferencePair]:
     """Pairs of random lengths (prompts 1..max_words words, responses 1..max_words+4 words)."""
     rng = random.Random(seed)
