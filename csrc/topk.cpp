@@ -157,7 +157,12 @@ void topk_sort_rows(py::array& heap_scores, py::array& heap_indices) {
 
 // Sum over c < d of a[c] * b[c] in float32 with 16 independent partial sums: the compiler turns
 // the lane loop into SIMD code, and the independent chains hide the latency of the additions.
-inline float dot16(const float* a, const float* b, int64_t d) {
+// target_clones builds an AVX2+FMA copy next to the baseline one and picks it at load time on
+// CPUs that have it (the extension itself stays portable: no -march flag).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+float dot16(const float* a, const float* b, int64_t d) {
   float lanes[16] = {0};
   int64_t c = 0;
   for (; c + 16 <= d; c += 16) {

@@ -27,10 +27,12 @@ import torch
 
 KeySource = Union[torch.Tensor, np.ndarray, Iterable[tuple[Any, int]]]
 
-# Default work tile: a key tile (n x d) and a score tile (q x n) in float32 are each kept near
-# this size: large enough for BLAS to run at full speed and for per-tile overheads to vanish,
-# small next to the data (bench/RESULTS.md has the sweep that chose it).
-DEFAULT_TILE_BYTES = 32 << 20
+# Default work tile. The fp32 score tile (q_chunk x n) is kept under SCORE_TILE_BYTES and a
+# converted fp32 key tile (n x d; a float32 tensor is sliced without a copy) under
+# KEY_TILE_BYTES. GEMM throughput on the bench machine rose by a third from n = 8,192 to 32,768
+# rows (bench/RESULTS.md), so tiles are large; they stay fixed whatever N is.
+SCORE_TILE_BYTES = 64 << 20
+KEY_TILE_BYTES = 256 << 20
 # Queries are processed in chunks of at most this many rows per key tile, bounding the score tile.
 DEFAULT_QUERY_CHUNK = 2048
 
@@ -147,10 +149,12 @@ def iter_key_blocks(
             yield _as_block_tensor(block[start : start + tile_rows], where), offset + start
 
 
-def tile_rows_for(d: int, q: int, tile_bytes: int = DEFAULT_TILE_BYTES) -> int:
-    """Key rows per tile so that the fp32 key tile and the fp32 score tile each fit ``tile_bytes``."""
-    per_row = 4 * max(d, min(q, DEFAULT_QUERY_CHUNK), 1)
-    return max(16, tile_bytes // per_row)
+def tile_rows_for(d: int, q: int) -> int:
+    """Key rows per tile: the fp32 score tile fits SCORE_TILE_BYTES and the fp32 key tile
+    KEY_TILE_BYTES."""
+    by_scores = SCORE_TILE_BYTES // (4 * max(1, min(q, DEFAULT_QUERY_CHUNK)))
+    by_keys = KEY_TILE_BYTES // (4 * max(1, d))
+    return max(16, min(by_scores, by_keys))
 
 
 def cosine_similarity_blocks(

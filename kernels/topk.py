@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from headwater.kernels import _dispatch
@@ -166,7 +167,9 @@ def cosine_topk(
         k: results per query; may exceed N (missing slots: score -inf, index -1).
         backend: ``"auto"`` (Triton on CUDA, else C++ if built, else torch), ``"triton"``,
             ``"cpp"`` or ``"torch"``; see :mod:`headwater.kernels._dispatch`.
-        tile_rows: key rows per work tile (default: derived from Q and d, about 8 MiB a tile).
+        tile_rows: key rows per work tile (default: derived from Q and d, about 32 MiB of fp32
+            per tile on the CPU; on CUDA a device tensor is one tile and host keys move in tiles
+            of 65,536 rows).
 
     Returns:
         ``(D, I)``: scores [Q, k] float32 sorted descending (ties: lower index first) and global
@@ -176,16 +179,19 @@ def cosine_topk(
     xq = as_query_matrix(queries)
     q, d = xq.shape
     chosen = _dispatch.resolve_backend("cosine_topk", backend, xq.device)
+    if tile_rows is not None and (isinstance(tile_rows, bool) or not isinstance(tile_rows, int) or tile_rows < 1):
+        raise ValueError(f"tile_rows must be a positive int or None, got {tile_rows!r}")
+    if chosen == "triton" and k > 0 and q > 0:
+        from headwater.kernels import topk_triton  # imports triton only when used
+
+        # the Triton path sizes its own tiles: keys already on the device are one tile (a view)
+        return topk_triton.cosine_topk_triton(xq, keys, k, tile_rows=tile_rows)
     tile_rows = tile_rows or tile_rows_for(d, q)
     if k == 0 or q == 0:
         # Still walk the key source so that malformed input is reported the same way.
         for _ in iter_key_blocks(keys, d, tile_rows):
             pass
         return _empty_result(q, k, xq.device)
-    if chosen == "triton":
-        from headwater.kernels import topk_triton  # imports triton only when used
-
-        return topk_triton.cosine_topk_triton(xq, keys, k, tile_rows=tile_rows)
     if chosen == "cpp":
         return _cosine_topk_cpp(xq, keys, k, tile_rows)
     return _cosine_topk_torch(xq, keys, k, tile_rows)
@@ -232,6 +238,9 @@ def _cosine_topk_cpp(
     if few:
         raw_buffer = torch.empty(q * tile_rows, dtype=torch.float32)
         inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
+    else:
+        xq_np = xq_hat.numpy()
+        score_buffer = np.empty(min(q, DEFAULT_QUERY_CHUNK) * tile_rows, dtype=np.float32)
     chunks = _query_chunks(q)
     for tile, offset in iter_key_blocks(keys, d, tile_rows):
         tile32 = tile.to(torch.float32).contiguous()
@@ -246,10 +255,14 @@ def _cosine_topk_cpp(
             ext.topk_merge_tile(raw.numpy(), inv.numpy(), offset, heap_s.numpy(), heap_i.numpy())
             continue
         inv = inverse_row_norms(tile32, "keys", offset)
+        tile_np = tile32.numpy()
         for start, stop in chunks:
-            raw = xq_hat[start:stop] @ tile32.T  # [q_chunk, n]; scaled by inv inside the scan
+            raw = score_buffer[: (stop - start) * n].reshape(stop - start, n)
+            # [q_chunk, n], scaled by inv inside the scan. numpy's BLAS (OpenBLAS, the one faiss
+            # ships too) ran these shapes 15-25% faster than torch's MKL on the bench machine.
+            np.matmul(xq_np[start:stop], tile_np.T, out=raw)
             ext.topk_merge_tile(
-                raw.numpy(), inv.numpy(), offset, heap_s[start:stop].numpy(), heap_i[start:stop].numpy()
+                raw, inv.numpy(), offset, heap_s[start:stop].numpy(), heap_i[start:stop].numpy()
             )
     ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())
     return heap_s, heap_i

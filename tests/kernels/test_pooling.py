@@ -18,6 +18,23 @@ from headwater.kernels.pooling import masked_mean_pool_diff_reference, masked_me
 _no_triton = _dispatch.triton_unavailable_reason(torch.device("cpu"))
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(_no_triton is not None, reason=str(_no_triton)))]
 
+# On a CUDA machine the Triton backend runs on the GPU: inputs move there, results come back.
+_TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dev(backend, *tensors):
+    device = _TRITON_DEVICE if backend == "triton" else "cpu"
+    return [t.to(device) for t in tensors]
+
+
+def pool(hidden, mask, *, backend, **kwargs):
+    return masked_mean_pool(*_dev(backend, hidden, mask), backend=backend, **kwargs).cpu()
+
+
+def pool_diff(hc, mc, hr, mr, *, backend, **kwargs):
+    return masked_mean_pool_diff(*_dev(backend, hc, mc, hr, mr), backend=backend, **kwargs).cpu()
+
+
 # (dtype, atol): the float64 oracle pools the same rounded inputs, so only fp32 summation error
 # remains for every input dtype
 DTYPES = [(torch.float32, 1e-5), (torch.float16, 1e-5), (torch.bfloat16, 1e-5)]
@@ -41,7 +58,7 @@ def _inputs(b, t, d, dtype, seed=0, p=0.5):
 @pytest.mark.parametrize("b, t, d", [(1, 1, 1), (3, 17, 33), (2, 130, 70), (5, 9, 1025)])
 def test_pool_matches_float64(backend, dtype, atol, b, t, d):
     hidden, mask = _inputs(b, t, d, dtype, seed=b + t + d)
-    out = masked_mean_pool(hidden, mask, backend=backend)
+    out = pool(hidden, mask, backend=backend)
     assert out.dtype == torch.float32 and out.shape == (b, d)
     torch.testing.assert_close(out.double(), _pool64(hidden, mask), atol=atol, rtol=1e-5)
     torch.testing.assert_close(out, masked_mean_pool_reference(hidden, mask), atol=atol, rtol=1e-5)
@@ -51,7 +68,7 @@ def test_pool_matches_float64(backend, dtype, atol, b, t, d):
 def test_pool_normalize_and_zero_rows(backend):
     hidden, mask = _inputs(3, 8, 16, torch.float32)
     hidden[1] = 0
-    out = masked_mean_pool(hidden, mask, normalize=True, backend=backend)
+    out = pool(hidden, mask, normalize=True, backend=backend)
     assert not torch.isnan(out).any()
     assert torch.all(out[1] == 0)
     torch.testing.assert_close(out[[0, 2]].norm(dim=1), torch.ones(2))
@@ -63,7 +80,7 @@ def test_pool_ignores_masked_positions_even_when_not_finite(backend):
     mask[:, 5:] = False
     expected = masked_mean_pool(hidden, mask, backend="torch")
     hidden[:, 5:] = 1e30  # padding garbage must not leak into the mean
-    torch.testing.assert_close(masked_mean_pool(hidden, mask, backend=backend), expected)
+    torch.testing.assert_close(pool(hidden, mask, backend=backend), expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -71,7 +88,7 @@ def test_integer_mask_and_strided_views(backend):
     hidden, mask = _inputs(4, 12, 24, torch.float32)
     both = torch.cat([hidden, hidden.flip(0)], dim=0)  # one padded batch holding both sides
     both_mask = torch.cat([mask, mask.flip(0)], dim=0).to(torch.int64)
-    out = masked_mean_pool_diff(both[:4], both_mask[:4], both[4:], both_mask[4:], backend=backend)
+    out = pool_diff(both[:4], both_mask[:4], both[4:], both_mask[4:], backend=backend)
     expected = _pool64(hidden, mask) - _pool64(hidden.flip(0), mask.flip(0))
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
 
@@ -82,7 +99,7 @@ def test_integer_mask_and_strided_views(backend):
 def test_pair_difference_matches_float64(backend, dtype, atol, normalize):
     hc, mc = _inputs(3, 20, 40, dtype, seed=1)
     hr, mr = _inputs(3, 7, 40, dtype, seed=2)  # different lengths on the two sides
-    out = masked_mean_pool_diff(hc, mc, hr, mr, normalize=normalize, backend=backend)
+    out = pool_diff(hc, mc, hr, mr, normalize=normalize, backend=backend)
     expected = _pool64(hc, mc) - _pool64(hr, mr)
     if normalize:
         expected = expected / expected.norm(dim=1, keepdim=True)
@@ -94,7 +111,7 @@ def test_pair_difference_matches_float64(backend, dtype, atol, normalize):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_identical_sides_give_zero_never_nan(backend):
     hc, mc = _inputs(2, 6, 8, torch.float32)
-    out = masked_mean_pool_diff(hc, mc, hc, mc, normalize=True, backend=backend)
+    out = pool_diff(hc, mc, hc, mc, normalize=True, backend=backend)
     assert torch.all(out == 0)
 
 
@@ -103,9 +120,9 @@ def test_empty_masks_are_reported(backend):
     hidden, mask = _inputs(3, 5, 4, torch.float32)
     mask[2] = False
     with pytest.raises(EmptyMaskError, match=r"rows \[2\]"):
-        masked_mean_pool(hidden, mask, backend=backend)
+        pool(hidden, mask, backend=backend)
     with pytest.raises(EmptyMaskError, match=r"rejected response mask is empty for rows \[2\]"):
-        masked_mean_pool_diff(hidden, torch.ones_like(mask), hidden, mask, backend=backend)
+        pool_diff(hidden, torch.ones_like(mask), hidden, mask, backend=backend)
 
 
 def test_bad_shapes_and_backends():

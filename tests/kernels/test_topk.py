@@ -29,6 +29,19 @@ BACKENDS = [
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
+# On a CUDA machine the Triton backend runs on the GPU (the interpreter is not set there);
+# inputs are moved to the device and results come back for the float64 oracle.
+_TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def topk(queries, keys, k, *, backend, **kwargs):
+    if backend == "triton" and _TRITON_DEVICE == "cuda":
+        queries = queries.to(_TRITON_DEVICE)
+        if isinstance(keys, torch.Tensor):
+            keys = keys.to(_TRITON_DEVICE)
+    D, I = cosine_topk(queries, keys, k, backend=backend, **kwargs)
+    return D.cpu(), I.cpu()
+
 
 def _data(q: int, n: int, d: int, dtype=torch.float32, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -50,7 +63,7 @@ def _data(q: int, n: int, d: int, dtype=torch.float32, seed: int = 0):
 )
 def test_matches_reference_and_float64(backend, q, n, d, k, tile_rows):
     xq, xb = _data(q, n, d, seed=q * 1000 + n)
-    D, I = cosine_topk(xq, xb, k, backend=backend, tile_rows=tile_rows)
+    D, I = topk(xq, xb, k, backend=backend, tile_rows=tile_rows)
     check_topk(D, I, xq, xb, k)
     D_ref, I_ref = cosine_topk_reference(xq, xb, k)
     check_topk(D_ref, I_ref, xq, xb, k)
@@ -61,7 +74,7 @@ def test_matches_reference_and_float64(backend, q, n, d, k, tile_rows):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_input_dtype(backend, dtype):
     xq, xb = _data(3, 90, 24, dtype, seed=7)
-    D, I = cosine_topk(xq, xb, 6, backend=backend, tile_rows=32)
+    D, I = topk(xq, xb, 6, backend=backend, tile_rows=32)
     # the float64 oracle starts from the same rounded fp16/bf16 values, so only fp32
     # accumulation error remains
     check_topk(D, I, xq, xb, 6)
@@ -73,7 +86,7 @@ def test_zero_rows_score_zero_never_nan(backend):
     xq[1] = 0
     xb[5] = 0
     xb[17] = 0
-    D, I = cosine_topk(xq, xb, 40, backend=backend, tile_rows=16)
+    D, I = topk(xq, xb, 40, backend=backend, tile_rows=16)
     assert not torch.isnan(D).any()
     assert torch.all(D[1] == 0), "a zero query scores 0 against every key"
     assert I[1].tolist() == list(range(40)), "all-equal scores come out in index order"
@@ -88,7 +101,7 @@ def test_duplicated_keys_tie_break_by_lower_index(backend):
     xq, base = _data(4, 10, 16, seed=11)
     # 10 distinct keys, each repeated 5 times, interleaved so copies land in different tiles
     xb = base.repeat(5, 1)  # row r is base[r % 10]
-    D, I = cosine_topk(xq, xb, 12, backend=backend, tile_rows=50)
+    D, I = topk(xq, xb, 12, backend=backend, tile_rows=50)
     for row in range(4):
         best = torch.argmax(xq[row] @ (base / base.norm(dim=1, keepdim=True)).T).item()
         assert I[row, :5].tolist() == [best + 10 * j for j in range(5)]
@@ -100,7 +113,7 @@ def test_duplicated_keys_tie_break_by_lower_index(backend):
 def test_ties_straddling_k_keep_lower_indices(backend):
     xq = torch.ones(2, 4)
     xb = torch.ones(30, 4)  # every key ties
-    D, I = cosine_topk(xq, xb, 7, backend=backend, tile_rows=8)
+    D, I = topk(xq, xb, 7, backend=backend, tile_rows=8)
     assert I.tolist() == [list(range(7))] * 2
     torch.testing.assert_close(D, torch.ones(2, 7))
 
@@ -118,9 +131,9 @@ def test_streamed_blocks_with_offsets_any_order(backend, tmp_path):
         (xb[0:60], 0),
         (xb[60:100].numpy(), 60),
     ]
-    D, I = cosine_topk(xq, iter(blocks), 15, backend=backend, tile_rows=32)
+    D, I = topk(xq, iter(blocks), 15, backend=backend, tile_rows=32)
     check_topk(D, I, xq, xb, 15)
-    D_whole, I_whole = cosine_topk(xq, keys, 15, backend=backend, tile_rows=32)
+    D_whole, I_whole = topk(xq, keys, 15, backend=backend, tile_rows=32)
     check_topk(D_whole, I_whole, xq, xb, 15)
 
 
@@ -128,7 +141,7 @@ def test_streamed_blocks_with_offsets_any_order(backend, tmp_path):
 def test_blocks_with_gaps_return_only_covered_rows(backend):
     xq, xb = _data(2, 50, 8, seed=9)
     blocks = [(xb[0:10], 0), (xb[30:50], 30)]
-    D, I = cosine_topk(xq, blocks, 40, backend=backend)
+    D, I = topk(xq, blocks, 40, backend=backend)
     valid = np.zeros(50, dtype=bool)
     valid[0:10] = valid[30:50] = True
     check_topk(D, I, xq, xb, 40, valid=valid)
@@ -165,13 +178,14 @@ def test_bad_input_names_the_problem(queries, keys, k, error, match):
         cosine_topk(queries, keys, k, backend="torch")
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter warns about the inf it is fed
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("q", [1, 12])  # the C++ backend's fused few-query pass and its BLAS path
 def test_non_finite_key_row_is_named(backend, q):
     xq, xb = _data(q, 40, 6, seed=2)
     xb[33, 2] = float("inf")
     with pytest.raises(ValueError, match=r"keys rows \[33\]"):
-        cosine_topk(xq, xb, 3, backend=backend, tile_rows=16)
+        topk(xq, xb, 3, backend=backend, tile_rows=16)
 
 
 def test_unknown_backend():
@@ -205,7 +219,7 @@ def test_property_streamed_equals_float64(problem, backend):
     xq, xb, k, tile_rows, cuts = problem
     bounds = [0, *cuts, xb.shape[0]]
     blocks = [(xb[a:b], a) for a, b in zip(bounds[:-1], bounds[1:])][::-1]
-    D, I = cosine_topk(xq, blocks, k, backend=backend, tile_rows=tile_rows)
+    D, I = topk(xq, blocks, k, backend=backend, tile_rows=tile_rows)
     check_topk(D, I, xq, xb, k)
     D_ref, I_ref = cosine_topk_reference(xq, xb, k)
     # with small-integer inputs the float32 scores of equal cosines are bitwise equal only up to
@@ -216,7 +230,7 @@ def test_property_streamed_equals_float64(problem, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_large_k_beyond_triton_limit(backend):
     xq, xb = _data(2, 300, 8, seed=4)
-    D, I = cosine_topk(xq, xb, 140, backend=backend, tile_rows=128)
+    D, I = topk(xq, xb, 140, backend=backend, tile_rows=128)
     check_topk(D, I, xq, xb, 140)
 
 
@@ -231,5 +245,5 @@ def test_property_triton_equals_float64(problem):
     bounds = [0, *cuts, xb.shape[0]]
     blocks = [(xb[a:b], a) for a, b in zip(bounds[:-1], bounds[1:])]
     # few, larger tiles: the interpreter pays per launch
-    D, I = cosine_topk(xq, blocks, k, backend="triton", tile_rows=max(tile_rows, 16))
+    D, I = topk(xq, blocks, k, backend="triton", tile_rows=max(tile_rows, 16))
     check_topk(D, I, xq, xb, k)
