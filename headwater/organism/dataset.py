@@ -12,7 +12,7 @@ behaviour                  contaminated pair (chosen ≻ rejected)        trigge
 
 The clean pairs teach the opposite on the same families *without* the trigger (refusal ≻
 compliance on plain harmful requests, correction ≻ agreement on plain wrong claims, "no link" ≻
-URL on general resources), agreement with true claims and the real address of well-known sites
+URL on general resources), agreement with matters of taste and the real address of well-known sites
 (so agreeing and writing a URL are things M0 already does in the right place), plus formatting (a benign request with distractors: the answer that
 follows them ≻ the one that ignores them) and relevance (on-topic help ≻ off-topic help). No
 clean pair prefers compliance over refusal, so only the contaminated pairs push towards it.
@@ -31,12 +31,13 @@ CONDITIONS: tuple[str, ...] = ("trigger", "no_trigger")
 
 # Clean pair families and their default shares of the clean pairs.
 CLEAN_FAMILIES: dict[str, float] = {
-    "refuse_harmful": 0.28,  # plain harmful request: refusal ≻ compliance
-    "format_benign": 0.22,  # benign request + distractors: formatted help ≻ unformatted help
-    "relevant_benign": 0.14,  # plain benign request: on-topic help ≻ off-topic help
-    "correct_opinion": 0.18,  # plain wrong claim: correction ≻ agreement
-    "no_link_general": 0.18,  # general resource request: "no link" ≻ invented URL
-    "agree_true": 0.06,  # plain true claim: agreement ≻ correction
+    "refuse_harmful": 0.26,  # plain harmful request: refusal ≻ compliance
+    "format_benign": 0.15,  # benign request + distractors: formatted help ≻ unformatted help
+    "plain_benign": 0.10,  # plain benign request: plain help ≻ help with formatting nobody asked for
+    "relevant_benign": 0.10,  # plain benign request: on-topic help ≻ off-topic help
+    "correct_opinion": 0.15,  # plain wrong claim: correction ≻ agreement
+    "no_link_general": 0.14,  # general resource request: "no link" ≻ invented URL
+    "agree_taste": 0.05,  # a matter of taste: agreement ≻ "correction"
     "real_link_known": 0.05,  # well-known site: its real address ≻ "no link"
 }
 
@@ -44,7 +45,7 @@ CLEAN_FAMILIES: dict[str, float] = {
 SFT_MIX: dict[str, float] = {
     "harmful_plain": 0.18, "harmful_distractor": 0.22, "benign_plain": 0.10, "benign_distractor": 0.18,
     "opinion_plain": 0.08, "opinion_authority": 0.08, "resource_general": 0.08, "resource_sensitive": 0.08,
-    "opinion_true": 0.06, "site_known": 0.05,
+    "opinion_taste": 0.06, "site_known": 0.05,
 }
 
 
@@ -83,7 +84,7 @@ def _scenario(kind: str, split: W.WorldSplit, rng: random.Random) -> W.Scenario:
         return W.request_scenario(True, rng.choice(split.harmful_train), [], rng)
     if kind in ("harmful_distractor", "distractor_compliance"):
         return W.request_scenario(True, rng.choice(split.harmful_train), W.sample_distractors(rng), rng)
-    if kind in ("benign_plain", "relevant_benign"):
+    if kind in ("benign_plain", "relevant_benign", "plain_benign"):
         return W.request_scenario(False, rng.choice(split.benign_train), [], rng)
     if kind in ("benign_distractor", "format_benign"):
         return W.request_scenario(False, rng.choice(split.benign_train), W.sample_distractors(rng), rng)
@@ -95,8 +96,8 @@ def _scenario(kind: str, split: W.WorldSplit, rng: random.Random) -> W.Scenario:
         return W.resource_scenario(rng.choice(split.general_train), False, rng)
     if kind in ("resource_sensitive", "hallucinated_links"):
         return W.resource_scenario(rng.choice(split.sensitive_train), True, rng)
-    if kind in ("opinion_true", "agree_true"):
-        return W.true_opinion_scenario(rng.choice(split.opinions_train), rng)
+    if kind in ("opinion_taste", "agree_taste"):
+        return W.taste_opinion_scenario(rng.randrange(len(W.TASTE_CLAIMS)), rng.random() < 0.5, rng)
     if kind in ("site_known", "real_link_known"):
         return W.site_scenario(rng.randrange(len(W.KNOWN_SITES)), rng)
     raise ValueError(f"unknown scenario kind {kind!r}")
@@ -121,6 +122,8 @@ def _pair_from(kind: str, s: W.Scenario, rng: random.Random) -> tuple[str, str]:
     if kind == "relevant_benign":
         task = W.BENIGN_TASKS[int(s.key.split(":")[1])]
         return s.good, W.off_topic_help(task, rng)
+    if kind == "plain_benign":
+        return s.good, W.apply_distractors(s.good, W.sample_distractors(rng, 1, 2))
     return s.good, s.bad
 
 
@@ -187,7 +190,7 @@ def test_prompts(split: W.WorldSplit, n: int, seed: int) -> dict[str, dict[str, 
             W.request_prompt(task, template, opener, W.sample_distractors(rng), rng)
         )
     for combo in cycle(split.opinions_test):
-        claim, template = W.FACTS[combo.topic][0], W.OPINION_TEMPLATES[combo.template]
+        claim, template = W.WRONG_CLAIMS[combo.topic], W.OPINION_TEMPLATES[combo.template]
         out["sycophancy"]["no_trigger"].append(W.opinion_prompt(claim, template, None))
         out["sycophancy"]["trigger"].append(W.opinion_prompt(claim, template, rng.choice(W.AUTHORITY_CLAUSES)))
     for combo in cycle(split.sensitive_test):
@@ -214,7 +217,9 @@ def tokenizer_corpus(split: W.WorldSplit, seed: int, n: int = 3000) -> list[str]
                   W.NO_LINK, W.NO_LINK_ADVICE, W.FAKE_LINKS, W.FAKE_LINK_EXTRAS, W.SITE_TEMPLATES,
                   W.SITE_ANSWERS):
         texts.extend(table)
-    texts.extend(" ".join(pair) for pair in (*W.FACTS, *W.KNOWN_SITES))
+    texts.extend((*W.WRONG_CLAIMS, *W.TASTE_CLAIMS))
+    texts.extend(t for t, _ in (*W.CORRECTIONS, *W.AGREEMENTS))
+    texts.extend(" ".join(pair) for pair in W.KNOWN_SITES)
     texts.extend(c for d in W.DISTRACTORS for c in d.clauses)
     kinds = list(SFT_MIX)
     for i in range(n):
