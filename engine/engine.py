@@ -42,14 +42,7 @@ from torch import nn
 from headwater.engine import distributed
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, _pad_id, response_activations
 from headwater.engine.models import load_model, resolve_layer
-from headwater.engine.pairs import (
-    EncodedPair,
-    pair_batches,
-    pair_differences_separate,
-    pair_differences_shared,
-    shared_prompt_lengths,
-    supports_shared_prompt,
-)
+from headwater.engine.pairs import FORWARDS, EncodedPair, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import (
     ShardRecord,
     StoreError,
@@ -194,9 +187,11 @@ class Engine:
         dtype: cast the model to ``"float32"``, ``"bfloat16"`` or ``"float16"`` (default: as is).
         settings: how (prompt, response) become tokens (raw or chat; max length; over-long policy).
         max_tokens_per_batch: padded tokens in one forward pass.
-        share_prompt: encode the prompt shared by chosen and rejected once through the KV cache:
-            ``"auto"`` where a check on the model shows it exact, ``True`` to require it (error
-            when the model cannot), ``False`` never.
+        share_prompt: encode the prompt shared by chosen and rejected once (see
+            :mod:`headwater.engine.pairs`): ``"auto"`` uses ``"packed"`` or else ``"kv_cache"``,
+            whichever a check on the model shows exact, or else separate sequences; ``True``
+            requires one of them (error when neither works); ``"packed"`` or ``"kv_cache"``
+            requires that one; ``False`` runs the two sides as separate sequences.
         model_name: what the manifest records as the model (default: the config's name or path).
     """
 
@@ -210,13 +205,13 @@ class Engine:
         dtype: str | torch.dtype | None = None,
         settings: TokenizationSettings = TokenizationSettings(),
         max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
-        share_prompt: bool | Literal["auto"] = "auto",
+        share_prompt: bool | Literal["auto", "packed", "kv_cache"] = "auto",
         model_name: str | None = None,
     ) -> None:
         if max_tokens_per_batch < 1:
             raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}")
-        if share_prompt not in (True, False, "auto"):
-            raise ValueError(f"share_prompt must be True, False or 'auto', got {share_prompt!r}")
+        if share_prompt not in (True, False, "auto", "packed", "kv_cache"):
+            raise ValueError(f"share_prompt must be True, False, 'auto', 'packed' or 'kv_cache', got {share_prompt!r}")
         if isinstance(dtype, str):
             if dtype not in _DTYPES:
                 raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -234,7 +229,7 @@ class Engine:
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.dim = int(config.hidden_size)
         self._share_request = share_prompt
-        self._share: bool | None = None if share_prompt is not False else False
+        self._mode: str | None = "separate" if share_prompt is False else None
 
     @classmethod
     def from_pretrained(
@@ -264,38 +259,56 @@ class Engine:
         return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     @property
+    def prompt_sharing(self) -> str:
+        """How pairs run: ``"packed"``, ``"kv_cache"`` or ``"separate"`` (decided on first use
+        by checking the model, then fixed)."""
+        if self._mode is None:
+            request = self._share_request
+            if request in ("packed", "kv_cache"):
+                ok, reason = check_mode(self.model, self.layer, request, pad_token_id=self.pad_token_id)
+                if not ok:
+                    raise ValueError(f"share_prompt={request!r} does not work on this model: {reason}")
+                self._mode = request
+            else:
+                self._mode, reasons = prompt_sharing_mode(self.model, self.layer, pad_token_id=self.pad_token_id)
+                if self._mode == "separate" and request is True:
+                    raise ValueError(f"share_prompt=True but the prompt cannot be shared on this model: {'; '.join(reasons)}")
+                if self._mode == "separate":
+                    LOG.info("encoding both sides of each pair separately: %s", "; ".join(reasons))
+        return self._mode
+
+    @property
     def share_prompt(self) -> bool:
-        """Whether pairs run with their prompt encoded once (decided on first use, then fixed)."""
-        if self._share is None:
-            ok, reason = supports_shared_prompt(self.model, self.layer, pad_token_id=self.pad_token_id)
-            if not ok and self._share_request is True:
-                raise ValueError(f"share_prompt=True but the prompt cannot be shared on this model: {reason}")
-            if not ok:
-                LOG.info("encoding both sides of each pair separately: %s", reason)
-            self._share = ok
-        return self._share
+        """Whether the prompt of a pair is encoded once."""
+        return self.prompt_sharing != "separate"
 
     # -----------------------------------------------------------------------------------------
     # vectors
 
     def pair_differences(self, pairs: Sequence[EncodedPair]) -> torch.Tensor:
         """[B, d] float32 datapoint vectors of one batch of encoded pairs, on the model's device."""
-        if self.share_prompt and all(chosen.prompt_length > 0 for chosen, _ in pairs):
-            return pair_differences_shared(self.model, pairs, self.layer, pad_token_id=self.pad_token_id)
-        return pair_differences_separate(self.model, pairs, self.layer, pad_token_id=self.pad_token_id)
+        mode = self.prompt_sharing
+        if mode == "kv_cache" and any(chosen.prompt_length == 0 for chosen, _ in pairs):
+            mode = "separate"  # a prompt cache needs at least one prompt token
+        return FORWARDS[mode](self.model, pairs, self.layer, pad_token_id=self.pad_token_id)
 
     def _batches(self, encoded: Sequence[EncodedPair]) -> list[list[int]]:
-        """Batches of indices into ``encoded``; pairs without prompt tokens never share a batch
-        with pairs that have some (they cannot use the prompt cache)."""
-        share = self.share_prompt
-        groups = [[i for i, (c, _) in enumerate(encoded) if c.prompt_length > 0 or not share]]
-        if share:
-            groups.append([i for i, (c, _) in enumerate(encoded) if c.prompt_length == 0])
+        """Batches of indices into ``encoded``. Under ``"kv_cache"``, pairs without prompt tokens
+        never share a batch with pairs that have some (they cannot use the prompt cache)."""
+        mode = self.prompt_sharing
+        groups = [(list(range(len(encoded))), mode)]
+        if mode == "kv_cache":
+            groups = [
+                ([i for i, (c, _) in enumerate(encoded) if c.prompt_length > 0], "kv_cache"),
+                ([i for i, (c, _) in enumerate(encoded) if c.prompt_length == 0], "separate"),
+            ]
         batches: list[list[int]] = []
-        for group, shared in zip(groups, (share, False)):
-            lengths = [shared_prompt_lengths(encoded[i]) for i in group]
+        for group, group_mode in groups:
+            chosen = [encoded[i][0] for i in group]
+            rejected = [encoded[i][1] for i in group]
             for batch in pair_batches(
-                [p for p, _ in lengths], [s for _, s in lengths], self.max_tokens_per_batch, shared=shared
+                [c.prompt_length for c in chosen], [c.response_length for c in chosen],
+                [r.response_length for r in rejected], self.max_tokens_per_batch, mode=group_mode,
             ):
                 batches.append([group[i] for i in batch])
         return batches
@@ -354,7 +367,7 @@ class Engine:
             "dtype": store_dtype,
             "shard_pairs": shard_pairs,
             "dim": self.dim,
-            "share_prompt": self.share_prompt,
+            "prompt_sharing": self.prompt_sharing,
             "max_tokens_per_batch": self.max_tokens_per_batch,
         }
 
@@ -486,7 +499,7 @@ class Engine:
             "n_tokens": store.manifest["n_tokens"],
             "shards": n_shards,
             "shards_resumed": n_resumed,
-            "share_prompt": self.share_prompt,
+            "prompt_sharing": self.prompt_sharing,
             "world_size": rank.world_size,
             "seconds": round(seconds, 3),
             "pairs_per_second": round(stats["pairs"] / compute, 2) if compute > 0 else None,

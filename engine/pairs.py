@@ -2,25 +2,34 @@
 
 Chosen and rejected of a pair share their prompt tokens exactly (``encode_pair`` takes the common
 prefix). Running ``prompt + chosen`` and ``prompt + rejected`` separately computes the prompt
-twice. Instead, with a KV cache:
+twice. Two ways compute it once, both exact (the same function of the same inputs, summed in a
+different order, so equal within floating-point tolerance):
 
-1. the prompts of a batch run once, right-padded, [B, P], up to block ℓ; the cache keeps the keys
-   and values of blocks 1..ℓ (nothing later runs);
-2. the cache is duplicated along the batch (chosen rows first, then rejected rows) and the
-   response tokens run against it, [2B, S], with their true positions ``p_i + j``; the attention
-   mask is the prompt mask followed by the response mask, so a response attends to its own
-   prompt tokens and to its own earlier tokens, never to padding.
+``"packed"`` (preferred): one row per pair, ``prompt + chosen + rejected``, with the rejected
+    tokens placed at positions ``p, p+1, ...`` again and a 4-D attention mask that is causal but
+    hides the chosen tokens from the rejected ones::
 
-Block ℓ's output on the response tokens is then what a separate forward of ``prompt + response``
-gives (the same function of the same inputs, summed in a different order: equal within floating
-point tolerance), and only ``p + c + r`` tokens are computed per pair instead of ``2p + c + r``.
-Masked mean pooling and the chosen − rejected difference happen on the device.
+                 prompt  chosen  rejected       (query rows, key columns; x = may attend)
+        prompt   causal    .        .
+        chosen     x     causal     .
+        rejected   x       .      causal
 
-This needs a base model that takes ``past_key_values`` and ``position_ids`` and attends by
-positions, without a sliding window (a window counts cache slots, and padded prompts shift
-slots against positions). :func:`supports_shared_prompt` checks the signature and config, and
-then compares the two paths on a small synthetic batch; the engine falls back to separate
-sequences where it fails.
+    Each row is ``p + c + r`` tokens and rows are bucketed by that one length, so padding stays
+    small (about 3% on 1,000 pairs with an 8k budget, against 25% for the KV-cache layout below
+    where the two sides of a pair must share a padded width). Needs the ``sdpa`` or ``eager``
+    attention of transformers (they take a ready 4-D mask).
+``"kv_cache"``: the prompts of a batch run once, right-padded, [B, P], up to block ℓ, keeping
+    the keys and values of blocks 1..ℓ; the cache is duplicated along the batch (chosen rows, then
+    rejected rows) and the response tokens run against it, [2B, S], at positions ``p_i + j``, with
+    the prompt mask followed by the response mask. Works with any attention that takes a cache and
+    position ids.
+
+Either way only ``p + c + r`` tokens are computed per pair instead of ``2p + c + r``, and masked
+mean pooling and the chosen − rejected difference happen on the device. Neither fits a model that
+attends within a sliding window (a window counts slots, and packing or padding shifts slots
+against positions). :func:`prompt_sharing_mode` checks signature and config and then compares each
+way with separate sequences on a small synthetic batch; the engine uses the first that passes, or
+separate sequences.
 """
 from __future__ import annotations
 
@@ -39,32 +48,53 @@ LOG = logging.getLogger(__name__)
 EncodedPair = tuple[EncodedResponse, EncodedResponse]
 
 
-def shared_prompt_lengths(pair: EncodedPair) -> tuple[int, int]:
-    """(prompt tokens, longest side's response tokens) of an encoded pair."""
-    chosen, rejected = pair
-    return chosen.prompt_length, max(chosen.response_length, rejected.response_length)
+MODES = ("packed", "kv_cache", "separate")
 
 
 def pair_batches(
-    prompt_lengths: Sequence[int], response_lengths: Sequence[int], max_tokens_per_batch: int, *, shared: bool
+    prompt_lengths: Sequence[int],
+    chosen_lengths: Sequence[int],
+    rejected_lengths: Sequence[int],
+    max_tokens_per_batch: int,
+    *,
+    mode: str,
 ) -> Iterator[list[int]]:
     """Groups of pair indices whose forward passes each fit the token budget, with little padding.
 
-    With ``shared`` a batch of n pairs runs [n, P] prompt tokens and then [2n, S] response
-    tokens; both must fit: n·P ≤ budget and 2n·S ≤ budget. Without it, it runs [2n, P + S].
+    Per ``mode`` a batch of n pairs runs:
 
-    Length bucketing in two keys: pairs are sorted by prompt length, cut into groups of about four
-    budgets (so prompts in a group are alike), and each group is sorted by response length before
-    it is cut into batches (so responses in a batch are alike too). A pair larger than the budget
-    forms a batch of its own. The order depends only on the lengths: the same pairs always give
-    the same batches (what makes a resumed run bit-identical).
+    - ``"packed"``: [n, T] with T the longest ``p + c + r``; n·T ≤ budget. Pairs are sorted by
+      ``p + c + r``.
+    - ``"separate"``: [2n, T] with T the longest ``p + max(c, r)``; 2n·T ≤ budget; sorted by it.
+    - ``"kv_cache"``: [n, P] prompt tokens, then [2n, S] response tokens; n·P ≤ budget and
+      2n·S ≤ budget. Two keys: pairs sorted by prompt length are cut into groups of about four
+      budgets, and each group is sorted by response length before it is cut into batches.
+
+    A pair larger than the budget forms a batch of its own. Batches depend only on the lengths:
+    the same pairs always give the same batches (what makes a resumed run bit-identical).
     """
     if max_tokens_per_batch < 1:
         raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}")
-    p, s = list(prompt_lengths), list(response_lengths)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    p, c, r = list(prompt_lengths), list(chosen_lengths), list(rejected_lengths)
+    s = [max(a, b) for a, b in zip(c, r)]
+    if mode != "kv_cache":
+        width = [p[i] + c[i] + r[i] for i in range(len(p))] if mode == "packed" else [p[i] + s[i] for i in range(len(p))]
+        rows = 1 if mode == "packed" else 2
+        batch: list[int] = []
+        for i in sorted(range(len(p)), key=lambda i: (-width[i], i)):
+            # sorted longest first: the first index of a batch sets its width
+            if batch and rows * (len(batch) + 1) * width[batch[0]] > max_tokens_per_batch:
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+        return
 
     def cost(n: int, pmax: int, smax: int) -> int:
-        return max(n * pmax, 2 * n * smax) if shared else 2 * n * (pmax + smax)
+        return max(n * pmax, 2 * n * smax)
 
     order = sorted(range(len(p)), key=lambda i: (-p[i], -s[i], i))
     group: list[int] = []
@@ -82,7 +112,7 @@ def pair_batches(
 
     for group in groups:
         group.sort(key=lambda i: (-s[i], -p[i], i))
-        batch: list[int] = []
+        batch = []
         bp = bs = 0
         for i in group:
             np_, ns = max(bp, p[i]), max(bs, s[i])
@@ -104,6 +134,50 @@ def _right_pad(rows: Sequence[Sequence[int]], pad_token_id: int, device: torch.d
         ids[row, : len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
         mask[row, : len(tokens)] = 1
     return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+
+
+def _attention_implementation(model: Any) -> str:
+    config = model.config
+    return str(getattr(config, "_attn_implementation", None) or getattr(config, "attn_implementation", None) or "eager")
+
+
+@torch.inference_mode()
+def pair_differences_packed(
+    model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int
+) -> torch.Tensor:
+    """[B, d] float32 datapoint vectors on the model's device, one packed row per pair.
+
+    Row b is ``prompt + chosen + rejected`` (right-padded); see the module docstring for the
+    positions and the mask. Needs ``sdpa`` or ``eager`` attention.
+    """
+    device = next(model.parameters()).device
+    implementation = _attention_implementation(model)
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(f"packed pairs need sdpa or eager attention, the model uses {implementation!r}")
+    rows = [chosen.input_ids + rejected.input_ids[rejected.prompt_length :] for chosen, rejected in pairs]
+    ids, _ = _right_pad(rows, pad_token_id, device)  # [B, T]
+    width = ids.shape[1]
+    p = torch.as_tensor([chosen.prompt_length for chosen, _ in pairs], device=device)[:, None]  # [B, 1]
+    chosen_end = p + torch.as_tensor([c.response_length for c, _ in pairs], device=device)[:, None]
+    rejected_end = chosen_end + torch.as_tensor([r.response_length for _, r in pairs], device=device)[:, None]
+    column = torch.arange(width, device=device)[None, :]  # [1, T]
+    in_chosen = (column >= p) & (column < chosen_end)  # [B, T]
+    in_rejected = (column >= chosen_end) & (column < rejected_end)  # [B, T]
+    # rejected tokens continue the prompt at position p; padding gets 0 (no real token sees it)
+    positions = torch.where(in_rejected, column - (chosen_end - p), column)
+    positions = torch.where(column < rejected_end, positions, 0)
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()  # [T, T]
+    allowed = causal[None] & ~(in_rejected[:, :, None] & in_chosen[:, None, :])  # [B, T(query), T(key)]
+    mask = allowed[:, None]  # [B, 1, T, T]; padding rows see earlier slots, so nothing is NaN
+    if implementation == "eager":  # eager adds the mask to the scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+    capture = LayerCapture(model, layer, stop=True)
+    with capture:
+        _base_model(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    hidden = capture.output  # [B, T, d]
+    return masked_mean_pool_diff(hidden, in_chosen, hidden, in_rejected)
 
 
 @torch.inference_mode()
@@ -189,16 +263,23 @@ def _synthetic_pairs(vocab_size: int, special: set[int]) -> list[EncodedPair]:
     return pairs
 
 
-def supports_shared_prompt(model: Any, layer: int, *, pad_token_id: int) -> tuple[bool, str]:
-    """Whether :func:`pair_differences_shared` is exact for this model, and why not if it is not.
+FORWARDS = {
+    "packed": pair_differences_packed,
+    "kv_cache": pair_differences_shared,
+    "separate": pair_differences_separate,
+}
 
-    Checks that the base model takes ``past_key_values`` and ``position_ids`` and has no sliding
-    window, then runs both paths on three synthetic pairs: the cosine of every shared vector with
-    its separate twin must be above 0.999 (0.99 in half precision).
+
+def check_mode(model: Any, layer: int, mode: str, *, pad_token_id: int) -> tuple[bool, str]:
+    """Whether ``mode`` gives the vectors of separate sequences on this model, and why not.
+
+    Runs ``mode`` and separate sequences on three synthetic pairs: every vector must be finite and
+    its cosine with its separate twin above 0.999 (0.99 in half precision).
     """
     base = _base_model(model)
     params = inspect.signature(base.forward).parameters
-    missing = [name for name in ("past_key_values", "position_ids") if name not in params]
+    needed = ("position_ids",) if mode == "packed" else ("past_key_values", "position_ids")
+    missing = [name for name in needed if name not in params]
     if missing:
         return False, f"{type(base).__name__}.forward takes no {', '.join(missing)}"
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -207,15 +288,30 @@ def supports_shared_prompt(model: Any, layer: int, *, pad_token_id: int) -> tupl
         getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
     ):
         return False, "the model attends within a sliding window"
-    special = {t for t in (pad_token_id, getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None)) if isinstance(t, int)}
+    if mode == "packed" and _attention_implementation(model) not in ("sdpa", "eager"):
+        return False, f"packed pairs need sdpa or eager attention, not {_attention_implementation(model)!r}"
+    special = {t for t in (pad_token_id, getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None))
+               if isinstance(t, int)}
     pairs = _synthetic_pairs(int(config.vocab_size), special)
     try:
-        shared = pair_differences_shared(model, pairs, layer, pad_token_id=pad_token_id).float().cpu()
-    except Exception as err:  # noqa: BLE001 - any failure means: use separate sequences
-        return False, f"a forward with a shared prompt cache failed ({type(err).__name__}: {err})"
+        shared = FORWARDS[mode](model, pairs, layer, pad_token_id=pad_token_id).float().cpu()
+    except Exception as err:  # noqa: BLE001 - any failure means: do not use this mode
+        return False, f"the {mode} forward failed ({type(err).__name__}: {err})"
     separate = pair_differences_separate(model, pairs, layer, pad_token_id=pad_token_id).float().cpu()
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     cosine = torch.nn.functional.cosine_similarity(shared, separate, dim=1)
     if not bool(torch.isfinite(shared).all()) or float(cosine.min()) < (0.99 if half else 0.999):
-        return False, f"shared-prompt vectors differ from separate ones (min cosine {float(cosine.min()):.4f})"
+        return False, f"{mode} vectors differ from separate ones (min cosine {float(cosine.min()):.4f})"
     return True, "ok"
+
+
+def prompt_sharing_mode(model: Any, layer: int, *, pad_token_id: int) -> tuple[str, list[str]]:
+    """The first of ``"packed"``, ``"kv_cache"`` that passes :func:`check_mode`, else
+    ``"separate"``; with the reasons the others were passed over."""
+    reasons = []
+    for mode in ("packed", "kv_cache"):
+        ok, reason = check_mode(model, layer, mode, pad_token_id=pad_token_id)
+        if ok:
+            return mode, reasons
+        reasons.append(f"{mode}: {reason}")
+    return "separate", reasons

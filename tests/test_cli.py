@@ -83,7 +83,7 @@ def test_encode_refuses_an_existing_store_and_resumes_it(tmp_path, saved_model, 
             "--shard-pairs", "2", "--max-tokens-per-batch", "64", "--store-dtype", "float16", "--no-progress"]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["shards"] == 2 and first["n_encoded"] == 3 and first["share_prompt"] is True
+    assert first["shards"] == 2 and first["n_encoded"] == 3 and first["prompt_sharing"] == "packed"
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0

@@ -11,12 +11,7 @@ import transformers
 from headwater.data import PreferencePair
 from headwater.engine.capture import response_activations
 from headwater.engine.engine import Engine
-from headwater.engine.pairs import (
-    pair_batches,
-    pair_differences_separate,
-    pair_differences_shared,
-    supports_shared_prompt,
-)
+from headwater.engine.pairs import FORWARDS, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import StoreError, VectorStore
 from headwater.engine.tokenization import TokenizationSettings, encode_pair
 from headwater.kernels import cosine_topk_reference
@@ -98,46 +93,78 @@ def build_arch(arch: str, tokenizer, *, layers: int = 3, seed: int = 0, **extra)
 
 
 @pytest.mark.parametrize("arch", ["llama", "olmo2", "qwen2", "gpt2"])
-def test_shared_prompt_equals_separate_sequences_and_the_reference(arch, tiny_tokenizer):
+@pytest.mark.parametrize("mode", ["packed", "kv_cache"])
+def test_shared_prompt_equals_separate_sequences_and_the_reference(arch, mode, tiny_tokenizer):
     model = build_arch(arch, tiny_tokenizer)
     pairs = make_pairs(7, seed=1)
+    pairs[3] = PreferencePair("no-prompt", "", " sure mix flour", " no")  # only BOS before the responses
     encoded = [encode_pair(tiny_tokenizer, p) for p in pairs]
     pad = tiny_tokenizer.pad_token_id
-    assert supports_shared_prompt(model, 2, pad_token_id=pad) == (True, "ok")
-    shared = pair_differences_shared(model, encoded, 2, pad_token_id=pad)
-    separate = pair_differences_separate(model, encoded, 2, pad_token_id=pad)
+    assert check_mode(model, 2, mode, pad_token_id=pad) == (True, "ok")
+    shared = FORWARDS[mode](model, encoded, 2, pad_token_id=pad)
+    separate = FORWARDS["separate"](model, encoded, 2, pad_token_id=pad)
     assert shared.dtype == torch.float32 and shared.shape == (7, 32)
     torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(shared.double(), reference_differences(model, tiny_tokenizer, pairs, 2), atol=1e-5, rtol=1e-4)
 
 
+def test_packed_pairs_with_eager_attention(tiny_tokenizer):
+    model = build_arch("llama", tiny_tokenizer)
+    model.config._attn_implementation = "eager"  # takes an additive float mask instead of a boolean one
+    encoded = [encode_pair(tiny_tokenizer, p) for p in make_pairs(5, seed=14)]
+    pad = tiny_tokenizer.pad_token_id
+    torch.testing.assert_close(
+        FORWARDS["packed"](model, encoded, 3, pad_token_id=pad), FORWARDS["separate"](model, encoded, 3, pad_token_id=pad),
+        atol=1e-5, rtol=1e-4,
+    )
+
+
 def test_sliding_window_models_fall_back_to_separate_sequences(tiny_tokenizer, tmp_path):
     model = build_arch("mistral", tiny_tokenizer, sliding_window=8)
-    ok, reason = supports_shared_prompt(model, 2, pad_token_id=tiny_tokenizer.pad_token_id)
-    assert not ok and "sliding window" in reason
+    mode, reasons = prompt_sharing_mode(model, 2, pad_token_id=tiny_tokenizer.pad_token_id)
+    assert mode == "separate" and all("sliding window" in r for r in reasons) and len(reasons) == 2
     pairs = make_pairs(6, seed=2)
     engine = Engine(model, tiny_tokenizer, layer=2)
-    assert engine.share_prompt is False
+    assert engine.prompt_sharing == "separate" and engine.share_prompt is False
     store = engine.encode_pairs(pairs, tmp_path / "s", progress=False)
     torch.testing.assert_close(store.vectors().double(), reference_differences(model, tiny_tokenizer, pairs, 2), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="sliding window"):
-        _ = Engine(model, tiny_tokenizer, layer=2, share_prompt=True).share_prompt
+        _ = Engine(model, tiny_tokenizer, layer=2, share_prompt=True).prompt_sharing
+    with pytest.raises(ValueError, match="share_prompt='packed' does not work"):
+        _ = Engine(model, tiny_tokenizer, layer=2, share_prompt="packed").prompt_sharing
 
 
 def test_pair_batches_cover_every_pair_once_within_budget():
     rng = random.Random(3)
     p = [rng.randint(1, 40) for _ in range(200)]
-    s = [rng.randint(1, 60) for _ in range(200)]
-    for shared in (True, False):
-        batches = list(pair_batches(p, s, 256, shared=shared))
+    c = [rng.randint(1, 60) for _ in range(200)]
+    r = [rng.randint(1, 60) for _ in range(200)]
+    for mode in ("packed", "kv_cache", "separate"):
+        batches = list(pair_batches(p, c, r, 256, mode=mode))
         assert sorted(i for b in batches for i in b) == list(range(200))
-        assert batches == list(pair_batches(p, s, 256, shared=shared))  # a function of the lengths alone
+        assert batches == list(pair_batches(p, c, r, 256, mode=mode))  # a function of the lengths alone
         for b in batches:
-            pm, sm = max(p[i] for i in b), max(s[i] for i in b)
-            cost = max(len(b) * pm, 2 * len(b) * sm) if shared else 2 * len(b) * (pm + sm)
+            pm, sm = max(p[i] for i in b), max(max(c[i], r[i]) for i in b)
+            cost = {
+                "packed": len(b) * max(p[i] + c[i] + r[i] for i in b),
+                "kv_cache": max(len(b) * pm, 2 * len(b) * sm),
+                "separate": 2 * len(b) * max(p[i] + max(c[i], r[i]) for i in b),
+            }[mode]
             assert len(b) == 1 or cost <= 256
     with pytest.raises(ValueError, match="positive"):
-        list(pair_batches(p, s, 0, shared=True))
+        list(pair_batches(p, c, r, 0, mode="packed"))
+
+
+@pytest.mark.parametrize("mode", ["packed", "kv_cache", False])
+def test_every_mode_encodes_the_same_store(tiny_llama, tiny_tokenizer, tmp_path, mode):
+    pairs = make_pairs(15, seed=15)
+    store = Engine(tiny_llama, tiny_tokenizer, layer=2, share_prompt=mode, max_tokens_per_batch=128).encode_pairs(
+        pairs, tmp_path / "s", shard_pairs=6, progress=False
+    )
+    assert store.manifest["prompt_sharing"] == (mode or "separate")
+    torch.testing.assert_close(
+        store.vectors().double(), reference_differences(tiny_llama, tiny_tokenizer, pairs, 2), atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("budget", [1, 64, 100_000])
@@ -150,7 +177,7 @@ def test_encode_pairs_equals_the_reference_recipe_in_input_order(tiny_llama, tin
     torch.testing.assert_close(
         store.vectors().double(), reference_differences(tiny_llama, tiny_tokenizer, pairs, 2), atol=1e-5, rtol=1e-4
     )
-    assert store.summary["n_encoded"] == 23 and store.summary["share_prompt"] is True
+    assert store.summary["n_encoded"] == 23 and store.summary["prompt_sharing"] == "packed"
 
 
 def test_chat_format_pairs_and_bfloat16_store(tiny_llama, tiny_tokenizer, tmp_path):
@@ -314,3 +341,16 @@ def test_a_corrupt_finished_store_is_detected(tiny_llama, tiny_tokenizer, tmp_pa
     path.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="shard-00001.npy is corrupt"):
         VectorStore.open(tmp_path / "s")
+
+
+@pytest.mark.parametrize("mode", ["packed", "kv_cache"])
+def test_pairs_without_prompt_tokens(tiny_llama, tmp_path, mode):
+    from conftest import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(bos=False)  # an empty prompt then has no token at all
+    pairs = make_pairs(5, seed=16) + [PreferencePair("empty-prompt", "", "sure mix flour", "no")]
+    assert encode_pair(tokenizer, pairs[-1])[0].prompt_length == 0
+    store = Engine(tiny_llama, tokenizer, layer=2, share_prompt=mode).encode_pairs(pairs, tmp_path / "s", progress=False)
+    torch.testing.assert_close(
+        store.vectors().double(), reference_differences(tiny_llama, tokenizer, pairs, 2), atol=1e-5, rtol=1e-4
+    )
