@@ -181,7 +181,7 @@ def pair_differences_packed(
 
 
 @torch.inference_mode()
-def pair_differences_shared(
+def pair_differences_kv_cache(
     model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int
 ) -> torch.Tensor:
     """[B, d] float32 datapoint vectors ā(p, r⁺) − ā(p, r⁻) on the model's device, prompt run once.
@@ -196,7 +196,7 @@ def pair_differences_shared(
     n = len(pairs)
     prompt_lengths = [chosen.prompt_length for chosen, _ in pairs]
     if min(prompt_lengths) < 1:
-        raise ValueError("pair_differences_shared needs at least one prompt token per pair")
+        raise ValueError("pair_differences_kv_cache needs at least one prompt token per pair")
     prompt_ids, prompt_mask = _right_pad(
         [chosen.input_ids[: chosen.prompt_length] for chosen, _ in pairs], pad_token_id, device
     )  # [B, P]
@@ -265,7 +265,7 @@ def _synthetic_pairs(vocab_size: int, special: set[int]) -> list[EncodedPair]:
 
 FORWARDS = {
     "packed": pair_differences_packed,
-    "kv_cache": pair_differences_shared,
+    "kv_cache": pair_differences_kv_cache,
     "separate": pair_differences_separate,
 }
 

@@ -1,0 +1,228 @@
+"""Engine.encode_pairs against the papers' reference recipe, on the same pairs and layer.
+
+The reference recipe (what the attribution papers' code does): a transformers forward with
+``output_hidden_states=True`` over the full depth (every block, final norm and LM head), one
+sequence at a time, the prompt recomputed for each side; the response tokens of
+``hidden_states[ℓ]`` are averaged and chosen − rejected is taken.
+
+The engine: Engine.encode_pairs into a vector store (stop after block ℓ, token-budget batches
+with length bucketing, prompt encoded once through the KV cache, pooling in the forward's
+device, a writer thread for the shards).
+
+Both run in one process on the same pairs, interleaved block by block so that a change in the
+machine's load hits both; the pairs/s ratio is measured in that one run. The vectors of the two
+are compared (largest difference relative to the largest vector entry, smallest cosine).
+
+Peak host memory: ``--memory N`` runs only the engine on N pairs in a fresh process and prints
+its peak resident set size (``ru_maxrss``) before and after encoding.
+
+    python bench/bench_encode.py --model smollm2 --pairs 1000
+    python bench/bench_encode.py --model tiny --pairs 1000
+    python bench/bench_encode.py --model tiny --memory 1000 10000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headwater.data import PreferencePair, make_pair
+from headwater.engine.engine import Engine
+from headwater.engine.models import load_model, resolve_layer, smollm2_path
+from headwater.engine.tokenization import TokenizationSettings, encode_pair
+
+WORDS = (
+    "the a of to and in is for that with on as it be by this are or from at an was we can will your you "
+    "how what why when which who should could would please explain describe write list give tell make "
+    "bread water river mountain city history science music language computer garden kitchen recipe "
+    "answer question problem solution example reason result method system model data table chart story "
+    "without commas lowercase briefly carefully simple clear short long first second third next finally "
+    "because however therefore although while during after before between under over into through "
+    "people children teacher doctor student friend family company market energy health school travel"
+).split()
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
+    """English-like pairs: prompts of 10-60 words, responses of 10-90 words (about 1.3 tokens a word)."""
+    rng = random.Random(seed)
+
+    def text(lo: int, hi: int) -> str:
+        words = [rng.choice(WORDS) for _ in range(rng.randint(lo, hi))]
+        return " ".join(words).capitalize() + "."
+
+    return [make_pair(text(10, 60), " " + text(10, 90), " " + text(10, 90)) for _ in range(n)]
+
+
+def tiny_organism(seed: int = 0) -> tuple[Any, Any]:
+    """An organism-sized Llama (4 blocks, d=192, tied embeddings) and a 2,048-token BPE tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>"]
+    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [p.prompt + p.chosen + p.rejected for p in synthetic_pairs(300, seed=99)]
+    backend.train_from_iterator(corpus, trainer=trainer)
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def load(name: str, dtype: str) -> tuple[Any, Any, str]:
+    if name == "tiny":
+        model, tokenizer = tiny_organism()
+        return model.to(getattr(torch, dtype)), tokenizer, "tiny organism-sized Llama (4 x 192, 2k vocab)"
+    model, tokenizer = load_model(smollm2_path(), dtype=dtype)  # type: ignore[arg-type]
+    return model, tokenizer, "SmolLM2-135M-Instruct (30 x 576, 49k vocab)"
+
+
+@torch.inference_mode()
+def reference_recipe(model: Any, tokenizer: Any, pairs: list[PreferencePair], layer: int,
+                     settings: TokenizationSettings) -> torch.Tensor:
+    """[N, d] float32 datapoint vectors, the papers' way (see the module docstring)."""
+    out = []
+    for pair in pairs:
+        sides = []
+        for enc in encode_pair(tokenizer, pair, settings):
+            hidden = model(torch.tensor([enc.input_ids]), output_hidden_states=True).hidden_states[layer]
+            sides.append(hidden[0, enc.prompt_length :].float().mean(0))
+        out.append(sides[0] - sides[1])
+    return torch.stack(out)
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    model, tokenizer, described = load(args.model, args.dtype)
+    layer = resolve_layer(model, args.layer)
+    settings = TokenizationSettings()
+    pairs = synthetic_pairs(args.pairs, seed=args.seed)
+    engine = Engine(model, tokenizer, layer=layer, settings=settings, max_tokens_per_batch=args.max_tokens_per_batch)
+    # warm-up (first-call allocations, the shared-prompt check) on other pairs
+    warm = synthetic_pairs(8, seed=args.seed + 1)
+    reference_recipe(model, tokenizer, warm[:2], layer, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.encode_pairs(warm, Path(tmp) / "warm", progress=False)
+
+    n_tokens = sum(len(c.input_ids) + len(r.input_ids) for c, r in (encode_pair(tokenizer, p, settings) for p in pairs))
+    t_ref = t_eng = 0.0
+    ref_vectors, eng_vectors = [], []
+    blocks = [pairs[i : i + args.block] for i in range(0, len(pairs), args.block)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, block in enumerate(blocks):
+            start = time.perf_counter()
+            ref_vectors.append(reference_recipe(model, tokenizer, block, layer, settings))
+            t_ref += time.perf_counter() - start
+            start = time.perf_counter()
+            store = engine.encode_pairs(block, Path(tmp) / f"block{number}", progress=False, shard_pairs=args.shard_pairs)
+            t_eng += time.perf_counter() - start
+            eng_vectors.append(store.vectors(torch.float32))
+            print(f"  block {number + 1}/{len(blocks)}: reference {t_ref:.1f} s, engine {t_eng:.1f} s so far", flush=True)
+    ref = torch.cat(ref_vectors)
+    eng = torch.cat(eng_vectors)
+    diff = (eng - ref).abs().max().item()
+    cosine = torch.nn.functional.cosine_similarity(eng.double(), ref.double(), dim=1)
+    return {
+        "model": described,
+        "dtype": args.dtype,
+        "layer": layer,
+        "n_layers": model.config.num_hidden_layers,
+        "pairs": len(pairs),
+        "tokens": n_tokens,
+        "share_prompt": engine.share_prompt,
+        "max_tokens_per_batch": args.max_tokens_per_batch,
+        "threads": torch.get_num_threads(),
+        "reference_seconds": round(t_ref, 2),
+        "engine_seconds": round(t_eng, 2),
+        "reference_pairs_per_s": round(len(pairs) / t_ref, 2),
+        "engine_pairs_per_s": round(len(pairs) / t_eng, 2),
+        "speedup": round(t_ref / t_eng, 2),
+        "max_abs_diff": diff,
+        "max_abs_diff_rel_to_max_entry": diff / ref.abs().max().item(),
+        "min_cosine": cosine.min().item(),
+    }
+
+
+def memory_child(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """Run in a fresh process: peak RSS (MiB) after loading, and after encoding n pairs."""
+    model, tokenizer, _ = load(args.model, args.dtype)
+    pairs = synthetic_pairs(n, seed=args.seed)
+    engine = Engine(model, tokenizer, layer=args.layer, max_tokens_per_batch=args.max_tokens_per_batch)
+    _ = engine.share_prompt
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        store = engine.encode_pairs(pairs, Path(tmp) / "s", progress=False, shard_pairs=args.shard_pairs)
+        summary = store.summary
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"pairs": n, "peak_rss_mib_before_encoding": round(before, 1), "peak_rss_mib": round(after, 1),
+            "pairs_per_s": summary["pairs_per_second"], "tokens_per_s": summary["tokens_per_second"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: float32 for tiny, bfloat16 (the checkpoint's and the paper's) for smollm2")
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--layer", type=int, default=None, help="default: 5/8 of the depth (19 of 30 for SmolLM2)")
+    parser.add_argument("--block", type=int, default=250, help="pairs per interleaved reference/engine block")
+    parser.add_argument("--shard-pairs", type=int, default=4096)
+    parser.add_argument("--max-tokens-per-batch", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory", type=int, nargs="*", default=None, metavar="N",
+                        help="peak host memory of the engine alone at each N pairs, each in a fresh process")
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    args.dtype = args.dtype or ("float32" if args.model == "tiny" else "bfloat16")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.memory_child is not None:
+        print(json.dumps(memory_child(args, args.memory_child)))
+        return
+    machine = {
+        "cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "load_average": [round(x, 2) for x in __import__("os").getloadavg()],
+    }
+    results: dict[str, Any] = {"machine": machine, "command": " ".join(sys.argv)}
+    if args.memory is not None:
+        rows = []
+        for n in args.memory:
+            child = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype, "--memory-child", str(n),
+                     "--shard-pairs", str(args.shard_pairs), "--max-tokens-per-batch", str(args.max_tokens_per_batch)]
+            if args.threads:
+                child += ["--threads", str(args.threads)]
+            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            rows.append(json.loads(out))
+            print(json.dumps(rows[-1]), flush=True)
+        results["memory"] = rows
+    else:
+        results["compare"] = compare(args)
+    print(json.dumps(results, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
