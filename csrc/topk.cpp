@@ -25,6 +25,14 @@
 
 namespace py = pybind11;
 
+// target_clones builds an AVX2+FMA copy of a hot loop next to the baseline one and picks it at
+// load time on CPUs that have it; the extension itself stays portable (no -march flag).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define HEADWATER_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HEADWATER_SIMD_CLONES
+#endif
+
 namespace {
 
 // Empty slots carry index -1; for ordering they count as the largest index.
@@ -55,7 +63,8 @@ inline void replace_root(float* hs, int64_t* hi, int64_t k, float s, int64_t i) 
 
 // Merge one row of scores into its heap. Blocks of 16 are first reduced to their maximum, a loop
 // the compiler vectorises; only a block that can hold a candidate is scanned element by element.
-inline void merge_row(const float* raw, const float* inv, int64_t n, int64_t offset, float* hs,
+HEADWATER_SIMD_CLONES
+void merge_row(const float* raw, const float* inv, int64_t n, int64_t offset, float* hs,
                       int64_t* hi, int64_t k) {
   constexpr int64_t kBlock = 16;
   float scaled[kBlock];
@@ -157,11 +166,7 @@ void topk_sort_rows(py::array& heap_scores, py::array& heap_indices) {
 
 // Sum over c < d of a[c] * b[c] in float32 with 16 independent partial sums: the compiler turns
 // the lane loop into SIMD code, and the independent chains hide the latency of the additions.
-// target_clones builds an AVX2+FMA copy next to the baseline one and picks it at load time on
-// CPUs that have it (the extension itself stays portable: no -march flag).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
+HEADWATER_SIMD_CLONES
 float dot16(const float* a, const float* b, int64_t d) {
   float lanes[16] = {0};
   int64_t c = 0;
@@ -215,6 +220,30 @@ int64_t cosine_scores_few_queries(const py::array& queries, const py::array& key
   return first_bad == n ? -1 : first_bad;
 }
 
+// 1/|x_j| for every row of keys [n, d] (0 for a zero row), rows in parallel. Returns the first
+// row whose norm is not finite, or -1.
+int64_t inverse_row_norms(const py::array& keys, py::array& inv_norms_out) {
+  const char* fn = "inverse_row_norms";
+  check_array<float>(fn, "keys", keys, 2, false);
+  check_array<float>(fn, "inv_norms_out", inv_norms_out, 1, true);
+  const int64_t n = keys.shape(0), d = keys.shape(1);
+  if (inv_norms_out.shape(0) != n) {
+    throw py::value_error(std::string(fn) + ": inv_norms_out must be [" + std::to_string(n) +
+                          "], got " + describe(inv_norms_out));
+  }
+  const float* xb = static_cast<const float*>(keys.data());
+  float* inv = static_cast<float*>(inv_norms_out.mutable_data());
+  int64_t first_bad = n;
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) reduction(min : first_bad) if (n * d > 65536)
+  for (int64_t j = 0; j < n; ++j) {
+    const float norm = std::sqrt(dot16(xb + j * d, xb + j * d, d));
+    if (!std::isfinite(norm)) first_bad = std::min(first_bad, j);
+    inv[j] = norm > 0 ? 1.0f / norm : 0.0f;
+  }
+  return first_bad == n ? -1 : first_bad;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -229,4 +258,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("keys"), py::arg("raw_out"), py::arg("inv_norms_out"),
         "raw_out[q, n] = queries[q, d] . keys[n, d]^T and inv_norms_out[n] = 1/|keys[j]| (0 for a "
         "zero row) in one pass over the keys (float32); returns the first non-finite row or -1.");
+  m.def("inverse_row_norms", &inverse_row_norms, py::arg("keys"), py::arg("inv_norms_out"),
+        "inv_norms_out[n] = 1/|keys[j]| (0 for a zero row), float32; returns the first non-finite "
+        "row or -1.");
 }

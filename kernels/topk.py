@@ -20,9 +20,18 @@ Contract (every backend):
   whatever N is.
 
 This module holds the torch reference (:func:`cosine_topk_reference`, the oracle: full matrix plus
-a stable sort), the tiled torch backend, the tiled C++ backend (BLAS tile from torch, selection and
-merge in ``headwater._C`` with OpenMP) and the dispatcher :func:`cosine_topk`. The Triton kernel
-lives in :mod:`headwater.kernels.topk_triton` so that importing this module never needs triton.
+a stable sort), the tiled torch backend, the tiled C++ backend and the dispatcher
+:func:`cosine_topk`. The Triton kernel lives in :mod:`headwater.kernels.topk_triton` so that
+importing this module never needs triton.
+
+The C++ backend (``auto`` on the CPU):
+
+- Q <= :data:`FEW_QUERIES`: the search is bound by memory bandwidth, and one fused C++ pass over
+  each key tile computes the dot products and the key norms together (keys read once).
+- more queries: the search is bound by the GEMM. Each [q_chunk, n] score tile comes from one
+  BLAS call (numpy's OpenBLAS, measured faster than torch's MKL here), then C++ threads scan it,
+  scale each column by its key's inverse norm on the fly and merge into per-row heaps.
+- one final C++ sort per row gives the (score desc, index asc) order.
 
 The tiled search has the shape of faiss ``contrib.exhaustive_search.knn_ground_truth``: stream key
 tiles, merge each tile's candidates into a running top-k, offset local indices to global ones,
@@ -235,9 +244,9 @@ def _cosine_topk_cpp(
     xq_hat = normalize_rows(xq, "queries")
     heap_s, heap_i = _empty_result(q, k, xq.device)
     few = q <= FEW_QUERIES
+    inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
     if few:
         raw_buffer = torch.empty(q * tile_rows, dtype=torch.float32)
-        inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
     else:
         xq_np = xq_hat.numpy()
         score_buffer = np.empty(min(q, DEFAULT_QUERY_CHUNK) * tile_rows, dtype=np.float32)
@@ -254,8 +263,10 @@ def _cosine_topk_cpp(
                 inverse_norms(torch.tensor([float("nan")]), "keys", offset + bad)  # raises, naming the row
             ext.topk_merge_tile(raw.numpy(), inv.numpy(), offset, heap_s.numpy(), heap_i.numpy())
             continue
-        inv = inverse_row_norms(tile32, "keys", offset)
-        tile_np = tile32.numpy()
+        inv, tile_np = inv_buffer[:n], tile32.numpy()
+        bad = ext.inverse_row_norms(tile_np, inv.numpy())
+        if bad >= 0:
+            inverse_norms(torch.tensor([float("nan")]), "keys", offset + bad)  # raises, naming the row
         for start, stop in chunks:
             raw = score_buffer[: (stop - start) * n].reshape(stop - start, n)
             # [q_chunk, n], scaled by inv inside the scan. numpy's BLAS (OpenBLAS, the one faiss
