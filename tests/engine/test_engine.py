@@ -280,7 +280,7 @@ def test_an_existing_run_is_refused_unless_resumed_or_overwritten(tiny_llama, ti
 
 @pytest.mark.parametrize("change", ["model", "layer", "dataset", "tokenization"])
 def test_resume_refuses_a_run_made_differently(tiny_llama, tiny_tokenizer, tmp_path, change):
-    from conftest import build_tiny_llama
+    from tiny_models import build_tiny_llama
 
     pairs = make_pairs(10, seed=10)
     Engine(tiny_llama, tiny_tokenizer, layer=2).encode_pairs(pairs, tmp_path / "s", shard_pairs=4, progress=False)
@@ -345,7 +345,7 @@ def test_a_corrupt_finished_store_is_detected(tiny_llama, tiny_tokenizer, tmp_pa
 
 @pytest.mark.parametrize("mode", ["packed", "kv_cache"])
 def test_pairs_without_prompt_tokens(tiny_llama, tmp_path, mode):
-    from conftest import build_tiny_tokenizer
+    from tiny_models import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(bos=False)  # an empty prompt then has no token at all
     pairs = make_pairs(5, seed=16) + [PreferencePair("empty-prompt", "", "sure mix flour", "no")]

@@ -43,7 +43,7 @@ print("done", store.summary["shards_resumed"], flush=True)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_tokenizer):
-    from conftest import build_tiny_llama
+    from tiny_models import build_tiny_llama
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the child processes (OMP_NUM_THREADS=1)

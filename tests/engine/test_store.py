@@ -91,7 +91,7 @@ def test_start_run_refuses_existing_runs_and_names_every_difference(tmp_path):
 
 
 def test_model_fingerprint_tells_weights_apart(tiny_tokenizer):
-    from conftest import build_tiny_llama
+    from tiny_models import build_tiny_llama
 
     a, b = build_tiny_llama(tiny_tokenizer, seed=0), build_tiny_llama(tiny_tokenizer, seed=1)
     assert model_fingerprint(a) == model_fingerprint(build_tiny_llama(tiny_tokenizer, seed=0))
