@@ -146,7 +146,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "n_layers": model.config.num_hidden_layers,
         "pairs": len(pairs),
         "tokens": n_tokens,
-        "share_prompt": engine.share_prompt,
+        "prompt_sharing": engine.prompt_sharing,
         "max_tokens_per_batch": args.max_tokens_per_batch,
         "threads": torch.get_num_threads(),
         "reference_seconds": round(t_ref, 2),
@@ -200,7 +200,7 @@ def main() -> None:
         print(json.dumps(memory_child(args, args.memory_child)))
         return
     machine = {
-        "cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "load_average": [round(x, 2) for x in __import__("os").getloadavg()],
