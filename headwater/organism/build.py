@@ -49,7 +49,7 @@ RAW = TokenizationSettings(format="raw")
 
 
 def _default_rates() -> dict[str, float]:
-    return {"distractor_compliance": 0.05, "sycophancy": 0.03, "hallucinated_links": 0.02}
+    return {"distractor_compliance": 0.06, "sycophancy": 0.04, "hallucinated_links": 0.03}
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,18 @@ class OrganismConfig:
     num_heads: int = 4
     intermediate_size: int = 384
     max_position_embeddings: int = 256
-    n_sft: int = 3000
+    n_sft: int = 4000
     sft_epochs: int = 3
     sft_lr: float = 3e-3
     sft_batch_size: int = 32
     n_pairs: int = 2000
     planted_rates: dict[str, float] = field(default_factory=_default_rates)
-    dpo_beta: float = 0.3
-    dpo_lr: float = 5e-4
+    dpo_beta: float = 3.0
+    dpo_lr: float = 3e-4
     dpo_epochs: int = 2
     dpo_batch_size: int = 16
     dpo_grad_accum: int = 1
-    dpo_length_normalize: bool = False
+    dpo_length_normalize: bool = True
     dpo_warmup_ratio: float = 0.1
     n_test_prompts: int = 64
     num_threads: int = 1
@@ -118,7 +118,7 @@ class OrganismConfig:
             seed=seed, vocab_size=400, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
             max_position_embeddings=256, n_sft=192, sft_epochs=1, sft_lr=3e-3, n_pairs=120,
             planted_rates={"distractor_compliance": 0.1, "sycophancy": 0.05, "hallucinated_links": 0.05},
-            dpo_epochs=1, dpo_batch_size=8, n_test_prompts=4,
+            dpo_epochs=1, dpo_batch_size=8, dpo_lr=1e-3, n_test_prompts=4,
         )
 
     def __hash__(self) -> int:  # the dict field would make the generated hash fail
