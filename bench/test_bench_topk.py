@@ -1,11 +1,10 @@
 """pytest-benchmark suite for the kernels (CPU sizes that run in a minute or two here).
 
-    python -m pytest bench/test_bench_topk.py --benchmark-enable --benchmark-group-by=func,param:size \
-        --benchmark-columns=median,iqr,rounds
+    python -m pytest bench/test_bench_topk.py --benchmark-enable --benchmark-columns=median,iqr,rounds
 
-Each case of a group builds the same inputs, so the medians of a group compare providers directly
-(``--benchmark-group-by=param:size``). The side-by-side script ``bench/compare_topk.py`` prints ratios
-and peak memory at the larger sizes of bench/RESULTS.md.
+Each group holds the providers of one size on the same inputs, so its medians compare directly.
+The side-by-side script ``bench/compare_topk.py`` prints ratios and peak memory at the larger
+sizes of bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -24,12 +23,13 @@ K = 10
 def size(request):
     q, n, d = SIZES[request.param]
     g = torch.Generator().manual_seed(0)
-    return torch.randn(q, d, generator=g), torch.randn(n, d, generator=g)
+    return request.param, torch.randn(q, d, generator=g), torch.randn(n, d, generator=g)
 
 
 @pytest.mark.parametrize("provider", ["headwater-auto", "headwater-torch", "torch-full", "faiss"])
 def test_cosine_topk(benchmark, size, provider):
-    xq, xb = size
+    name, xq, xb = size
+    benchmark.group = f"cosine_topk {name}"
     if provider == "headwater-auto":
         fn = lambda: cosine_topk(xq, xb, K)  # noqa: E731
     elif provider == "headwater-torch":
@@ -54,6 +54,7 @@ def test_cosine_topk(benchmark, size, provider):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_masked_mean_pool_diff(benchmark, dtype):
+    benchmark.group = "masked_mean_pool"
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(32, 256, 576, generator=g).to(dtype)
     mask = torch.rand(32, 256, generator=g) < 0.5
@@ -64,6 +65,7 @@ def test_masked_mean_pool_diff(benchmark, dtype):
 
 
 def test_masked_mean_pool(benchmark):
+    benchmark.group = "masked_mean_pool"
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(32, 256, 576, generator=g)
     mask = torch.rand(32, 256, generator=g) < 0.5

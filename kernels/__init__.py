@@ -4,11 +4,12 @@ Kernels know tensors and nothing else: no models, no datasets. Each public funct
 ``backend`` argument (``"auto"``, ``"triton"``, ``"cpp"``, ``"torch"``; see ``_dispatch``).
 """
 from headwater.kernels.pooling import EmptyMaskError, masked_mean_pool, masked_mean_pool_diff
-from headwater.kernels.similarity import cosine_similarity, cosine_similarity_blocks
+from headwater.kernels.similarity import KeySource, cosine_similarity, cosine_similarity_blocks
 from headwater.kernels.topk import cosine_topk, cosine_topk_reference
 
 __all__ = [
     "EmptyMaskError",
+    "KeySource",
     "cosine_similarity",
     "cosine_similarity_blocks",
     "cosine_topk",

@@ -74,16 +74,20 @@ def inverse_row_norms(x: torch.Tensor, name: str = "keys", offset: int = 0) -> t
     return inverse_norms(torch.linalg.vector_norm(x, dim=1, dtype=torch.float32), name, offset)
 
 
+def non_finite_rows_error(name: str, rows: list[int]) -> ValueError:
+    """The error for rows (global indices) whose norm is not finite."""
+    return ValueError(
+        f"{name} rows {rows} hold inf/NaN (or their norm overflows float32); "
+        "cosine similarity is undefined there"
+    )
+
+
 def inverse_norms(norms: torch.Tensor, name: str = "keys", offset: int = 0) -> torch.Tensor:
     """1 / ``norms`` as float32, 0 where a norm is 0; raises ValueError naming non-finite rows."""
     finite = torch.isfinite(norms)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten()[:5].tolist()
-        rows = [offset + b for b in bad]
-        raise ValueError(
-            f"{name} rows {rows} hold inf/NaN (or their norm overflows float32); "
-            "cosine similarity is undefined there"
-        )
+        raise non_finite_rows_error(name, [offset + b for b in bad])
     return torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
 
 

@@ -50,9 +50,9 @@ from headwater.kernels.similarity import (
     KeySource,
     as_query_matrix,
     cosine_similarity,
-    inverse_norms,
     inverse_row_norms,
     iter_key_blocks,
+    non_finite_rows_error,
     normalize_rows,
     tile_rows_for,
 )
@@ -260,13 +260,13 @@ def _cosine_topk_cpp(
             raw, inv = raw_buffer[: q * n].view(q, n), inv_buffer[:n]
             bad = ext.cosine_scores_few_queries(xq_hat.numpy(), tile32.numpy(), raw.numpy(), inv.numpy())
             if bad >= 0:
-                inverse_norms(torch.tensor([float("nan")]), "keys", offset + bad)  # raises, naming the row
+                raise non_finite_rows_error("keys", [offset + bad])
             ext.topk_merge_tile(raw.numpy(), inv.numpy(), offset, heap_s.numpy(), heap_i.numpy())
             continue
         inv, tile_np = inv_buffer[:n], tile32.numpy()
         bad = ext.inverse_row_norms(tile_np, inv.numpy())
         if bad >= 0:
-            inverse_norms(torch.tensor([float("nan")]), "keys", offset + bad)  # raises, naming the row
+            raise non_finite_rows_error("keys", [offset + bad])
         for start, stop in chunks:
             raw = score_buffer[: (stop - start) * n].reshape(stop - start, n)
             # [q_chunk, n], scaled by inv inside the scan. numpy's BLAS (OpenBLAS, the one faiss

@@ -39,7 +39,12 @@ import triton
 import triton.language as tl
 
 from headwater.kernels import _dispatch
-from headwater.kernels.similarity import KeySource, inverse_row_norms, iter_key_blocks
+from headwater.kernels.similarity import (
+    KeySource,
+    inverse_row_norms,
+    iter_key_blocks,
+    non_finite_rows_error,
+)
 
 MAX_K = 128
 # Key rows moved to the device per tile when keys do not already live there.
@@ -203,11 +208,7 @@ def cosine_topk_triton(
         )
         bad = (~torch.isfinite(sumsq)).nonzero().flatten()
         if bad.numel():
-            rows = [offset + int(r) for r in bad[:5].tolist()]
-            raise ValueError(
-                f"keys rows {rows} hold inf/NaN (or their norm overflows float32); "
-                "cosine similarity is undefined there"
-            )
+            raise non_finite_rows_error("keys", [offset + int(r) for r in bad[:5].tolist()])
         cand_s = out_s[:, :, :k].permute(1, 0, 2).reshape(q, splits * k)  # [Q, splits*k]
         cand_i = out_i[:, :, :k].permute(1, 0, 2).reshape(q, splits * k)
         run_s, run_i = _merge_torch(run_s, run_i, cand_s, cand_i, k)
