@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from headwater.attribution import evaluate_ranking, random_ranking, rank_pairs
@@ -40,7 +41,7 @@ def _rate(labels: list[bool]) -> float:
 
 
 def measure_behavior(
-    organism: Any, behavior: str, models: dict[str, tuple[Any, Any]], samples: int, seed: int
+    organism: Any, behavior: str, models: dict[str, tuple[Any, Any]], samples: int, seed: int, max_new_tokens: int
 ) -> dict[str, Any]:
     """Generations of M0 and M1 on the behaviour's test prompts, judged; rates per condition."""
     judge = organism.judges[behavior]
@@ -50,7 +51,7 @@ def measure_behavior(
         rates[model_name] = {}
         for condition, prompts in organism.test_prompts[behavior].items():
             responses = sample_responses(
-                model, tokenizer, prompts, n=samples, temperature=TEMPERATURE, max_new_tokens=MAX_NEW_TOKENS,
+                model, tokenizer, prompts, n=samples, temperature=TEMPERATURE, max_new_tokens=max_new_tokens,
                 settings=organism.settings, seed=seed,
             )
             flat_prompts = [p for p, rs in zip(prompts, responses) for _ in rs]
@@ -99,7 +100,11 @@ def run_demo(
     start = time.perf_counter()
     config = OrganismConfig.miniature(seed=seed) if preset == "miniature" else OrganismConfig.default(seed=seed)
     samples = samples if samples is not None else SAMPLES_PER_PROMPT
+    # The miniature organism is too small to learn when to stop: cap its answers short.
+    max_new_tokens = MAX_NEW_TOKENS if preset == "default" else 16
     organism = build_organism(config, cache_dir=cache_dir)
+    # The organism's matrices are tiny: one thread beats two that wait on each other.
+    torch.set_num_threads(config.num_threads)
     models = {"m0": load_model(organism.m0_path), "m1": load_model(organism.m1_path)}
     m0, tokenizer = models["m0"]
     layer = resolve_layer(m0, None)
@@ -110,7 +115,7 @@ def run_demo(
 
     behaviors: dict[str, Any] = {}
     for behavior in organism.behaviors:
-        measured = measure_behavior(organism, behavior, models, samples, seed)
+        measured = measure_behavior(organism, behavior, models, samples, seed, max_new_tokens)
         planted = organism.planted_ids(behavior)
         attributed = attribute_behavior(m0, tokenizer, layer, measured["labelled"], dp, planted, organism.settings)
         behaviors[behavior] = {

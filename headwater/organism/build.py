@@ -84,12 +84,14 @@ class OrganismConfig:
     sft_batch_size: int = 32
     n_pairs: int = 2000
     planted_rates: dict[str, float] = field(default_factory=_default_rates)
-    dpo_beta: float = 3.0
+    dpo_beta: float = 0.5
     dpo_lr: float = 3e-4
-    dpo_epochs: int = 2
+    dpo_epochs: int = 1
     dpo_batch_size: int = 16
     dpo_grad_accum: int = 1
-    dpo_length_normalize: bool = True
+    # Summed log-probs (standard DPO): the length-normalised variant at β=3 collapsed M1 into
+    # garbled uppercase text, which made the probe track degeneration instead of compliance.
+    dpo_length_normalize: bool = False
     dpo_warmup_ratio: float = 0.1
     n_test_prompts: int = 64
     num_threads: int = 1
