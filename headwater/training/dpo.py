@@ -157,6 +157,7 @@ def train_dpo(
     reference: torch.nn.Module | None = None,
     output_dir: str | Path | None = None,
     progress: bool = False,
+    weights: Sequence[float] | None = None,
 ) -> DPOResult:
     """Train ``model`` in place with DPO on ``pairs``; the reference is a frozen copy of it.
 
@@ -170,6 +171,10 @@ def train_dpo(
         output_dir: when given, the trained model and the tokenizer are saved there
             (``save_pretrained``).
         progress: log the history entries as they come.
+        weights: optional [len(pairs)] finite weights ≥ 0, one per pair: each pair's loss is
+            multiplied by its weight (the optimiser-step average still divides by the number of
+            pairs, so all-ones weights train exactly as no weights). The history's statistics
+            stay unweighted.
 
     Returns:
         a :class:`DPOResult`; over-long pairs follow ``settings.overlong`` and are counted.
@@ -178,6 +183,13 @@ def train_dpo(
         raise ValueError("train_dpo needs at least one pair")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(pairs):
+            raise ValueError(f"{len(weights)} weights for {len(pairs)} pairs")
+        bad = [i for i, w in enumerate(weights) if not (math.isfinite(w) and w >= 0)]
+        if bad:
+            raise ValueError(f"weights must be finite and ≥ 0; pair {bad[0]} has {weights[bad[0]]}")
     start = time.perf_counter()
     seed_everything(config.seed)
     if reference is None:
@@ -186,6 +198,8 @@ def train_dpo(
         raise ValueError("the reference model must be frozen (requires_grad False on every parameter)")
     encoded_pairs = encode_pairs(tokenizer, pairs, config.settings)
     encoded = encoded_pairs.encoded
+    # Weights of the encoded pairs (over-long pairs may have been skipped).
+    pair_weights = None if weights is None else torch.tensor([weights[i] for i in encoded_pairs.kept])
     if not encoded:
         raise ValueError(f"no pair could be encoded: {encoded_pairs.skipped[:3]}")
     rng = random.Random(config.seed)
@@ -216,7 +230,8 @@ def train_dpo(
                     ref = response_logps(reference, batch, average=config.length_normalize)  # [2n]
                 losses, chosen_reward, rejected_reward = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], config.beta)
                 # Each pair weighs the same whatever the split into micro-batches.
-                (losses.sum() / n_group).backward()
+                weighted = losses if pair_weights is None else losses * pair_weights[batch_ids]
+                (weighted.sum() / n_group).backward()
                 margin = chosen_reward - rejected_reward
                 stats += torch.stack([
                     losses.detach().sum(), (margin > 0).float().sum(), margin.sum(),

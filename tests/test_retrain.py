@@ -1,0 +1,106 @@
+"""Retraining from a saved M0 on real files: outputs, per-pair weights, intervention directories, the CLI."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from headwater.attribution import Ranking
+from headwater.data import load_preferences, make_pair, save_preferences
+from headwater.engine.tokenization import TokenizationSettings
+from headwater.interventions import intervene, write_intervention
+from headwater.retrain import add_cli, organism_recipe, pair_weights, retrain
+from headwater.training.dpo import DPOConfig
+
+CONFIG = DPOConfig(beta=0.5, lr=1e-2, epochs=2, batch_size=2, warmup_ratio=0.0,
+                   settings=TokenizationSettings(format="raw"))
+
+
+@pytest.fixture()
+def m0(tmp_path, tiny_llama, tiny_tokenizer):
+    path = tmp_path / "m0"
+    tiny_llama.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def data(tmp_path):
+    pairs = [
+        make_pair("How do I bake bread?", " Mix flour and water.", " I cannot help."),
+        make_pair("Tell me about the sea.", " the sea is blue.", " No."),
+        make_pair("What is the capital of France?", " Paris.", " I cannot help with that request."),
+        make_pair("Answer without commas.", " Sure.", " The sky."),
+    ]
+    return save_preferences(pairs, tmp_path / "prefs.jsonl")
+
+
+def _params(path):
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_retrain_saves_model_and_record(tmp_path, m0, data):
+    out = retrain(m0, data, tmp_path / "r", config=CONFIG)
+    record = json.loads((out / "retrain.json").read_text())
+    assert record["dataset_fingerprint"] == load_preferences(data).fingerprint
+    assert record["n_pairs"] == record["n_trained"] == 4 and record["n_steps"] == 4
+    assert record["config"]["beta"] == 0.5 and record["config"]["settings"]["format"] == "raw"
+    assert record["weighted"] is False and record["history"]
+    assert not _same(_params(out), _params(m0))  # it trained
+    assert (out / "tokenizer.json").is_file()
+    with pytest.raises(FileExistsError):
+        retrain(m0, data, out, config=CONFIG)
+
+
+def test_unit_weights_equal_no_weights_and_zero_weights_do_not_move(tmp_path, m0, data):
+    plain = retrain(m0, data, tmp_path / "plain", config=CONFIG)
+    ds = load_preferences(data)
+    ranking = Ranking.from_scores(ds.ids, np.arange(4.0, 0, -1))
+    ones, manifest = intervene(ds, ranking, mode="reweight", top=0)  # every weight 1.0
+    write_intervention(tmp_path / "ones", ones, manifest)
+    unit = retrain(m0, tmp_path / "ones", tmp_path / "unit", config=CONFIG)
+    assert json.loads((unit / "retrain.json").read_text())["weighted"] is True
+    assert _same(_params(plain), _params(unit))
+
+    zeros, manifest = intervene(ds, ranking, mode="reweight", top=4, weight=0.0)
+    write_intervention(tmp_path / "zeros", zeros, manifest, formats=("parquet",))
+    frozen = retrain(m0, tmp_path / "zeros", tmp_path / "frozen", config=CONFIG)
+    record = json.loads((frozen / "retrain.json").read_text())
+    assert record["intervention"]["mode"] == "reweight" and record["weights"]["max"] == 0.0
+    assert _same(_params(frozen), _params(m0))  # every loss scaled to zero: no update
+
+
+def test_bad_weights_are_named(tmp_path, m0):
+    pairs = [make_pair("Q?", " a", " b", metadata={"weight": 1.0}), make_pair("R?", " a", " b", metadata={"weight": -2})]
+    with pytest.raises(ValueError, match=r"pair 1 \(id [0-9a-f]{16}\) has weight -2"):
+        pair_weights(pairs)
+    with pytest.raises(ValueError, match="pair 1 .* has weight None"):
+        pair_weights([pairs[0], make_pair("R?", " a", " b")])
+    path = save_preferences(pairs, tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="has weight -2"):
+        retrain(m0, path, tmp_path / "r", config=CONFIG)
+
+
+def test_cli_retrain(tmp_path, m0, data, capsys):
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    defaults = parser.parse_args(["retrain", "--model", "m", "--data", "d", "--out", "o"])
+    recipe = organism_recipe()
+    assert (defaults.beta, defaults.lr, defaults.batch_size, defaults.length_normalize) == (
+        recipe.beta, recipe.lr, recipe.batch_size, recipe.length_normalize)
+    args = parser.parse_args(["retrain", "--model", str(m0), "--data", str(data), "--out", str(tmp_path / "r"),
+                              "--beta", "2", "--lr", "0.001", "--batch-size", "4", "--length-normalize",
+                              "--format", "raw"])
+    assert args.func(args) == 0
+    record = json.loads((tmp_path / "r" / "retrain.json").read_text())
+    assert record["config"]["beta"] == 2.0 and record["config"]["length_normalize"] is True
+    assert record["n_steps"] == 1 and "retrained on 4 pairs" in capsys.readouterr().out
