@@ -1,0 +1,501 @@
+"""Unsupervised discovery of behaviours and the pairs behind them (method.md §3).
+
+Inputs: behaviour change vectors v_b = ā(p, r1; M0) − ā(p, r0; M0), one per (test prompt, M1
+sample, M0 sample), and the datapoint vectors v_d of every preference pair. Nobody says which
+behaviours exist: the clusters are found from the similarity matrix S[b, d] = cos(v_b, v_d).
+
+The algorithm (deterministic; no random state):
+
+1. **Drop near-zero behaviour vectors.** Where M1 answered like M0 the two activations cancel and
+   v_b is (near) zero; a vector whose norm is below ``min_relative_norm`` times the 90th
+   percentile of all norms is set aside (``Discovery.near_zero``) and joins no cluster.
+2. **Sparse S.** S is computed blockwise through :func:`headwater.kernels.cosine_similarity_blocks`
+   (the full [B, N] matrix never exists) and each row keeps only its ``top_k`` largest entries,
+   clipped at 0: a behaviour vector is described by *which* pairs it points at, and how strongly.
+3. **Cluster the behaviour vectors by the overlap of their top-k pair sets.** The affinity of
+   two behaviour vectors is the cosine between their sparse S rows (1 when they point at the same
+   pairs with the same weights, 0 when their top-k sets are disjoint). Agglomerative clustering
+   with average linkage on the distance 1 − affinity, cut at ``distance_threshold``, groups the
+   vectors; the number of clusters is not given. This is co-clustering in effect: a cluster is a
+   set of test-prompt generations that all point at one set of pairs, i.e. one block of S.
+   Behaviour vectors that merely differ by sampling noise point at scattered pairs, land in
+   small clusters, and clusters under ``min_cluster_size`` members are discarded as noise.
+4. **Rank the pairs of each cluster** by their mean cosine with the cluster's members. The mean of
+   cosines equals the cosine with the mean of the members' unit vectors times that mean's norm,
+   so one more blockwise pass with one query per cluster ranks every pair exactly.
+5. **Describe each cluster** (a card): its test prompts, representative generations (the members
+   most typical of the cluster, M0 versus M1), the top pairs with scores, and the words that
+   distinguish the top pairs' chosen from their rejected responses: the log-odds ratio with an
+   informative Dirichlet prior (Monroe, Colaresi & Quinn 2008), as a z-score.
+
+Clusters are ordered by size, largest first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from headwater.data import PreferencePair, Text
+from headwater.kernels import cosine_similarity_blocks
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Settings of the clustering stage.
+
+    Attributes:
+        top_k: entries kept per row of S (pairs a behaviour vector is described by).
+        distance_threshold: agglomerative cut on 1 − affinity (average linkage); lower makes
+            more, tighter clusters.
+        min_cluster_size: smaller clusters are noise and are discarded.
+        min_relative_norm: a behaviour vector below this fraction of the 90th-percentile norm is
+            near zero (M1 answered like M0) and joins no cluster.
+        top_pairs: pairs listed per cluster.
+        n_examples: representative generations per cluster.
+        n_words: distinguishing words per side.
+    """
+
+    top_k: int = 50
+    distance_threshold: float = 0.9
+    min_cluster_size: int = 3
+    min_relative_norm: float = 0.05
+    top_pairs: int = 50
+    n_examples: int = 3
+    n_words: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "min_cluster_size", "top_pairs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.distance_threshold <= 2.0:
+            raise ValueError(f"distance_threshold must be in (0, 2], got {self.distance_threshold}")
+        if not 0.0 <= self.min_relative_norm < 1.0:
+            raise ValueError(f"min_relative_norm must be in [0, 1), got {self.min_relative_norm}")
+
+
+@dataclass
+class Cluster:
+    """One discovered behaviour.
+
+    Attributes:
+        cluster_id: 0 for the largest cluster, 1 for the next, ...
+        members: indices of its behaviour vectors (into the input rows).
+        prompts: distinct test prompts of its members, in first-seen order.
+        examples: representative generations ``{"prompt", "m0", "m1"}`` (most typical first).
+        top_pairs: ``(pair_id, mean cosine with the members)``, best first.
+        words_chosen: ``(word, z)`` over-represented in the top pairs' chosen responses.
+        words_rejected: ``(word, z)`` over-represented in their rejected responses.
+        coherence: mean affinity between members (1 = identical top-k profiles).
+    """
+
+    cluster_id: int
+    members: list[int]
+    prompts: list[Text]
+    examples: list[dict[str, Text]]
+    top_pairs: list[tuple[str, float]]
+    words_chosen: list[tuple[str, float]] = field(default_factory=list)
+    words_rejected: list[tuple[str, float]] = field(default_factory=list)
+    coherence: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+
+@dataclass
+class Discovery:
+    """The outcome of :func:`discover`.
+
+    Attributes:
+        clusters: kept clusters, largest first.
+        labels: [B] int64, the cluster id of each behaviour vector; −1 for near-zero vectors and
+            for members of discarded (too small) clusters.
+        near_zero: indices of the behaviour vectors dropped as near zero.
+        config: the settings used.
+    """
+
+    clusters: list[Cluster]
+    labels: np.ndarray
+    near_zero: list[int]
+    config: DiscoveryConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "labels": [int(x) for x in self.labels],
+            "near_zero": list(self.near_zero),
+            "clusters": [{**asdict(c), "size": c.size} for c in self.clusters],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the clusters (cards included) as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        return path
+
+
+def sparse_topk_similarity(behaviors: torch.Tensor, datapoints: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row of S = cos(behaviors, datapoints), computed blockwise.
+
+    Args:
+        behaviors: [B, d] float behaviour vectors (non-zero rows).
+        datapoints: [N, d] datapoint vectors: a tensor, a numpy array or memmap, or an iterable of
+            ``(block, global_offset)`` as :func:`headwater.kernels.cosine_similarity_blocks` takes.
+        k: entries per row; fewer when N < k.
+
+    Returns:
+        ``(values [B, k'] float32, indices [B, k'] int64)``, each row sorted descending.
+    """
+    values = torch.empty(behaviors.shape[0], 0, dtype=torch.float32)
+    indices = torch.empty(behaviors.shape[0], 0, dtype=torch.int64)
+    for block, offset in cosine_similarity_blocks(behaviors.to(torch.float32), datapoints):
+        block = block.cpu()
+        cand_v = torch.cat([values, block], dim=1)
+        cand_i = torch.cat([indices, offset + torch.arange(block.shape[1]).expand(block.shape[0], -1)], dim=1)
+        keep = min(k, cand_v.shape[1])
+        # topk's order among ties is unspecified; a stable sort keeps lower columns first.
+        order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, :keep]
+        values, indices = cand_v.gather(1, order), cand_i.gather(1, order)
+    return values, indices
+
+
+def profile_affinity(values: torch.Tensor, indices: torch.Tensor, n_datapoints: int) -> np.ndarray:
+    """[B, B] float64 cosine between the rows of the sparse, non-negative top-k S."""
+    from scipy.sparse import csr_matrix
+
+    b, k = values.shape
+    data = values.clamp_min(0).double().numpy().ravel()
+    rows = np.repeat(np.arange(b), k)
+    sparse = csr_matrix((data, (rows, indices.numpy().ravel())), shape=(b, n_datapoints))
+    norms = np.sqrt(np.asarray(sparse.multiply(sparse).sum(axis=1)).ravel())
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    gram = np.asarray((sparse @ sparse.T).todense()) * inv[:, None] * inv[None, :]
+    return np.clip(gram, 0.0, 1.0)
+
+
+def cluster_behavior_vectors(
+    behaviors: torch.Tensor, datapoints: Any, n_datapoints: int, config: DiscoveryConfig = DiscoveryConfig()
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Steps 1–3 of the module docstring.
+
+    Args:
+        behaviors: [B, d] float behaviour change vectors.
+        datapoints: [N, d] datapoint vectors (see :func:`sparse_topk_similarity`).
+        n_datapoints: N.
+
+    Returns:
+        ``(labels [B] int64, near_zero indices, affinity [B', B'] float64 over the kept rows)``;
+        labels are 0, 1, ... by decreasing cluster size (ties: first member first), −1 for
+        dropped rows.
+    """
+    from sklearn.cluster import AgglomerativeClustering
+
+    if behaviors.dim() != 2:
+        raise ValueError(f"behaviour vectors must be [B, d], got shape {tuple(behaviors.shape)}")
+    if not torch.isfinite(behaviors).all():
+        bad = torch.nonzero(~torch.isfinite(behaviors).all(dim=1)).flatten().tolist()
+        raise ValueError(f"behaviour vectors have non-finite rows {bad[:10]}")
+    norms = behaviors.double().norm(dim=1)
+    scale = float(torch.quantile(norms, 0.9)) if len(norms) else 0.0
+    kept_mask = norms > config.min_relative_norm * scale if scale > 0 else torch.zeros_like(norms, dtype=torch.bool)
+    kept = torch.nonzero(kept_mask).flatten().tolist()
+    near_zero = torch.nonzero(~kept_mask).flatten().tolist()
+    labels = np.full(behaviors.shape[0], -1, dtype=np.int64)
+    if len(kept) < max(2, config.min_cluster_size):
+        return labels, near_zero, np.zeros((len(kept), len(kept)))
+    values, indices = sparse_topk_similarity(behaviors[kept], datapoints, config.top_k)
+    affinity = profile_affinity(values, indices, n_datapoints)
+    raw = AgglomerativeClustering(
+        n_clusters=None, metric="precomputed", linkage="average", distance_threshold=config.distance_threshold
+    ).fit_predict(1.0 - affinity)
+    groups: dict[int, list[int]] = {}
+    for row, g in enumerate(raw):
+        groups.setdefault(int(g), []).append(row)
+    ordered = sorted((m for m in groups.values() if len(m) >= config.min_cluster_size), key=lambda m: (-len(m), m[0]))
+    for cid, rows in enumerate(ordered):
+        labels[[kept[r] for r in rows]] = cid
+    return labels, near_zero, affinity
+
+
+def cluster_pair_scores(behaviors: torch.Tensor, labels: np.ndarray, datapoints: Any, n_datapoints: int) -> torch.Tensor:
+    """[C, N] float32: mean cosine of every pair with each cluster's members (step 4).
+
+    mean_i cos(b_i, d) = (mean_i b̂_i) · d̂, so each cluster is one query (its mean unit vector) and
+    the cosine with it is scaled back by the query's norm.
+    """
+    n_clusters = int(labels.max()) + 1 if len(labels) else 0
+    unit = torch.nn.functional.normalize(behaviors.to(torch.float32), dim=1)
+    centroids = torch.stack([unit[torch.from_numpy(labels == c)].mean(0) for c in range(n_clusters)])
+    scale = centroids.norm(dim=1, keepdim=True)
+    scores = torch.zeros(n_clusters, n_datapoints, dtype=torch.float32)
+    for block, offset in cosine_similarity_blocks(centroids, datapoints):
+        scores[:, offset : offset + block.shape[1]] = block.cpu() * scale
+    return scores
+
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+def words(text: Text) -> list[str]:
+    """Lower-cased word and punctuation tokens of a response (message lists: their contents)."""
+    if not isinstance(text, str):
+        text = " ".join(m["content"] for m in text)
+    return _WORD.findall(text.lower())
+
+
+def distinguishing_words(
+    chosen: Sequence[Text], rejected: Sequence[Text], n: int = 10, prior: float = 0.01
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """Words over-represented in ``chosen`` versus ``rejected`` and the reverse.
+
+    Log-odds ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008), the
+    prior being ``prior`` × the pooled counts; each word's z-score is its log-odds difference
+    over its estimated standard deviation. Returns ``(chosen words, rejected words)``, ``n`` each,
+    as ``(word, z)`` with z > 0 (chosen side) and z < 0 (rejected side), strongest first.
+    """
+    a, b = Counter(w for t in chosen for w in words(t)), Counter(w for t in rejected for w in words(t))
+    pooled = a + b
+    if not pooled:
+        return [], []
+    alpha = {w: prior * c for w, c in pooled.items()}
+    alpha0 = sum(alpha.values())
+    na, nb = sum(a.values()), sum(b.values())
+    z: dict[str, float] = {}
+    for w, aw in alpha.items():
+        ya, yb = a[w], b[w]
+        delta = math.log((ya + aw) / (na + alpha0 - ya - aw)) - math.log((yb + aw) / (nb + alpha0 - yb - aw))
+        z[w] = delta / math.sqrt(1.0 / (ya + aw) + 1.0 / (yb + aw))
+    ranked = sorted(z.items(), key=lambda item: (-item[1], item[0]))
+    pos = [(w, round(s, 3)) for w, s in ranked if s > 0][:n]
+    neg = [(w, round(s, 3)) for w, s in sorted(z.items(), key=lambda item: (item[1], item[0])) if s < 0][:n]
+    return pos, neg
+
+
+def discover(
+    behaviors: torch.Tensor,
+    pair_ids: Sequence[str],
+    datapoints: Any,
+    *,
+    prompts: Sequence[Text] | None = None,
+    m0_responses: Sequence[Text] | None = None,
+    m1_responses: Sequence[Text] | None = None,
+    pairs: Mapping[str, PreferencePair] | None = None,
+    config: DiscoveryConfig = DiscoveryConfig(),
+) -> Discovery:
+    """Cluster behaviour change vectors into discovered behaviours, each with its responsible pairs.
+
+    Args:
+        behaviors: [B, d] float behaviour change vectors v_b.
+        pair_ids: the N pair ids, aligned with the rows of ``datapoints``.
+        datapoints: [N, d] datapoint vectors v_d (tensor, numpy array/memmap, or a re-iterable
+            collection of ``(block, global_offset)``: it is read twice).
+        prompts, m0_responses, m1_responses: the B generations behind ``behaviors`` (for the
+            cards); optional.
+        pairs: pair id → pair, for the distinguishing words; optional.
+        config: clustering settings.
+
+    Returns:
+        A :class:`Discovery`.
+    """
+    b = behaviors.shape[0] if behaviors.dim() == 2 else -1
+    for name, seq in (("prompts", prompts), ("m0_responses", m0_responses), ("m1_responses", m1_responses)):
+        if seq is not None and len(seq) != b:
+            raise ValueError(f"{name} has {len(seq)} entries but there are {b} behaviour vectors")
+    n = len(pair_ids)
+    if not isinstance(datapoints, (torch.Tensor, np.ndarray)) and iter(datapoints) is datapoints:
+        # S is read twice (top-k, then the cluster scores): a one-shot iterator would be empty the second time.
+        raise TypeError("datapoints must be re-iterable (a tensor, an array or a list of (block, offset)), not an iterator")
+    if hasattr(datapoints, "shape") and datapoints.shape[0] != n:
+        raise ValueError(f"{n} pair ids but datapoint vectors of shape {tuple(datapoints.shape)}")
+    labels, near_zero, affinity = cluster_behavior_vectors(behaviors, datapoints, n, config)
+    if labels.max(initial=-1) < 0:
+        return Discovery([], labels, near_zero, config)
+    scores = cluster_pair_scores(behaviors, labels, datapoints, n)
+    kept = [i for i in range(len(labels)) if i not in set(near_zero)]
+    row_of = {i: r for r, i in enumerate(kept)}
+    clusters = []
+    for cid in range(scores.shape[0]):
+        members = np.nonzero(labels == cid)[0].tolist()
+        rows = [row_of[i] for i in members]
+        sub = affinity[np.ix_(rows, rows)]
+        typical = [members[j] for j in np.argsort(-sub.mean(axis=1), kind="stable")]
+        # Stable sort: equal scores keep dataset order, as rankings do elsewhere.
+        order = np.argsort(-scores[cid].numpy(), kind="stable")[: config.top_pairs]
+        top = [(pair_ids[j], round(float(scores[cid, j]), 6)) for j in order]
+        cluster = Cluster(
+            cluster_id=cid,
+            members=members,
+            prompts=_distinct([prompts[i] for i in members]) if prompts is not None else [],
+            examples=[
+                {"prompt": prompts[i] if prompts is not None else "",
+                 "m0": m0_responses[i] if m0_responses is not None else "",
+                 "m1": m1_responses[i] if m1_responses is not None else ""}
+                for i in typical[: config.n_examples]
+            ],
+            top_pairs=top,
+            coherence=float(sub.mean()),
+        )
+        if pairs is not None:
+            found = [pairs[p] for p, _ in top if p in pairs]
+            cluster.words_chosen, cluster.words_rejected = distinguishing_words(
+                [p.chosen for p in found], [p.rejected for p in found], n=config.n_words
+            )
+        clusters.append(cluster)
+    return Discovery(clusters, labels, near_zero, config)
+
+
+def _distinct(prompts: Sequence[Text]) -> list[Text]:
+    """Distinct prompts in first-seen order (message lists compare by their JSON)."""
+    seen: dict[str, Text] = {}
+    for p in prompts:
+        seen.setdefault(p if isinstance(p, str) else json.dumps(p, sort_keys=True), p)
+    return list(seen.values())
+
+
+@dataclass
+class BehaviorSamples:
+    """Behaviour change vectors with the generations they came from.
+
+    Attributes:
+        prompts, m0_responses, m1_responses: B aligned entries, one per (prompt, M1 sample, M0 sample).
+        prompt_index: [B] index of each row's prompt in the input prompt list.
+        vectors: [B, d] float32 v_b on M0.
+    """
+
+    prompts: list[Text]
+    m0_responses: list[str]
+    m1_responses: list[str]
+    prompt_index: list[int]
+    vectors: torch.Tensor
+
+
+def sample_behavior_vectors(
+    m0: Any,
+    m1: Any,
+    tokenizer: Any,
+    prompts: Sequence[Text],
+    *,
+    layer: int,
+    settings: Any,
+    samples: int = 2,
+    temperature: float = 0.7,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+) -> BehaviorSamples:
+    """Sample ``samples`` responses from M0 and from M1 per prompt and build every (M1, M0) v_b.
+
+    Each prompt gives ``samples²`` behaviour vectors, one per (M1 sample, M0 sample), all read on
+    M0 at ``layer``.
+    """
+    from headwater.generation import sample_responses
+    from headwater.vectors import behavior_change_vectors
+
+    r0 = sample_responses(m0, tokenizer, prompts, n=samples, temperature=temperature,
+                          max_new_tokens=max_new_tokens, settings=settings, seed=seed)
+    r1 = sample_responses(m1, tokenizer, prompts, n=samples, temperature=temperature,
+                          max_new_tokens=max_new_tokens, settings=settings, seed=seed + 1)
+    rows = [(i, j1, j0) for i in range(len(prompts)) for j1 in range(samples) for j0 in range(samples)]
+    flat_prompts = [prompts[i] for i, _, _ in rows]
+    flat_m0 = [r0[i][j0] for i, _, j0 in rows]
+    flat_m1 = [r1[i][j1] for i, j1, _ in rows]
+    vectors = behavior_change_vectors(m0, tokenizer, flat_prompts, flat_m0, flat_m1, layer=layer, settings=settings)
+    return BehaviorSamples(flat_prompts, flat_m0, flat_m1, [i for i, _, _ in rows], vectors)
+
+
+def format_cards(discovery: Discovery, *, width: int = 100) -> str:
+    """Plain-text cards of the discovered clusters."""
+    def short(text: Text) -> str:
+        s = text if isinstance(text, str) else " | ".join(m["content"] for m in text)
+        s = " ".join(s.split())
+        return s if len(s) <= width else s[: width - 1] + "…"
+
+    lines = [f"{len(discovery.clusters)} clusters; {len(discovery.near_zero)} near-zero behaviour vectors dropped"]
+    for c in discovery.clusters:
+        lines += ["", f"cluster {c.cluster_id}: {c.size} behaviour vectors, {len(c.prompts)} prompts, "
+                      f"coherence {c.coherence:.2f}"]
+        for ex in c.examples:
+            lines += [f"  prompt: {short(ex['prompt'])}", f"    M0: {short(ex['m0'])}", f"    M1: {short(ex['m1'])}"]
+        lines.append("  top pairs: " + ", ".join(f"{p} {s:+.3f}" for p, s in c.top_pairs[:5]))
+        if c.words_chosen or c.words_rejected:
+            lines.append("  chosen words: " + " ".join(w for w, _ in c.words_chosen))
+            lines.append("  rejected words: " + " ".join(w for w, _ in c.words_rejected))
+    return "\n".join(lines)
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``headwater discover`` on an argparse sub-parsers object."""
+    p = subparsers.add_parser("discover", help="cluster behaviour change vectors into discovered behaviours and their pairs")
+    p.add_argument("--vectors", required=True, type=Path, help="a vector store from `headwater encode` (M0 and layer from its manifest)")
+    p.add_argument("--m1", required=True, type=Path, help="the preference-trained model M1")
+    p.add_argument("--prompts", required=True, type=Path, help="test prompts: a text file (one per line) or JSONL rows {\"prompt\": ...}")
+    p.add_argument("--data", type=Path, default=None, help="the preference data, for the distinguishing words of each cluster")
+    p.add_argument("--out", required=True, type=Path, help="JSON file of the clusters and their cards")
+    p.add_argument("--samples", type=int, default=2, help="samples per prompt from each model (samples² vectors per prompt)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=DiscoveryConfig.top_k)
+    p.add_argument("--distance-threshold", type=float, default=DiscoveryConfig.distance_threshold)
+    p.add_argument("--min-cluster-size", type=int, default=DiscoveryConfig.min_cluster_size)
+    p.add_argument("--top-pairs", type=int, default=DiscoveryConfig.top_pairs)
+    p.set_defaults(func=cmd_discover)
+    return p
+
+
+def read_prompts(path: Path) -> list[Text]:
+    """Prompts from a text file (one per line) or JSONL (``{"prompt": ...}`` per row)."""
+    if not path.exists():
+        raise SystemExit(f"error: prompts file {path} does not exist")
+    prompts: list[Text] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"error: {path} line {lineno} is not JSON: {err}") from None
+            if not isinstance(row, dict) or "prompt" not in row:
+                raise SystemExit(f"error: {path} line {lineno} has no \"prompt\" field")
+            prompts.append(row["prompt"])
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise SystemExit(f"error: {path} holds no prompt")
+    return prompts
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from headwater.data import load_preferences
+    from headwater.engine.models import load_model
+    from headwater.engine.store import read_store
+    from headwater.engine.tokenization import TokenizationSettings
+
+    store = read_store(args.vectors)
+    manifest = store.manifest
+    settings = TokenizationSettings(**manifest["tokenization"])
+    m0, tokenizer = load_model(manifest["model"], dtype=manifest.get("model_dtype", "auto"))
+    m1, _ = load_model(args.m1)
+    config = DiscoveryConfig(top_k=args.top_k, distance_threshold=args.distance_threshold,
+                             min_cluster_size=args.min_cluster_size, top_pairs=args.top_pairs)
+    samples = sample_behavior_vectors(
+        m0, m1, tokenizer, read_prompts(args.prompts), layer=manifest["layer"], settings=settings,
+        samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+    )
+    pairs = {p.pair_id: p for p in load_preferences(args.data)} if args.data is not None else None
+    result = discover(samples.vectors, store.pair_ids, store.vectors, prompts=samples.prompts,
+                      m0_responses=samples.m0_responses, m1_responses=samples.m1_responses, pairs=pairs, config=config)
+    result.save(args.out)
+    print(format_cards(result))
+    print(f"\n-> {args.out}")
+    return 0

@@ -1,0 +1,204 @@
+"""headwater.discovery: planted block structure recovered exactly, near-zero vectors dropped,
+deterministic output, exact blockwise pieces, and one run on the miniature organism."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from headwater.data import PreferencePair
+from headwater.discovery import (
+    Discovery,
+    DiscoveryConfig,
+    add_cli,
+    cluster_pair_scores,
+    discover,
+    distinguishing_words,
+    sparse_topk_similarity,
+)
+from headwater.kernels import cosine_similarity
+
+D, N_BLOCKS, PAIRS_PER_BLOCK, VECTORS_PER_BLOCK, N_CLEAN = 64, 3, 20, 12, 340
+
+
+def planted(seed: int = 0) -> dict:
+    """Datapoints and behaviour vectors with three planted blocks, near-zero and noise rows.
+
+    Block k: PAIRS_PER_BLOCK datapoints and VECTORS_PER_BLOCK behaviour vectors along one random
+    direction u_k (plus noise); clean datapoints are random. Rows are shuffled.
+    """
+    g = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(D, N_BLOCKS, generator=g))[0].T  # [3, D] orthonormal
+    dps, dp_block = [torch.randn(N_CLEAN, D, generator=g)], [-1] * N_CLEAN
+    beh, beh_block = [], []
+    for k in range(N_BLOCKS):
+        dps.append(3 * u[k] + 0.3 * torch.randn(PAIRS_PER_BLOCK, D, generator=g))
+        dp_block += [k] * PAIRS_PER_BLOCK
+        beh.append(u[k] + 0.2 * torch.randn(VECTORS_PER_BLOCK, D, generator=g))
+        beh_block += [k] * VECTORS_PER_BLOCK
+    beh.append(1e-5 * torch.randn(4, D, generator=g))  # M1 answered like M0
+    beh_block += ["zero"] * 4
+    dp = torch.cat(dps)
+    perm = torch.randperm(len(dp), generator=g)
+    bv = torch.cat(beh)
+    bperm = torch.randperm(len(bv), generator=g)
+    return {
+        "datapoints": dp[perm], "dp_block": [dp_block[i] for i in perm],
+        "behaviors": bv[bperm], "beh_block": [beh_block[i] for i in bperm],
+        "pair_ids": [f"p{i:04d}" for i in range(len(dp))],
+    }
+
+
+CONFIG = DiscoveryConfig(top_k=20, top_pairs=PAIRS_PER_BLOCK)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_blocks_recovered(seed):
+    w = planted(seed)
+    result = discover(w["behaviors"], w["pair_ids"], w["datapoints"], config=CONFIG)
+    assert len(result.clusters) == N_BLOCKS
+    blocks = w["beh_block"]
+    assert sorted(result.near_zero) == [i for i, b in enumerate(blocks) if b == "zero"]
+    for cluster in result.clusters:
+        member_blocks = {blocks[i] for i in cluster.members}
+        assert len(member_blocks) == 1 and cluster.size == VECTORS_PER_BLOCK
+        (k,) = member_blocks
+        expected = {w["pair_ids"][j] for j, b in enumerate(w["dp_block"]) if b == k}
+        assert {p for p, _ in cluster.top_pairs} == expected
+        scores = [s for _, s in cluster.top_pairs]
+        assert scores == sorted(scores, reverse=True)
+    for i, b in enumerate(blocks):
+        assert (result.labels[i] == -1) == (b == "zero")
+
+
+def test_deterministic_and_blocks_equal_tensor():
+    w = planted(3)
+    a = discover(w["behaviors"], w["pair_ids"], w["datapoints"], config=CONFIG)
+    b = discover(w["behaviors"], w["pair_ids"], w["datapoints"], config=CONFIG)
+    assert a.to_dict() == b.to_dict()
+    # Datapoints streamed as (block, offset) pieces, as from a vector store, give the same result.
+    dp = w["datapoints"].numpy()
+    pieces = [(dp[i : i + 37], i) for i in range(0, len(dp), 37)]
+    c = discover(w["behaviors"], w["pair_ids"], pieces, config=CONFIG)
+    assert c.labels.tolist() == a.labels.tolist()
+    for x, y in zip(c.clusters, a.clusters):
+        assert [p for p, _ in x.top_pairs] == [p for p, _ in y.top_pairs]
+        np.testing.assert_allclose([s for _, s in x.top_pairs], [s for _, s in y.top_pairs], atol=1e-5)
+    with pytest.raises(TypeError, match="re-iterable"):
+        discover(w["behaviors"], w["pair_ids"], iter(pieces), config=CONFIG)
+
+
+def test_all_near_zero_gives_no_cluster():
+    w = planted(0)
+    result = discover(torch.zeros(6, D), w["pair_ids"], w["datapoints"], config=CONFIG)
+    assert result.clusters == [] and result.near_zero == list(range(6)) and (result.labels == -1).all()
+
+
+def test_sparse_topk_matches_full_matrix():
+    w = planted(4)
+    full = cosine_similarity(w["behaviors"][:10], w["datapoints"])
+    values, indices = sparse_topk_similarity(w["behaviors"][:10], w["datapoints"], k=7)
+    ref = torch.topk(full, 7, dim=1)
+    torch.testing.assert_close(values, ref.values)
+    torch.testing.assert_close(full.gather(1, indices), ref.values)
+
+
+def test_cluster_scores_are_mean_cosines():
+    w = planted(5)
+    labels = np.array([0, 0, 1, 1, 1, -1] + [-1] * (len(w["behaviors"]) - 6))
+    scores = cluster_pair_scores(w["behaviors"], labels, w["datapoints"], len(w["datapoints"]))
+    full = cosine_similarity(w["behaviors"][:5].double(), w["datapoints"].double())
+    torch.testing.assert_close(scores[0], full[:2].mean(0).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores[1], full[2:5].mean(0).float(), atol=1e-5, rtol=0)
+
+
+def test_distinguishing_words():
+    chosen = ["Sure, here is how: step one.", "Sure, here it is."]
+    rejected = ["I cannot help with that.", "I cannot do that, sorry."]
+    pos, neg = distinguishing_words(chosen, rejected, n=3)
+    # Words seen twice on one side and never on the other lead; ties go alphabetically.
+    assert [w for w, _ in pos] == ["here", "is", "sure"] and all(z > 0 for _, z in pos)
+    assert [w for w, _ in neg] == ["cannot", "i", "that"] and all(z < 0 for _, z in neg)
+    assert pos[0][1] == pos[2][1] > 0
+    assert distinguishing_words([], []) == ([], [])
+
+
+def test_cards_carry_generations_and_words():
+    w = planted(0)
+    b = len(w["behaviors"])
+    pairs = {pid: PreferencePair(pid, "q", "yes indeed" if blk != -1 else "plain", "no way" if blk != -1 else "plain")
+             for pid, blk in zip(w["pair_ids"], w["dp_block"])}
+    result = discover(w["behaviors"], w["pair_ids"], w["datapoints"], prompts=[f"q{i % 5}" for i in range(b)],
+                      m0_responses=[f"r0-{i}" for i in range(b)], m1_responses=[f"r1-{i}" for i in range(b)],
+                      pairs=pairs, config=CONFIG)
+    c = result.clusters[0]
+    assert len(c.examples) == CONFIG.n_examples and set(c.examples[0]) == {"prompt", "m0", "m1"}
+    i = c.members.index(int(c.examples[0]["m0"][3:]))  # the example is one of the members
+    assert c.examples[0]["m1"] == f"r1-{c.members[i]}"
+    assert len(c.prompts) == len(set(c.prompts)) <= 5
+    assert [w for w, _ in c.words_chosen] == ["indeed", "yes"] and [w for w, _ in c.words_rejected] == ["no", "way"]
+
+
+def test_bad_input_is_named():
+    w = planted(0)
+    with pytest.raises(ValueError, match="prompts has 2 entries"):
+        discover(w["behaviors"], w["pair_ids"], w["datapoints"], prompts=["a", "b"])
+    with pytest.raises(ValueError, match="pair ids"):
+        discover(w["behaviors"], w["pair_ids"][:-1], w["datapoints"])
+    bad = w["behaviors"].clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite rows \[3\]"):
+        discover(bad, w["pair_ids"], w["datapoints"])
+    with pytest.raises(ValueError, match="top_k"):
+        DiscoveryConfig(top_k=0)
+
+
+def test_save_round_trips(tmp_path):
+    w = planted(0)
+    result = discover(w["behaviors"], w["pair_ids"], w["datapoints"], config=CONFIG)
+    saved = json.loads(result.save(tmp_path / "d.json").read_text())
+    assert saved["labels"] == [int(x) for x in result.labels]
+    assert [c["size"] for c in saved["clusters"]] == [VECTORS_PER_BLOCK] * N_BLOCKS
+
+
+def test_add_cli_registers_discover():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["discover", "--vectors", "s", "--m1", "m", "--prompts", "p.txt", "--out", "o.json"])
+    assert callable(args.func) and args.samples == 2
+
+
+def test_miniature_organism_end_to_end(tmp_path):
+    from headwater.discovery import sample_behavior_vectors
+    from headwater.engine.models import load_model, resolve_layer
+    from headwater.organism import OrganismConfig, build_organism
+    from headwater.vectors import datapoint_vectors
+
+    torch.set_num_threads(1)
+    organism = build_organism(OrganismConfig.miniature(), cache_dir=tmp_path, progress=False)
+    m0, tok = load_model(organism.m0_path)
+    m1, _ = load_model(organism.m1_path)
+    layer = resolve_layer(m0, None)
+    pairs = list(organism.load_preferences())
+    dp = datapoint_vectors(m0, tok, pairs, layer=layer, settings=organism.settings)
+    prompts = [p for by in organism.test_prompts.values() for ps in by.values() for p in ps]
+    samples = sample_behavior_vectors(m0, m1, tok, prompts, layer=layer, settings=organism.settings,
+                                      samples=2, max_new_tokens=12)
+    assert samples.vectors.shape == (4 * len(prompts), dp.vectors.shape[1])
+    result = discover(samples.vectors, dp.pair_ids, dp.vectors, prompts=samples.prompts,
+                      m0_responses=samples.m0_responses, m1_responses=samples.m1_responses,
+                      pairs={p.pair_id: p for p in pairs}, config=DiscoveryConfig(top_pairs=10, min_cluster_size=2))
+    assert isinstance(result, Discovery) and result.labels.shape == (len(samples.prompts),)
+    ids = set(dp.pair_ids)
+    seen: set[int] = set()
+    for cid, c in enumerate(result.clusters):
+        assert c.cluster_id == cid and c.size >= 2 and not seen & set(c.members)
+        seen |= set(c.members)
+        assert all(result.labels[i] == cid for i in c.members)
+        assert len(c.top_pairs) == 10 and all(p in ids for p, _ in c.top_pairs)
+        assert all(-1.0 <= s <= 1.0 for _, s in c.top_pairs)
+    assert set(np.nonzero(result.labels >= 0)[0].tolist()) == seen
