@@ -104,3 +104,28 @@ def test_cli_retrain(tmp_path, m0, data, capsys):
     record = json.loads((tmp_path / "r" / "retrain.json").read_text())
     assert record["config"]["beta"] == 2.0 and record["config"]["length_normalize"] is True
     assert record["n_steps"] == 1 and "retrained on 4 pairs" in capsys.readouterr().out
+
+
+def test_loop_on_the_miniature_organism(tmp_path):
+    """intervene -> retrain -> evaluate on a real (miniature) organism and its planted pairs."""
+    from headwater.evaluation import evaluate_model
+    from headwater.engine.models import load_model
+    from headwater.organism import TRIGGER_BEHAVIOR, OrganismConfig, build_organism
+
+    config = OrganismConfig.miniature()
+    organism = build_organism(config, cache_dir=tmp_path / "cache", progress=False)
+    ds = organism.load_preferences()
+    planted = set(organism.planted_ids(TRIGGER_BEHAVIOR))
+    oracle = Ranking.from_scores(ds.ids, np.array([float(p in planted) for p in ds.ids], np.float32), "oracle")
+    switched, manifest = intervene(ds, oracle, mode="switch", top=len(planted))
+    assert set(manifest["changed_pair_ids"]) == planted
+    write_intervention(tmp_path / "switch", switched, manifest)
+    out = retrain(organism.m0_path, tmp_path / "switch", tmp_path / "m", config=config.dpo_config())
+    record = json.loads((out / "retrain.json").read_text())
+    assert record["dataset_fingerprint"] == manifest["output_fingerprint"]
+    assert record["intervention"]["n_changed"] == len(planted)
+    model, tokenizer = load_model(out)
+    prompts = organism.test_prompts[TRIGGER_BEHAVIOR]["trigger"]
+    result = evaluate_model(model, tokenizer, prompts, organism.judges[TRIGGER_BEHAVIOR], n=2, max_new_tokens=16,
+                            settings=organism.settings)
+    assert result.n_responses == 2 * len(prompts) and 0 <= result.ci_low <= result.rate <= result.ci_high <= 1
