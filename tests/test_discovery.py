@@ -202,3 +202,4 @@ def test_miniature_organism_end_to_end(tmp_path):
         assert len(c.top_pairs) == 10 and all(p in ids for p, _ in c.top_pairs)
         assert all(-1.0 <= s <= 1.0 for _, s in c.top_pairs)
     assert set(np.nonzero(result.labels >= 0)[0].tolist()) == seen
+    assert result.clusters, "96 behaviour vectors and min_cluster_size=2 always leave a cluster here"
