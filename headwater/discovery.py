@@ -481,6 +481,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from headwater.engine.store import read_store
     from headwater.engine.tokenization import TokenizationSettings
 
+    prompts = read_prompts(args.prompts)  # bad input fails before any model loads
     store = read_store(args.vectors)
     manifest = store.manifest
     settings = TokenizationSettings(**manifest["tokenization"])
@@ -489,7 +490,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     config = DiscoveryConfig(top_k=args.top_k, distance_threshold=args.distance_threshold,
                              min_cluster_size=args.min_cluster_size, top_pairs=args.top_pairs)
     samples = sample_behavior_vectors(
-        m0, m1, tokenizer, read_prompts(args.prompts), layer=manifest["layer"], settings=settings,
+        m0, m1, tokenizer, prompts, layer=manifest["layer"], settings=settings,
         samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
     )
     pairs = {p.pair_id: p for p in load_preferences(args.data)} if args.data is not None else None

@@ -172,14 +172,20 @@ def test_add_cli_registers_discover():
     assert callable(args.func) and args.samples == 2
 
 
-def test_miniature_organism_end_to_end(tmp_path):
-    from headwater.discovery import sample_behavior_vectors
-    from headwater.engine.models import load_model, resolve_layer
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
     from headwater.organism import OrganismConfig, build_organism
-    from headwater.vectors import datapoint_vectors
 
     torch.set_num_threads(1)
-    organism = build_organism(OrganismConfig.miniature(), cache_dir=tmp_path, progress=False)
+    return build_organism(OrganismConfig.miniature(), cache_dir=tmp_path_factory.mktemp("organism"), progress=False)
+
+
+def test_miniature_organism_end_to_end(miniature):
+    from headwater.discovery import sample_behavior_vectors
+    from headwater.engine.models import load_model, resolve_layer
+    from headwater.vectors import datapoint_vectors
+
+    organism = miniature
     m0, tok = load_model(organism.m0_path)
     m1, _ = load_model(organism.m1_path)
     layer = resolve_layer(m0, None)
@@ -203,3 +209,31 @@ def test_miniature_organism_end_to_end(tmp_path):
         assert all(-1.0 <= s <= 1.0 for _, s in c.top_pairs)
     assert set(np.nonzero(result.labels >= 0)[0].tolist()) == seen
     assert result.clusters, "96 behaviour vectors and min_cluster_size=2 always leave a cluster here"
+
+
+def test_cli_on_a_vector_store(miniature, tmp_path, capsys):
+    import argparse
+
+    from headwater.encode import encode_dataset
+
+    store = tmp_path / "store"
+    encode_dataset(model_path=miniature.m0_path, data=miniature.preferences_path, out_dir=store,
+                   settings=miniature.settings, progress=False)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in miniature.test_prompts["sycophancy"]["trigger"]))
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    out = tmp_path / "discovery.json"
+    args = parser.parse_args(["discover", "--vectors", str(store), "--m1", str(miniature.m1_path), "--prompts", str(prompts),
+                              "--data", str(miniature.preferences_path), "--out", str(out), "--max-new-tokens", "12",
+                              "--min-cluster-size", "2", "--top-pairs", "5"])
+    assert args.func(args) == 0
+    saved = json.loads(out.read_text())
+    assert len(saved["labels"]) == 4 * len(miniature.test_prompts["sycophancy"]["trigger"])
+    assert all(len(c["top_pairs"]) == 5 for c in saved["clusters"])
+    assert "near-zero behaviour vectors dropped" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt field"}\n')
+    with pytest.raises(SystemExit, match="line 1 has no"):
+        args.func(parser.parse_args(["discover", "--vectors", str(store), "--m1", str(miniature.m1_path),
+                                     "--prompts", str(bad), "--out", str(out)]))
