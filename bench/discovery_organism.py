@@ -12,8 +12,10 @@ is used only afterwards, to score it:
   and 20), the purity (share of the majority family), and, using the organism's judges, how many
   of its members' M1 responses exhibit the behaviour of the prompt they came from;
 - per planted behaviour: the best cluster's share of that behaviour's planted pairs in its top N;
-- the adjusted Rand index between cluster labels and the behaviour each test prompt came from,
-  over the clustered behaviour vectors and over all of them (unclustered ones as a class of their own).
+- the adjusted Rand index between cluster labels and the behaviour each test prompt came from:
+  per prompt (its most common cluster), over the clustered behaviour vectors, over all of them
+  (unclustered ones as a class of their own), and over the clustered vectors whose M1 response
+  the organism's judge says exhibits the prompt's behaviour while the M0 response does not.
 """
 from __future__ import annotations
 
@@ -112,13 +114,19 @@ def main() -> int:
     clustered = labels >= 0
     ari_clustered = adjusted_rand_score(np.array(row_source)[clustered], labels[clustered]) if clustered.any() else float("nan")
     ari_all = adjusted_rand_score(row_source, labels)
+    # Prompt level: each prompt takes the most common cluster among its behaviour vectors (-1: none clustered).
+    prompt_label = []
+    for p in range(len(prompts)):
+        own = [int(labels[i]) for i, q in enumerate(samples.prompt_index) if q == p and labels[i] >= 0]
+        prompt_label.append(Counter(own).most_common(1)[0][0] if own else -1)
+    ari_prompts = adjusted_rand_score(source, prompt_label)
     ex = exhibits & clustered
     ari_exhibiting = adjusted_rand_score(np.array(row_source)[ex], labels[ex]) if ex.sum() > 1 else float("nan")
 
     out = {
         "n_pairs": len(pairs), "layer": layer, "n_prompts": len(prompts), "n_behavior_vectors": len(row_source),
         "n_clustered": int(clustered.sum()), "n_near_zero": len(result.near_zero),
-        "ari_clustered": ari_clustered, "ari_all": ari_all, "ari_exhibiting": ari_exhibiting,
+        "ari_clustered": ari_clustered, "ari_prompts": ari_prompts, "ari_all": ari_all, "ari_exhibiting": ari_exhibiting,
         "clusters": cluster_rows, "recovery": recovery,
         "seconds_vectors": round(t_vectors, 1), "seconds_discover": round(t_discover, 2),
         "config": vars(args),
@@ -133,7 +141,7 @@ def main() -> int:
     print(f"\n{'planted behaviour':<24}{'planted':>8}{'M1 exhibits':>13}{'best cl':>9}{'planted share of top N':>24}")
     for b, r in recovery.items():
         print(f"{b:<24}{r['n_planted']:>8}{r['m1_exhibits_rows']:>13}{str(r['best_cluster']):>9}{r['planted_share_of_top_n']:>24.2f}")
-    print(f"\nARI (cluster vs source behaviour): clustered vectors {ari_clustered:.3f}, all vectors "
+    print(f"\nARI (cluster vs source behaviour): prompts {ari_prompts:.3f}, clustered vectors {ari_clustered:.3f}, all vectors "
           f"{ari_all:.3f}, clustered vectors whose M1 response exhibits the behaviour {ari_exhibiting:.3f}")
     print(f"time: vectors {t_vectors:.1f} s (organism load, datapoint vectors, generation), discover {t_discover:.2f} s")
     if args.cards:
