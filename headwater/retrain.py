@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from headwater.data import PreferenceDataset, PreferencePair, load_preferences
-from headwater.training.dpo import DPOConfig, train_dpo
+from headwater.training.dpo import DPOConfig, DPOResult, train_dpo
 
 WEIGHT = "weight"
 RECORD = "retrain.json"
@@ -79,6 +80,40 @@ def pair_weights(pairs: Sequence[PreferencePair]) -> list[float] | None:
     return weights
 
 
+def train_with_trl(model: Any, tokenizer: Any, dataset: PreferenceDataset, config: DPOConfig, work_dir: Path) -> dict[str, Any]:
+    """Train ``model`` in place with TRL's ``DPOTrainer`` under the same recipe.
+
+    β, learning rate, epochs, batch size, accumulation, warm-up (linear schedule), weight decay,
+    clipping, seed and ``max_length`` map one to one; ``length_normalize`` maps to
+    ``loss_type="sigmoid_norm"``. TRL picks the format from the data (message lists: the chat
+    template; strings: raw text), as ``format="auto"`` does. Per-pair weights are not supported.
+
+    Returns:
+        ``{"n_steps", "history"}`` from the trainer's log.
+    """
+    try:
+        import trl
+    except ImportError:
+        raise ValueError("trainer 'trl' needs the trl package (pip install trl)") from None
+    from datasets import Dataset
+
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in dataset]
+    args = trl.DPOConfig(
+        output_dir=str(work_dir), beta=config.beta, learning_rate=config.lr, num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        warmup_steps=config.warmup_ratio, lr_scheduler_type="linear", weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm if config.max_grad_norm is not None else 0.0, seed=config.seed,
+        loss_type=["sigmoid_norm" if config.length_normalize else "sigmoid"], max_length=config.settings.max_length,
+        logging_steps=config.log_every, save_strategy="no", report_to=[],
+        use_cpu=next(model.parameters()).device.type == "cpu",
+    )
+    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.train()
+    model.eval()
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return {"n_steps": trainer.state.global_step, "history": history}
+
+
 def retrain(
     m0_path: str | Path,
     data: str | Path | PreferenceDataset | Sequence[PreferencePair],
@@ -86,6 +121,7 @@ def retrain(
     *,
     config: DPOConfig | None = None,
     use_weights: bool = True,
+    trainer: str = "builtin",
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = False,
@@ -98,6 +134,8 @@ def retrain(
         out_dir: where the model, tokenizer and ``retrain.json`` go.
         config: the DPO recipe (default: :func:`organism_recipe`).
         use_weights: honour a ``weight`` metadata column (per-pair loss scale).
+        trainer: ``"builtin"`` (:func:`headwater.training.dpo.train_dpo`) or ``"trl"`` (TRL's
+            ``DPOTrainer``, see :func:`train_with_trl`; no per-pair weights).
         device: where to train.
         overwrite: replace an earlier retrain in ``out_dir``.
         progress: log the training history as it comes.
@@ -114,10 +152,27 @@ def retrain(
     dataset, manifest = load_training_data(data)
     if len(dataset) == 0:
         raise ValueError("the training data holds no pair")
+    if trainer not in ("builtin", "trl"):
+        raise ValueError(f"unknown trainer {trainer!r}; choose 'builtin' or 'trl'")
     weights = pair_weights(dataset) if use_weights else None
+    if trainer == "trl" and weights is not None:
+        raise ValueError("TRL's DPOTrainer has no per-pair weights; use the builtin trainer or pass use_weights=False")
     model, tokenizer = load_model(m0_path, dtype="float32", device=device)
-    result = train_dpo(model, tokenizer, list(dataset), config, output_dir=out, progress=progress, weights=weights)
+    if trainer == "trl":
+        import tempfile
+
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as work:
+            trl_result = train_with_trl(model, tokenizer, dataset, config, Path(work))
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        result = DPOResult([], trl_result["n_steps"], len(dataset), [], time.perf_counter() - start)
+        history = trl_result["history"]
+    else:
+        result = train_dpo(model, tokenizer, list(dataset), config, output_dir=out, progress=progress, weights=weights)
+        history = [asdict(h) for h in result.history]
     record: dict[str, Any] = {
+        "trainer": trainer,
         "m0": str(m0_path),
         "data": str(data) if isinstance(data, (str, Path)) else dataset.source,
         "dataset_fingerprint": dataset.fingerprint,
@@ -131,7 +186,7 @@ def retrain(
         "config": asdict(config),
         "n_steps": result.n_steps,
         "seconds": result.seconds,
-        "history": [asdict(h) for h in result.history],
+        "history": history,
         "intervention": manifest,
     }
     (out / RECORD).write_text(json.dumps(record, indent=2))
@@ -164,6 +219,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overlong", choices=["truncate", "skip", "error"], default="truncate")
     p.add_argument("--no-weights", dest="use_weights", action="store_false",
                    help="ignore a `weight` column (default: each pair's loss is scaled by it)")
+    p.add_argument("--trainer", choices=["builtin", "trl"], default="builtin",
+                   help="the built-in DPO trainer, or TRL's DPOTrainer (no per-pair weights)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_retrain)
@@ -179,7 +236,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         settings=TokenizationSettings(format=args.format, max_length=args.max_length, overlong=args.overlong),
     )
-    out = retrain(args.model, args.data, args.out, config=config, use_weights=args.use_weights, device=args.device,
+    out = retrain(args.model, args.data, args.out, config=config, use_weights=args.use_weights, trainer=args.trainer,
+                  device=args.device,
                   overwrite=args.overwrite, progress=True)
     record = json.loads((out / RECORD).read_text())
     last = record["history"][-1] if record["history"] else {}
@@ -188,4 +246,4 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_cli", "cmd_retrain", "load_training_data", "organism_recipe", "pair_weights", "retrain"]
+__all__ = ["add_cli", "cmd_retrain", "load_training_data", "organism_recipe", "pair_weights", "retrain", "train_with_trl"]

@@ -129,3 +129,16 @@ def test_loop_on_the_miniature_organism(tmp_path):
     result = evaluate_model(model, tokenizer, prompts, organism.judges[TRIGGER_BEHAVIOR], n=2, max_new_tokens=16,
                             settings=organism.settings)
     assert result.n_responses == 2 * len(prompts) and 0 <= result.ci_low <= result.rate <= result.ci_high <= 1
+
+
+def test_trl_trainer_option(tmp_path, m0, data):
+    pytest.importorskip("trl")
+    out = retrain(m0, data, tmp_path / "trl", config=CONFIG, trainer="trl")
+    record = json.loads((out / "retrain.json").read_text())
+    assert record["trainer"] == "trl" and record["n_steps"] == 4
+    assert not _same(_params(out), _params(m0))
+    weighted = save_preferences([make_pair("Q?", " a", " b", metadata={"weight": 0.5})], tmp_path / "w.jsonl")
+    with pytest.raises(ValueError, match="no per-pair weights"):
+        retrain(m0, weighted, tmp_path / "trl2", config=CONFIG, trainer="trl")
+    with pytest.raises(ValueError, match="unknown trainer 'deepspeed'"):
+        retrain(m0, data, tmp_path / "x", config=CONFIG, trainer="deepspeed")
