@@ -16,6 +16,16 @@ is used only afterwards, to score it:
   per prompt (its most common cluster), over the clustered behaviour vectors, over all of them
   (unclustered ones as a class of their own), and over the clustered vectors whose M1 response
   the organism's judge says exhibits the prompt's behaviour while the M0 response does not.
+
+Measured on the development machine (2 CPU cores), defaults (2 samples, top_k 50, threshold 0.9):
+share of each behaviour's planted pairs in the best cluster's top N (N = planted count) —
+seed 0: distractor compliance 0.82, sycophancy 0.50, hallucinated links 0.63; seed 1: 0.84, 0.56,
+0.55. Sycophancy clusters also rank the clean "agree with a matter of taste" pairs (the same
+direction); most other clusters are clean families (refusals, corrections, "no link") that M1
+answers differ from M0 samples on, each with top-20 purity near 1.0. ARI against the source
+behaviour is low (seed 0: 0.22 per prompt, 0.16 per clustered vector) because each behaviour's
+prompts split into several such clusters. Discovery itself takes under a second; sampling and
+the datapoint vectors take about 25 s with the organism cached.
 """
 from __future__ import annotations
 
