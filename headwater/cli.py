@@ -3,6 +3,7 @@
     headwater demo       build the model organism and attribute its planted behaviour
     headwater encode     datapoint vectors of a preference dataset into a vector store
     headwater attribute  rank the pairs of a vector store against behaviour vectors
+    headwater discover   cluster behaviour change vectors to find behaviours and their pairs
 """
 from __future__ import annotations
 
@@ -84,7 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--top", type=int, default=20, help="print the top N pairs")
     att.add_argument("--planted", type=Path, default=None,
                      help="a file of known pair ids (one per line) to report precision/recall/AUROC against")
+    _add_method_commands(sub)
     return parser
+
+
+def _add_method_commands(sub: argparse._SubParsersAction) -> None:
+    """Sub-commands whose modules register themselves (each sets ``func`` on its parser)."""
+    from headwater import discovery
+
+    discovery.add_cli(sub)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -148,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     handlers = {"demo": cmd_demo, "encode": cmd_encode, "attribute": cmd_attribute}
+    handler = handlers.get(args.command) or args.func
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except (ValueError, FileNotFoundError) as err:
         # User-facing errors (bad rows, mismatched stores, missing files) end with one clear line.
         print(f"error: {err}", file=sys.stderr)

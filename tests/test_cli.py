@@ -92,3 +92,10 @@ def test_encode_refuses_an_existing_store_and_resumes_it(tmp_path, saved_model, 
     assert main(other_layer + ["--resume"]) == 2  # same directory, another layer
     assert "layer: store has 2, expected 1" in capsys.readouterr().err
     assert read_store(tmp_path / "s").vectors.dtype.itemsize == 2
+
+
+def test_method_commands_are_wired_into_the_main_parser(tmp_path, capsys):
+    # `discover` registers itself and is dispatched by main(); a missing input is a clear error.
+    with pytest.raises(SystemExit, match="prompts file .* does not exist"):
+        main(["discover", "--vectors", str(tmp_path / "none"), "--m1", str(tmp_path / "m1"),
+              "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "d.json")])
