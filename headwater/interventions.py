@@ -248,7 +248,10 @@ def cmd_intervene(args: argparse.Namespace) -> int:
     manifest = manifests[-1] if len(manifests) == 1 else {**manifests[-1], "steps": manifests}
     manifest["data"] = str(args.data)
     formats = ("jsonl", "parquet") if args.format == "both" else (args.format,)
-    paths = write_intervention(args.out, dataset, manifest, formats=formats, overwrite=args.overwrite)
+    try:
+        paths = write_intervention(args.out, dataset, manifest, formats=formats, overwrite=args.overwrite)
+    except FileExistsError as err:  # the CLI reports ValueErrors as one line
+        raise ValueError(f"{err} (--overwrite)") from None
     print(f"{manifest['mode']}: {manifest['n_changed']} pairs changed, {manifest['n_output']} of "
           f"{manifests[0]['n_input']} pairs written -> {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -236,9 +236,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         settings=TokenizationSettings(format=args.format, max_length=args.max_length, overlong=args.overlong),
     )
-    out = retrain(args.model, args.data, args.out, config=config, use_weights=args.use_weights, trainer=args.trainer,
-                  device=args.device,
-                  overwrite=args.overwrite, progress=True)
+    try:
+        out = retrain(args.model, args.data, args.out, config=config, use_weights=args.use_weights,
+                      trainer=args.trainer, device=args.device, overwrite=args.overwrite, progress=True)
+    except FileExistsError as err:  # the CLI reports ValueErrors as one line
+        raise ValueError(f"{err} (--overwrite)") from None
     record = json.loads((out / RECORD).read_text())
     last = record["history"][-1] if record["history"] else {}
     print(f"retrained on {record['n_trained']} pairs in {record['n_steps']} steps ({record['seconds']:.1f}s), "

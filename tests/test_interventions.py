@@ -146,3 +146,15 @@ def test_cli_needs_top_with_rankings(tmp_path, dataset, ranking):
                                  "--out", str(tmp_path / "o")])
     with pytest.raises(ValueError, match="--top is required"):
         args.func(args)
+
+
+def test_cli_refuses_to_overwrite_without_the_flag(tmp_path, dataset, ranking):
+    rankings = ranking.save(tmp_path / "r.jsonl")
+    argv = ["intervene", "--rankings", str(rankings), "--data", str(tmp_path / "prefs.jsonl"), "--top", "1",
+            "--out", str(tmp_path / "o")]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    with pytest.raises(ValueError, match="already holds an intervention"):
+        args.func(args)
+    args = _parser().parse_args(argv + ["--overwrite"])
+    assert args.func(args) == 0
