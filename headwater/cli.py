@@ -4,6 +4,9 @@
     headwater encode     datapoint vectors of a preference dataset into a vector store
     headwater attribute  rank the pairs of a vector store against behaviour vectors
     headwater discover   cluster behaviour change vectors to find behaviours and their pairs
+    headwater intervene  filter, switch or reweight the top-ranked pairs of a dataset
+    headwater retrain    DPO from M0 on a (modified) dataset
+    headwater evaluate   behaviour rate of a model with a bootstrap confidence interval
 """
 from __future__ import annotations
 
@@ -91,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_method_commands(sub: argparse._SubParsersAction) -> None:
     """Sub-commands whose modules register themselves (each sets ``func`` on its parser)."""
-    from headwater import discovery
+    from headwater import discovery, evaluation, interventions, retrain
 
-    discovery.add_cli(sub)
+    for module in (discovery, interventions, retrain, evaluation):
+        module.add_cli(sub)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:

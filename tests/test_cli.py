@@ -94,6 +94,19 @@ def test_encode_refuses_an_existing_store_and_resumes_it(tmp_path, saved_model, 
     assert read_store(tmp_path / "s").vectors.dtype.itemsize == 2
 
 
+@pytest.mark.parametrize("command", ["discover", "intervene", "retrain", "evaluate"])
+def test_every_method_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and f"headwater {command}" in capsys.readouterr().out
+
+
+def test_intervene_through_main_names_the_missing_file(tmp_path, capsys):
+    code = main(["intervene", "--data", str(tmp_path / "missing.jsonl"), "--rankings", str(tmp_path / "r.jsonl"),
+                 "--top", "1", "--out", str(tmp_path / "out")])
+    assert code == 2 and "missing.jsonl" in capsys.readouterr().err
+
+
 def test_method_commands_are_wired_into_the_main_parser(tmp_path, capsys):
     # `discover` registers itself and is dispatched by main(); a missing input is a clear error.
     with pytest.raises(SystemExit, match="prompts file .* does not exist"):
