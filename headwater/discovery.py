@@ -452,36 +452,15 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def read_prompts(path: Path) -> list[Text]:
-    """Prompts from a text file (one per line) or JSONL (``{"prompt": ...}`` per row)."""
-    if not path.exists():
-        raise SystemExit(f"error: prompts file {path} does not exist")
-    prompts: list[Text] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"error: {path} line {lineno} is not JSON: {err}") from None
-            if not isinstance(row, dict) or "prompt" not in row:
-                raise SystemExit(f"error: {path} line {lineno} has no \"prompt\" field")
-            prompts.append(row["prompt"])
-        else:
-            prompts.append(line)
-    if not prompts:
-        raise SystemExit(f"error: {path} holds no prompt")
-    return prompts
-
-
 def cmd_discover(args: argparse.Namespace) -> int:
     from headwater.data import load_preferences
     from headwater.engine.models import load_model
     from headwater.engine.store import read_store
     from headwater.engine.tokenization import TokenizationSettings
 
-    prompts = read_prompts(args.prompts)  # bad input fails before any model loads
+    from headwater.evaluation import load_prompts
+
+    prompts = load_prompts(args.prompts)  # bad input fails before any model loads
     store = read_store(args.vectors)
     manifest = store.manifest
     settings = TokenizationSettings(**manifest["tokenization"])

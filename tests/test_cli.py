@@ -109,6 +109,6 @@ def test_intervene_through_main_names_the_missing_file(tmp_path, capsys):
 
 def test_method_commands_are_wired_into_the_main_parser(tmp_path, capsys):
     # `discover` registers itself and is dispatched by main(); a missing input is a clear error.
-    with pytest.raises(SystemExit, match="prompts file .* does not exist"):
-        main(["discover", "--vectors", str(tmp_path / "none"), "--m1", str(tmp_path / "m1"),
-              "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "d.json")])
+    code = main(["discover", "--vectors", str(tmp_path / "none"), "--m1", str(tmp_path / "m1"),
+                 "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "d.json")])
+    assert code == 2 and "p.txt does not exist" in capsys.readouterr().err

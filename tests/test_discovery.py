@@ -234,6 +234,6 @@ def test_cli_on_a_vector_store(miniature, tmp_path, capsys):
     assert "near-zero behaviour vectors dropped" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no prompt field"}\n')
-    with pytest.raises(SystemExit, match="line 1 has no"):
+    with pytest.raises(ValueError, match="bad.jsonl:1: expected a non-empty 'prompt'"):
         args.func(parser.parse_args(["discover", "--vectors", str(store), "--m1", str(miniature.m1_path),
                                      "--prompts", str(bad), "--out", str(out)]))
