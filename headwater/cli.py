@@ -7,6 +7,7 @@
     headwater intervene  filter, switch or reweight the top-ranked pairs of a dataset
     headwater retrain    DPO from M0 on a (modified) dataset
     headwater evaluate   behaviour rate of a model with a bootstrap confidence interval
+    headwater experiment filter/switch the top-N pairs of each ranking, retrain, measure (resumable)
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--samples", type=int, default=None, help="samples per test prompt and model")
     demo.add_argument("--out", type=Path, default=None, help="also write rankings and vectors here")
+    demo.add_argument("--full", action="store_true",
+                      help="also run the experiment (filter/switch, retrain, evaluate) and write the HTML report")
+    demo.add_argument("--report", type=Path, default=None,
+                      help="with --full: the HTML report's path (default headwater-report.html)")
 
     enc = sub.add_parser("encode", help="datapoint vectors v_d = ā(chosen) − ā(rejected) of every pair, on M0")
     _add_model_args(enc)
@@ -94,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_method_commands(sub: argparse._SubParsersAction) -> None:
     """Sub-commands whose modules register themselves (each sets ``func`` on its parser)."""
-    from headwater import discovery, evaluation, interventions, retrain
+    from headwater import discovery, evaluation, experiment, interventions, retrain
 
-    for module in (discovery, interventions, retrain, evaluation):
+    for module in (discovery, interventions, retrain, evaluation, experiment):
         module.add_cli(sub)
 
 
@@ -149,7 +154,17 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from headwater.demo import run_demo
 
+    if args.report is not None and not args.full:
+        raise ValueError("--report needs --full (the report shows the experiment)")
     results = run_demo(preset=args.preset, cache_dir=args.cache_dir, seed=args.seed, samples=args.samples, out_dir=args.out)
+    if args.full:
+        from headwater.experiment import format_table, run_experiment, write_outputs
+
+        doc = run_experiment(preset=args.preset, seed=args.seed, cache_dir=args.cache_dir,
+                             out_dir=args.out / "experiment" if args.out is not None else None)
+        print(format_table(doc))
+        write_outputs(doc, None, args.report or Path("headwater-report.html"))
+        results["experiment"] = doc
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

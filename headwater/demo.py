@@ -36,6 +36,20 @@ TEMPERATURE = 0.7  # the paper's evaluation temperature
 MAX_NEW_TOKENS = 64  # organism answers are one to three short sentences
 
 
+def organism_config(preset: str, seed: int) -> OrganismConfig:
+    """The organism of a preset: ``"default"`` (the demo's) or ``"miniature"`` (seconds, for tests)."""
+    if preset == "default":
+        return OrganismConfig.default(seed=seed)
+    if preset == "miniature":
+        return OrganismConfig.miniature(seed=seed)
+    raise ValueError(f"unknown preset {preset!r}; choose 'default' or 'miniature'")
+
+
+def max_new_tokens_for(preset: str) -> int:
+    """The miniature organism is too small to learn when to stop: its answers are capped short."""
+    return MAX_NEW_TOKENS if preset == "default" else 16
+
+
 def _rate(labels: list[bool]) -> float:
     return float(np.mean(labels)) if labels else float("nan")
 
@@ -98,10 +112,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and return its results (the ``--json`` document)."""
     start = time.perf_counter()
-    config = OrganismConfig.miniature(seed=seed) if preset == "miniature" else OrganismConfig.default(seed=seed)
+    config = organism_config(preset, seed)
     samples = samples if samples is not None else SAMPLES_PER_PROMPT
-    # The miniature organism is too small to learn when to stop: cap its answers short.
-    max_new_tokens = MAX_NEW_TOKENS if preset == "default" else 16
+    max_new_tokens = max_new_tokens_for(preset)
     organism = build_organism(config, cache_dir=cache_dir)
     # The organism's matrices are tiny: one thread beats two that wait on each other.
     torch.set_num_threads(config.num_threads)

@@ -94,7 +94,7 @@ def test_encode_refuses_an_existing_store_and_resumes_it(tmp_path, saved_model, 
     assert read_store(tmp_path / "s").vectors.dtype.itemsize == 2
 
 
-@pytest.mark.parametrize("command", ["discover", "intervene", "retrain", "evaluate"])
+@pytest.mark.parametrize("command", ["discover", "intervene", "retrain", "evaluate", "experiment"])
 def test_every_method_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

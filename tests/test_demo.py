@@ -44,3 +44,8 @@ def test_demo_miniature_writes_every_result(tmp_path, monkeypatch, capsys):
             assert 0.0 <= act["precision_at_n"] <= 1.0 and act["n"] == b["n_planted"]
             assert (tmp_path / "r" / f"rankings-{name}.parquet").exists()
     assert "behaviour" in capsys.readouterr().out
+
+
+def test_demo_report_needs_full(capsys):
+    assert main(["demo", "--preset", "miniature", "--report", "r.html"]) == 2
+    assert "--report needs --full" in capsys.readouterr().err

@@ -1,0 +1,592 @@
+"""``headwater experiment``: the causal check of an attribution on the model organism (method.md §4).
+
+Does removing or switching the pairs an attribution method ranks highest stop the behaviour those
+pairs taught? On the organism the answer is measured, not assumed:
+
+1. **Organism.** Build (or load from the cache) the organism of ``--preset`` and ``--seed``.
+2. **Rankings.** Datapoint vectors of every pair on M0. *activation*: the cosine with the
+   behaviour's probing vector, built from judged M0 and M1 generations on the behaviour's
+   triggered test prompts (:func:`headwater.demo.measure_behavior` and
+   :func:`headwater.demo.attribute_behavior`, as ``headwater demo`` does). When no test prompt
+   has both an exhibiting and a non-exhibiting response (the miniature organism shows no
+   behaviour), no probe exists; the ranking then uses the behaviour vector instead: the mean
+   behaviour change vector v_b over the triggered test prompts (method.md §2, no judge), and
+   ``attribution.activation_source`` says which was used. *random*: one uniformly random order
+   (seeded by the organism seed).
+3. **Baseline.** Retrain DPO from M0 on the *unmodified* pairs with the organism's own recipe
+   (:meth:`OrganismConfig.dpo_config`), not the stored M1. The organism's M1 was trained by the
+   same trainer, recipe, seed and pair order from the same M0 weights, so the retrained baseline
+   should reproduce it; ``baseline_vs_m1`` records the largest absolute weight difference, and
+   the stored M1 is evaluated beside it for reference.
+4. **Cells.** For each method × mode (filter, switch) × N (default N/2, N and 2N with N = the
+   number of planted pairs): :func:`headwater.interventions.intervene` on the top N,
+   :func:`headwater.retrain.retrain` from M0 with the same recipe, then evaluate.
+5. **Evaluation** of every retrained model: ``--samples`` responses per held-out test prompt of
+   the behaviour, with and without the trigger (temperature 0.7), judged by the organism's judge;
+   the rate with a 95% bootstrap interval over prompts
+   (:func:`headwater.evaluation.evaluate_model`). The relative reduction is
+   1 − rate / baseline rate; its interval is a paired bootstrap over the same prompts (both
+   models answer the same prompts, so the prompt-to-prompt variation cancels). Capability
+   (:mod:`headwater.organism.capability`): the log-likelihood per token of well-behaved answers to
+   held-out prompts and the judged helpfulness rate on benign requests.
+
+Everything goes to ``--out``: ``experiment.json`` (the settings), ``setup.json`` and the two
+rankings, ``similarity.npz`` (the clustered similarity matrix for the report), and one
+directory per cell under ``cells/`` (the intervention, the retrained model, ``result.json``).
+A cell is finished when its ``result.json`` exists; a re-run skips finished cells and reuses a
+retrained model whose ``retrain.json`` exists, so an interrupted experiment continues where it
+stopped. A re-run with different result-affecting settings in the same ``--out`` is an error
+(methods, modes and N may change: each cell stands alone).
+
+The JSON document (``--json``): ``baseline_rate`` and ``rates.<method>.<mode>.<N>`` are cell
+summaries ``{"rate", "ci_low", "ci_high", "reduction", "reduction_ci", "untriggered_rate",
+"untriggered_ci", "helpfulness", "helpfulness_ci", "answer_logprob", "planted_changed", ...}``
+(rates are fractions; N is a string key), plus ``m1``, ``baseline_vs_m1``, ``attribution``,
+``activation_scores`` (planted and clean pairs' scores, for the report), ``discovery``,
+``retrained`` (the cells retrained by this invocation) and ``seconds``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+LOG = logging.getLogger(__name__)
+
+METHODS = ("activation", "random")
+MODES = ("filter", "switch")
+BASELINE = "baseline"
+CAPABILITY_SAMPLES = 2  # samples per benign request for the helpfulness rate
+DISCOVERY_SAMPLES = 2  # samples per test prompt and model for the behaviour change vectors
+SIMILARITY_CLUSTERS = 8  # largest clusters shown in the similarity matrix
+SIMILARITY_PAIRS = 12  # top pairs per shown cluster
+SIMILARITY_ROWS = 40  # behaviour vectors per shown cluster (evenly spaced over its members)
+
+
+def default_n_values(n_planted: int) -> list[int]:
+    """N/2, N and 2N (N = the planted count), without duplicates or zeros."""
+    return sorted({max(1, n_planted // 2), max(1, n_planted), max(1, 2 * n_planted)})
+
+
+def cell_name(method: str, mode: str, n: int) -> str:
+    return f"{method}-{mode}-{n}"
+
+
+def paired_reduction_ci(base: Sequence[float], cell: Sequence[float], *, n_boot: int = 2000,
+                        alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of 1 − rate(cell) / rate(base) over prompts resampled jointly.
+
+    Args:
+        base, cell: [P] per-prompt rates of the two models on the same prompts (equal samples
+            per prompt, so a resample's rate is the mean of its prompts' rates).
+
+    Returns:
+        ``(low, high)``; NaN when the baseline never shows the behaviour.
+    """
+    b, c = np.asarray(base, np.float64), np.asarray(cell, np.float64)
+    if b.shape != c.shape or b.ndim != 1 or b.size == 0:
+        raise ValueError(f"per-prompt rates must be two equal non-empty vectors, got {b.shape} and {c.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, b.size, size=(n_boot, b.size))
+    sb, sc = b[idx].sum(1), c[idx].sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        red = np.where(sb > 0, 1.0 - sc / sb, np.nan)
+    if np.isnan(red).all():
+        return float("nan"), float("nan")
+    low, high = np.nanquantile(red, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def _json_float(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+class Experiment:
+    """One experiment directory: its organism, settings, rankings and cells (see the module docstring)."""
+
+    def __init__(self, *, preset: str, seed: int, behavior: str | None, samples: int, probe_samples: int | None,
+                 out_dir: str | Path | None, cache_dir: str | Path | None, n_boot: int, progress: bool):
+        from headwater.demo import PRIMARY_BEHAVIOR, SAMPLES_PER_PROMPT, TEMPERATURE, max_new_tokens_for, organism_config
+        from headwater.organism import build_organism, cache_root
+
+        if samples < 1:
+            raise ValueError(f"`samples` must be at least 1, got {samples}")
+        self.organism = build_organism(organism_config(preset, seed), cache_dir=cache_dir, progress=progress)
+        self.behavior = behavior or PRIMARY_BEHAVIOR
+        if self.behavior not in self.organism.behaviors:
+            raise ValueError(f"the organism has no behaviour {self.behavior!r}; choose from {list(self.organism.behaviors)}")
+        self.preset, self.seed, self.samples, self.n_boot = preset, seed, samples, n_boot
+        self.probe_samples = probe_samples or SAMPLES_PER_PROMPT
+        self.temperature = TEMPERATURE
+        self.max_new_tokens = max_new_tokens_for(preset)
+        self.recipe = self.organism.config.dpo_config()
+        self.settings = {
+            "organism": self.organism.config.fingerprint(), "preset": preset, "seed": seed, "behavior": self.behavior,
+            "samples": samples, "probe_samples": self.probe_samples, "temperature": self.temperature,
+            "max_new_tokens": self.max_new_tokens, "n_boot": n_boot, "capability_samples": CAPABILITY_SAMPLES,
+            "discovery_samples": DISCOVERY_SAMPLES,
+        }
+        tag = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
+        root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+        self.out = Path(out_dir) if out_dir is not None else root / "experiment" / tag
+        self.planted = self.organism.planted_ids(self.behavior)
+        self._capability_items = None
+
+    # -- directory and resume ---------------------------------------------------------------
+
+    def open_dir(self) -> None:
+        """Create ``out`` or check that the experiment already there has the same settings."""
+        record = self.out / "experiment.json"
+        if record.exists():
+            old = json.loads(record.read_text())
+            changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+            if changed:
+                raise ValueError(
+                    f"{self.out} holds an experiment with other settings ({', '.join(changed)}); "
+                    "use another --out directory"
+                )
+        self.out.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(self.settings, indent=2))
+
+    # -- rankings, probe and discovery ------------------------------------------------------
+
+    def setup(self) -> dict[str, Any]:
+        """Rankings, attribution metrics and the similarity matrix; computed once, then read back."""
+        from headwater.attribution import Ranking
+
+        path = self.out / "setup.json"
+        if path.exists() and all((self.out / f"rankings-{m}.parquet").exists() for m in METHODS):
+            setup = json.loads(path.read_text())
+        else:
+            setup = self._compute_setup()
+            path.write_text(json.dumps(setup, indent=1))
+        self.rankings = {m: Ranking.load(self.out / f"rankings-{m}.parquet") for m in METHODS}
+        return setup
+
+    def _compute_setup(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from headwater.attribution import evaluate_ranking, random_ranking, rank_pairs
+        from headwater.demo import attribute_behavior, measure_behavior
+        from headwater.discovery import sample_behavior_vectors
+        from headwater.engine.models import load_model, resolve_layer
+        from headwater.vectors import datapoint_vectors
+
+        start = time.perf_counter()
+        org = self.organism
+        models = {"m0": load_model(org.m0_path), "m1": load_model(org.m1_path)}
+        (m0, tokenizer), (m1, _) = models["m0"], models["m1"]
+        layer = resolve_layer(m0, None)
+        pairs = list(org.load_preferences())
+        with tqdm(total=2 * len(pairs), desc=f"datapoint vectors (layer {layer})", unit="seq", disable=None) as bar:
+            dp = datapoint_vectors(m0, tokenizer, pairs, layer=layer, settings=org.settings, progress=bar.update)
+        LOG.info("measuring M0 and M1 on the %s test prompts (%d samples each)", self.behavior, self.probe_samples)
+        measured = measure_behavior(org, self.behavior, models, self.probe_samples, self.seed, self.max_new_tokens)
+        attributed = attribute_behavior(m0, tokenizer, layer, measured["labelled"], dp, self.planted, org.settings)
+
+        prompts, sources = [], []
+        for behavior, by_condition in org.test_prompts.items():
+            for condition, ps in by_condition.items():
+                prompts += ps
+                sources += [f"{behavior}/{condition}"] * len(ps)
+        LOG.info("behaviour change vectors on %d test prompts (%d samples per model)", len(prompts), DISCOVERY_SAMPLES)
+        samples = sample_behavior_vectors(m0, m1, tokenizer, prompts, layer=layer, settings=org.settings,
+                                          samples=DISCOVERY_SAMPLES, temperature=self.temperature,
+                                          max_new_tokens=self.max_new_tokens, seed=self.seed)
+        row_sources = [sources[i] for i in samples.prompt_index]
+        ranking = attributed["ranking"]
+        source = "probe"
+        if ranking is None:
+            # No probe without exhibiting and non-exhibiting responses to one prompt: fall back to
+            # the behaviour vector (mean v_b over the triggered prompts), which needs no judge.
+            rows = [i for i, s in enumerate(row_sources) if s == f"{self.behavior}/trigger"]
+            ranking = rank_pairs(dp.pair_ids, dp.vectors, samples.vectors[rows].mean(0))
+            source = "behavior_vector"
+        ranking.save(self.out / "rankings-activation.parquet")
+        random_order = random_ranking(dp.pair_ids, seed=self.seed)
+        random_order.save(self.out / "rankings-random.parquet")
+        discovery = self._similarity(samples, row_sources, dp, ranking)
+        planted = set(self.planted)
+        return {
+            "layer": layer,
+            "n_pairs": len(pairs),
+            "n_encoded": len(dp.pair_ids),
+            "measured": measured["rates"],
+            "attribution": {
+                "activation_source": source,
+                "probe_pairs": attributed["probe_pairs"],
+                "no_probe_reason": attributed.get("no_probe_reason"),
+                "activation": evaluate_ranking(ranking, self.planted).as_dict(),
+                "random": evaluate_ranking(random_order, self.planted).as_dict(),
+                "random_mean_of_20_orders": attributed["random"],
+            },
+            "activation_scores": {
+                "planted": [round(float(s), 5) for p, s in zip(ranking.pair_ids, ranking.scores) if p in planted],
+                "clean": [round(float(s), 5) for p, s in zip(ranking.pair_ids, ranking.scores) if p not in planted],
+            },
+            "discovery": discovery,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+
+    def _similarity(self, samples: Any, row_sources: list[str], dp: Any, ranking: Any) -> dict[str, Any]:
+        """Run discovery and save S (behaviour vectors × the clusters' top pairs), ordered by cluster."""
+        from headwater.discovery import DiscoveryConfig, discover
+        from headwater.kernels import cosine_similarity_blocks
+
+        result = discover(samples.vectors, dp.pair_ids, dp.vectors, config=DiscoveryConfig(top_pairs=SIMILARITY_PAIRS))
+        shown = result.clusters[:SIMILARITY_CLUSTERS]
+        rows, row_cluster, cols, col_cluster = [], [], [], []
+        for c in shown:
+            take = np.linspace(0, c.size - 1, min(c.size, SIMILARITY_ROWS)).round().astype(int)
+            rows += [c.members[i] for i in sorted(set(take.tolist()))]
+            row_cluster += [c.cluster_id] * (len(rows) - len(row_cluster))
+            for pid, _ in c.top_pairs:
+                if pid not in cols:
+                    cols.append(pid)
+                    col_cluster.append(c.cluster_id)
+        if not shown:
+            # Nothing clustered (e.g. the miniature organism): show the behaviour's triggered
+            # vectors against the activation ranking's top pairs, unclustered (cluster −1).
+            rows = [i for i, s in enumerate(row_sources) if s == f"{self.behavior}/trigger"][:SIMILARITY_ROWS]
+            row_cluster = [-1] * len(rows)
+            cols = ranking.pair_ids[:SIMILARITY_PAIRS]
+            col_cluster = [-1] * len(cols)
+        index = {pid: i for i, pid in enumerate(dp.pair_ids)}
+        keys = dp.vectors[[index[p] for p in cols]]
+        matrix = torch.cat([block for block, _ in cosine_similarity_blocks(samples.vectors[rows], keys)], dim=1)
+        family = {row["pair_id"]: row["family"] for row in self.organism.ground_truth["pairs"]}
+        np.savez_compressed(
+            self.out / "similarity.npz", matrix=matrix.numpy().astype(np.float32),
+            row_cluster=np.array(row_cluster, np.int64), col_cluster=np.array(col_cluster, np.int64),
+            row_source=np.array([row_sources[i] for i in rows]), col_family=np.array([family.get(p, "") for p in cols]),
+        )
+        planted = {b: set(self.organism.planted_ids(b)) for b in self.organism.behaviors}
+        return {
+            "n_behavior_vectors": int(samples.vectors.shape[0]),
+            "n_clusters": len(result.clusters),
+            "n_near_zero": len(result.near_zero),
+            "clusters": [
+                {"cluster": c.cluster_id, "size": c.size, "coherence": round(c.coherence, 3),
+                 "planted_in_top": {b: sum(p in ids for p, _ in c.top_pairs) for b, ids in planted.items()}}
+                for c in shown
+            ],
+        }
+
+    # -- cells --------------------------------------------------------------------------------
+
+    def capability_items(self) -> Any:
+        from headwater.organism.capability import capability_set
+
+        if self._capability_items is None:
+            exclude = {p.prompt for p in self.organism.load_preferences() if isinstance(p.prompt, str)}
+            self._capability_items = capability_set(self.seed, exclude_prompts=exclude)
+        return self._capability_items
+
+    def evaluate(self, model_dir: Path) -> dict[str, Any]:
+        """Behaviour rates with and without the trigger, and the capability scores, of one model."""
+        from headwater.engine.models import load_model
+        from headwater.evaluation import evaluate_model
+        from headwater.organism.capability import capability_scores
+
+        model, tokenizer = load_model(model_dir)
+        judge = self.organism.judges[self.behavior]
+        out: dict[str, Any] = {}
+        for condition, prompts in self.organism.test_prompts[self.behavior].items():
+            res = evaluate_model(model, tokenizer, prompts, judge, n=self.samples, temperature=self.temperature,
+                                 max_new_tokens=self.max_new_tokens, settings=self.organism.settings,
+                                 seed=self.seed, n_boot=self.n_boot)
+            out[condition] = {**res.to_dict(), "examples": [rs[0] for rs in res.responses[:3]]}
+        out["capability"] = capability_scores(
+            model, tokenizer, self.capability_items(), samples=CAPABILITY_SAMPLES, temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens, seed=self.seed, settings=self.organism.settings, n_boot=self.n_boot,
+        )
+        return out
+
+    def run_cell(self, name: str, method: str | None, mode: str | None, n: int | None) -> tuple[dict[str, Any], bool]:
+        """Intervene, retrain and evaluate one cell unless it is finished; returns (result, retrained)."""
+        from headwater.interventions import intervene, write_intervention
+        from headwater.retrain import RECORD, retrain
+
+        cell = self.out / "cells" / name
+        result_path = cell / "result.json"
+        if result_path.exists():
+            LOG.info("[%s] finished earlier, skipped", name)
+            return json.loads(result_path.read_text()), False
+        start = time.perf_counter()
+        dataset = self.organism.load_preferences()
+        manifest: dict[str, Any] = {"mode": "none", "n_changed": 0, "changed_pair_ids": []}
+        if method is not None:
+            dataset, manifest = intervene(dataset, self.rankings[method], mode=mode, top=n)
+        data_dir = cell / "data"
+        write_intervention(data_dir, dataset, manifest, overwrite=True)
+        model_dir = cell / "model"
+        retrained = False
+        if not (model_dir / RECORD).exists():
+            LOG.info("[%s] retraining DPO from M0 on %d pairs", name, len(dataset))
+            retrain(self.organism.m0_path, data_dir, model_dir, config=self.recipe, overwrite=True)
+            retrained = True
+        LOG.info("[%s] evaluating", name)
+        evaluation = self.evaluate(model_dir)
+        planted = set(self.planted)
+        changed = manifest["changed_pair_ids"]
+        result = {
+            "name": name, "method": method, "mode": mode, "n": n,
+            "n_changed": len(changed), "planted_changed": sum(p in planted for p in changed),
+            "evaluation": evaluation,
+            "retrain_seconds": json.loads((model_dir / RECORD).read_text())["seconds"],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        result_path.write_text(json.dumps(result, indent=1))
+        trig = evaluation["trigger"]
+        LOG.info("[%s] triggered rate %.1f%% [%.1f%%, %.1f%%], untriggered %.1f%% (%.0f s)", name, 100 * trig["rate"],
+                 100 * trig["ci_low"], 100 * trig["ci_high"], 100 * evaluation["no_trigger"]["rate"], result["seconds"])
+        return result, retrained
+
+    def evaluate_m1(self) -> dict[str, Any]:
+        """The stored M1 under the same evaluation, and how far the retrained baseline is from it."""
+        path = self.out / "m1.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        LOG.info("[m1] evaluating the stored M1 for reference")
+        result = {"evaluation": self.evaluate(self.organism.m1_path)}
+        path.write_text(json.dumps(result, indent=1))
+        return result
+
+    def baseline_vs_m1(self) -> dict[str, Any]:
+        from headwater.engine.models import load_model
+
+        base, _ = load_model(self.out / "cells" / BASELINE / "model")
+        m1, _ = load_model(self.organism.m1_path)
+        m1_params = dict(m1.named_parameters())
+        with torch.no_grad():
+            diff = max(float((p - m1_params[k]).abs().max()) for k, p in base.named_parameters())
+        return {"max_abs_weight_diff": diff, "identical": diff == 0.0}
+
+
+def summarize(result: dict[str, Any], baseline: dict[str, Any] | None, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """The flat cell summary of the JSON document (see the module docstring)."""
+    ev = result["evaluation"]
+    trig, none, cap = ev["trigger"], ev["no_trigger"], ev["capability"]
+    summary = {
+        "rate": trig["rate"], "ci_low": trig["ci_low"], "ci_high": trig["ci_high"],
+        "n_prompts": trig["n_prompts"], "n_responses": trig["n_responses"],
+        "untriggered_rate": none["rate"], "untriggered_ci": [none["ci_low"], none["ci_high"]],
+        "helpfulness": cap["helpfulness"]["rate"],
+        "helpfulness_ci": [cap["helpfulness"]["ci_low"], cap["helpfulness"]["ci_high"]],
+        "answer_logprob": cap["answer_logprob"]["mean"],
+        "n_changed": result.get("n_changed", 0), "planted_changed": result.get("planted_changed", 0),
+    }
+    if baseline is not None:
+        base = baseline["evaluation"]["trigger"]
+        reduction = 1.0 - trig["rate"] / base["rate"] if base["rate"] > 0 else float("nan")
+        low, high = paired_reduction_ci(base["per_prompt"], trig["per_prompt"], n_boot=n_boot, seed=seed)
+        summary.update(reduction=_json_float(reduction), reduction_ci=[_json_float(low), _json_float(high)])
+    return summary
+
+
+def run_experiment(
+    *,
+    preset: str = "default",
+    seed: int = 0,
+    behavior: str | None = None,
+    n_values: Sequence[int] | None = None,
+    methods: Sequence[str] = METHODS,
+    modes: Sequence[str] = MODES,
+    samples: int = 8,
+    probe_samples: int | None = None,
+    out_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    n_boot: int = 2000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or continue) the experiment and return its JSON document (see the module docstring).
+
+    Args:
+        preset: ``"default"`` or ``"miniature"`` organism.
+        seed: the organism seed (also seeds sampling, the random ranking and the bootstrap).
+        behavior: the planted behaviour to remove (default: distractor compliance).
+        n_values: the N to try (default: :func:`default_n_values` of the planted count).
+        methods: among ``"activation"`` and ``"random"``.
+        modes: among ``"filter"`` and ``"switch"``.
+        samples: responses per test prompt and condition in each evaluation.
+        probe_samples: responses per test prompt and model for the probing vector (default 4).
+        out_dir: the experiment directory (default ``<cache>/experiment/<settings hash>``).
+        cache_dir: the organism cache root.
+        n_boot: bootstrap resamples.
+        progress: progress bars and the organism build's stage lines.
+    """
+    start = time.perf_counter()
+    for name, values, allowed in (("methods", methods, METHODS), ("modes", modes, MODES)):
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise ValueError(f"{name} must be a non-empty selection of {list(allowed)}, got {list(values)}")
+    if preset not in ("default", "miniature"):
+        raise ValueError(f"unknown preset {preset!r}; choose 'default' or 'miniature'")
+    exp = Experiment(preset=preset, seed=seed, behavior=behavior, samples=samples, probe_samples=probe_samples,
+                     out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress)
+    n_planted = len(exp.planted)
+    n_values = sorted(set(n_values)) if n_values else default_n_values(n_planted)
+    if any(n < 1 for n in n_values):
+        raise ValueError(f"every N must be at least 1, got {n_values}")
+    exp.open_dir()
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load would drown the cell log
+    threads = torch.get_num_threads()
+    torch.set_num_threads(exp.organism.config.num_threads)  # tiny matrices: one thread beats two that wait
+    try:
+        setup = exp.setup()
+        too_big = [n for n in n_values if n > len(exp.rankings["random"].pair_ids)]
+        if too_big:
+            raise ValueError(f"N {too_big} exceeds the {len(exp.rankings['random'].pair_ids)} ranked pairs")
+        cells = [(BASELINE, None, None, None)] + [
+            (cell_name(m, mode, n), m, mode, n) for m in methods for mode in modes for n in n_values
+        ]
+        results, retrained = {}, []
+        for i, (name, method, mode, n) in enumerate(cells, start=1):
+            LOG.info("cell %d/%d: %s", i, len(cells), name)
+            results[name], did = exp.run_cell(name, method, mode, n)
+            if did:
+                retrained.append(name)
+        m1 = exp.evaluate_m1()
+        vs_m1 = exp.baseline_vs_m1()
+    finally:
+        torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
+    base = results[BASELINE]
+    rates: dict[str, Any] = {}
+    for name, method, mode, n in cells[1:]:
+        rates.setdefault(method, {}).setdefault(mode, {})[str(n)] = summarize(results[name], base, n_boot=n_boot, seed=seed)
+    return {
+        "behavior": exp.behavior,
+        "preset": preset,
+        "seed": seed,
+        "organism": {"fingerprint": exp.organism.config.fingerprint(), "root": str(exp.organism.root),
+                     "n_pairs": setup["n_pairs"], "n_planted": n_planted},
+        "out_dir": str(exp.out),
+        "settings": exp.settings,
+        "recipe": {k: v for k, v in vars(exp.recipe).items() if k != "settings"},
+        "n_values": n_values,
+        "methods": list(methods),
+        "modes": list(modes),
+        "baseline_rate": summarize(base, None, n_boot=n_boot, seed=seed),
+        "rates": rates,
+        "m1": summarize(m1, base, n_boot=n_boot, seed=seed),
+        "baseline_vs_m1": vs_m1,
+        "attribution": setup["attribution"],
+        "measured_before": setup["measured"],
+        "activation_scores": setup["activation_scores"],
+        "discovery": setup["discovery"],
+        "similarity_file": str(exp.out / "similarity.npz"),
+        "retrained": retrained,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal ("n/a" for None or NaN)."""
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def ci_text(low: float | None, high: float | None) -> str:
+    """An interval of fractions as "[a%, b%]"."""
+    return f"[{pct(low)}, {pct(high)}]"
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    """The plain-text table of the experiment: one row per model."""
+    org = doc["organism"]
+    s = doc["settings"]
+    lines = [
+        f"{doc['behavior']} on the {doc['preset']} organism (seed {doc['seed']}): {org['n_pairs']} pairs, "
+        f"{org['n_planted']} planted; {s['samples']} samples per test prompt, temperature {s['temperature']}; "
+        f"activation ranking from the {doc['attribution']['activation_source'].replace('_', ' ')}",
+        "",
+        f"{'model':<26}{'triggered [95% CI]':>26}{'reduction [95% CI]':>28}{'untriggered [95% CI]':>26}"
+        f"{'helpful':>9}{'ans logp':>10}{'planted':>9}",
+    ]
+
+    def row(label: str, c: dict[str, Any]) -> str:
+        red = f"{pct(c.get('reduction'))} {ci_text(*c['reduction_ci'])}" if "reduction" in c else ""
+        return (f"{label:<26}{pct(c['rate']) + ' ' + ci_text(c['ci_low'], c['ci_high']):>26}{red:>28}"
+                f"{pct(c['untriggered_rate']) + ' ' + ci_text(*c['untriggered_ci']):>26}{pct(c['helpfulness']):>9}"
+                f"{c['answer_logprob']:>10.3f}{str(c['planted_changed']) if c['n_changed'] else '':>9}")
+
+    lines.append(row("M1 (stored)", doc["m1"]))
+    lines.append(row("baseline (retrained)", doc["baseline_rate"]))
+    for method, by_mode in doc["rates"].items():
+        for mode, by_n in by_mode.items():
+            for n, c in by_n.items():
+                lines.append(row(f"{method} {mode} N={n}", c))
+    vs = doc["baseline_vs_m1"]
+    lines += [
+        "",
+        "planted: planted pairs among the N changed; helpful: judged helpfulness on held-out benign requests; "
+        "ans logp: log-likelihood per token of held-out well-behaved answers",
+        f"retrained baseline vs stored M1: max |weight difference| {vs['max_abs_weight_diff']:.3g}",
+        f"retrained in this run: {len(doc['retrained'])} models; wall time {doc['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``headwater experiment``."""
+    p = subparsers.add_parser(
+        "experiment", help="filter and switch the top-N pairs of each ranking, retrain, and measure the behaviour",
+        description="Retrained baseline, filter and switch at several N for activation attribution and random "
+                    "selection on the model organism; rates with bootstrap intervals and relative reductions. "
+                    "Resumable: finished cells in --out are kept.",
+    )
+    p.add_argument("--preset", choices=["default", "miniature"], default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--behavior", default=None, help="planted behaviour (default: distractor_compliance)")
+    p.add_argument("--n", type=int, nargs="+", default=None, metavar="N",
+                   help="how many top pairs to change (default: N/2, N, 2N with N = the planted count)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--samples", type=int, default=8, help="responses per test prompt and condition (default 8)")
+    p.add_argument("--probe-samples", type=int, default=None, help="responses per test prompt for the probe (default 4)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--out", type=Path, default=None, help="experiment directory (default: under the cache)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where the organism is built and cached")
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--report", type=Path, default=None, help="write the HTML report here")
+    p.set_defaults(func=cmd_experiment)
+    return p
+
+
+def write_outputs(doc: dict[str, Any], json_path: Path | None, report_path: Path | None) -> None:
+    """Write the JSON document and the HTML report where asked."""
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=1))
+        print(f"results written to {json_path}")
+    if report_path is not None:
+        from headwater.report import write_report
+
+        write_report(doc, report_path)
+        print(f"report written to {report_path}")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    doc = run_experiment(
+        preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n, methods=args.methods,
+        modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
+        cache_dir=args.cache_dir, n_boot=args.n_boot,
+    )
+    print(format_table(doc))
+    write_outputs(doc, args.json, args.report)
+    return 0
+
+
+__all__ = ["BASELINE", "METHODS", "MODES", "Experiment", "add_cli", "ci_text", "cmd_experiment", "default_n_values",
+           "format_table", "pct", "paired_reduction_ci", "run_experiment", "summarize", "write_outputs"]
