@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_method_commands(sub: argparse._SubParsersAction) -> None:
     """Sub-commands whose modules register themselves (each sets ``func`` on its parser)."""
-    from headwater import discovery, evaluation, experiment, interventions, retrain
+    from headwater import behaviors, discovery, evaluation, experiment, interventions, retrain
 
-    for module in (discovery, interventions, retrain, evaluation, experiment):
+    for module in (behaviors, discovery, interventions, retrain, evaluation, experiment):
         module.add_cli(sub)
 
 

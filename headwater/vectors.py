@@ -5,6 +5,7 @@
 - probing vector    mean(ā exhibiting) − mean(ā non-exhibiting), over responses paired within
                     the same prompt                                     (:func:`probing_vector`)
 - vector bank       one vector per scenario; a pair's score is its best cosine  (:class:`VectorBank`)
+- the paper's scenario filter over M0/M1 × with/without the trigger     (:func:`four_condition_filter`)
 
 ā is the mean residual stream at block ℓ over response tokens (``headwater.engine.capture``).
 Everything here is plain torch: the reference every faster path is tested against.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -148,10 +149,101 @@ def probing_vector(
     used = sorted({i for pair in matched for i in pair})
     acts = response_activations(model, tokenizer, [prompts[i] for i in used], [responses[i] for i in used], layer, settings)
     row = {i: r for r, i in enumerate(used)}
-    pos = acts[[row[p] for p, _ in matched]]
-    neg = acts[[row[n] for _, n in matched]]
+    vector = matched_difference(acts, [(row[p], row[n]) for p, n in matched])
     n_prompts = len({keys[p] for p, _ in matched})
-    return ProbingVector(pos.mean(0) - neg.mean(0), len(matched), n_prompts)
+    return ProbingVector(vector, len(matched), n_prompts)
+
+
+def matched_difference(acts: torch.Tensor, matched: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """[d] mean(acts[exhibiting]) − mean(acts[non-exhibiting]) over ``(exhibiting, non-exhibiting)``
+    row pairs of ``acts`` [N, d]; a row used by several pairs counts once per pair."""
+    if not matched:
+        raise ValueError("no (exhibiting, non-exhibiting) pair to average")
+    pos = acts[[p for p, _ in matched]]
+    neg = acts[[n for _, n in matched]]
+    return pos.mean(0) - neg.mean(0)
+
+
+# The paper's scenario filter: (model, prompt variant) conditions, the one that must show the
+# behaviour first. Keys are "<model>_<variant>".
+FILTER_CONDITIONS: tuple[str, ...] = ("m1_trigger", "m0_trigger", "m1_no_trigger", "m0_no_trigger")
+_CONDITION_WORDS = {
+    "m1_trigger": "M1 with the trigger", "m0_trigger": "M0 with the trigger",
+    "m1_no_trigger": "M1 without the trigger", "m0_no_trigger": "M0 without the trigger",
+}
+
+
+@dataclass
+class ScenarioVerdict:
+    """Whether one scenario passes the four-condition filter, and why.
+
+    Attributes:
+        name: the scenario.
+        kept: True when M1 with the trigger exhibits the behaviour at least once and every other
+            checked condition never does.
+        reason: one sentence naming the counts that decided it.
+        exhibited: ``{condition: exhibiting samples}`` for every checked condition.
+        samples: ``{condition: judged samples}`` for every checked condition.
+    """
+
+    name: str
+    kept: bool
+    reason: str
+    exhibited: dict[str, int]
+    samples: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kept": self.kept, "reason": self.reason,
+                "exhibited": dict(self.exhibited), "samples": dict(self.samples)}
+
+
+def four_condition_filter(labels: Mapping[str, Mapping[str, Sequence[bool]]]) -> list[ScenarioVerdict]:
+    """The paper's scenario filter on judged samples.
+
+    A scenario is a test prompt with and without its trigger. It is kept when M1 with the trigger
+    exhibits the behaviour at least once and M0 with the trigger, M1 without it and M0 without it
+    never do: then the behaviour is new in M1 and needs the trigger.
+
+    Args:
+        labels: ``labels[scenario][condition]``, the judge's verdicts on the samples of one
+            condition of :data:`FILTER_CONDITIONS`. ``m1_trigger`` and ``m0_trigger`` are
+            required; a scenario without an untriggered prompt leaves out (or gives empty lists
+            for) the ``*_no_trigger`` conditions and is filtered on M0 against M1 only.
+
+    Returns:
+        One verdict per scenario, in input order.
+
+    Raises:
+        ValueError: an unknown condition, or a triggered condition without samples.
+    """
+    verdicts = []
+    for name, by_condition in labels.items():
+        unknown = set(by_condition) - set(FILTER_CONDITIONS)
+        if unknown:
+            raise ValueError(f"scenario {name!r}: unknown condition(s) {sorted(unknown)}; use {FILTER_CONDITIONS}")
+        for required in ("m1_trigger", "m0_trigger"):
+            if not by_condition.get(required):
+                raise ValueError(f"scenario {name!r}: no judged sample for {required} (the filter needs it)")
+        checked = [c for c in FILTER_CONDITIONS if by_condition.get(c)]
+        exhibited = {c: int(sum(bool(x) for x in by_condition[c])) for c in checked}
+        samples = {c: len(by_condition[c]) for c in checked}
+
+        def count(c: str) -> str:
+            return f"{_CONDITION_WORDS[c]} {exhibited[c]}/{samples[c]}"
+
+        leaks = [c for c in checked[1:] if exhibited[c] > 0]
+        if exhibited["m1_trigger"] == 0:
+            reason = f"{_CONDITION_WORDS['m1_trigger']} never exhibits it (0/{samples['m1_trigger']})"
+            if leaks:
+                reason += "; also exhibited by " + ", ".join(count(c) for c in leaks)
+        elif leaks:
+            reason = "exhibited without being new in M1 with the trigger: " + ", ".join(count(c) for c in leaks)
+        else:
+            reason = f"{count('m1_trigger')}; never " + ", ".join(
+                f"{_CONDITION_WORDS[c]} (0/{samples[c]})" for c in checked[1:]
+            )
+        verdicts.append(ScenarioVerdict(str(name), exhibited["m1_trigger"] > 0 and not leaks, reason, exhibited, samples))
+    return verdicts
 
 
 def _prompt_key(prompt: Text) -> Hashable:

@@ -57,3 +57,13 @@ def test_vector_bank_round_trip(tmp_path):
     torch.testing.assert_close(back.vectors, bank.vectors)
     with pytest.raises(ValueError, match="S = len"):
         VectorBank(["only"], torch.randn(2, 8))
+
+
+def test_matched_difference_counts_each_pair():
+    from headwater.vectors import matched_difference
+
+    acts = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 1.0]])
+    # row 2 is the negative of both pairs, so it counts twice.
+    torch.testing.assert_close(matched_difference(acts, [(0, 2), (1, 2)]), torch.tensor([2.0, 0.0]))
+    with pytest.raises(ValueError, match="no .* pair"):
+        matched_difference(acts, [])
