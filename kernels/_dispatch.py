@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from types import ModuleType
 
 import torch
@@ -64,16 +65,40 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = re.findall(r"\d+", version)[:2]
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+
+
+def interpreter_incompatibility(triton_version: str, numpy_version: str) -> str | None:
+    """Why the Triton interpreter of this version pair cannot run kernels, or None.
+
+    triton < 3.7's interpreter turns scalar kernel arguments into Python ints with
+    ``int(one_element_array)`` (a loop bound such as ``range(0, T, BLOCK_T)`` does this), which
+    numpy >= 2.4 rejects; triton 3.7 squeezes the array first. Compiled kernels on a GPU are not
+    affected.
+    """
+    if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
+        return (
+            f"the Triton {triton_version} interpreter cannot run with numpy {numpy_version} "
+            "(it calls int() on one-element arrays, an error since numpy 2.4); use triton >= 3.7 "
+            "or numpy < 2.4 for TRITON_INTERPRET=1"
+        )
+    return None
+
+
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """None when Triton kernels can run on tensors of ``device``, else why not."""
     try:
-        importlib.import_module("triton")
+        triton = importlib.import_module("triton")
     except ImportError as error:
         return f"triton is not installed ({error})"
     if device.type == "cuda":
         return None
     if triton_interpreter_enabled():
-        return None
+        import numpy
+
+        return interpreter_incompatibility(triton.__version__, numpy.__version__)
     return (
         f"tensors are on {device.type}, and Triton runs on CUDA devices only (or under "
         "TRITON_INTERPRET=1, set before headwater.kernels is imported)"

@@ -110,3 +110,15 @@ def test_fused_scores_and_norms_match_numpy():
     assert ext.inverse_row_norms(xb, inv) == 9
     with pytest.raises(ValueError, match="keys must have d=37 columns"):
         ext.cosine_scores_few_queries(xq, xb[:, :5].copy(), raw, inv)
+
+
+@pytest.mark.parametrize(
+    "triton_version, numpy_version, broken",
+    [("3.6.0", "2.4.6", True), ("3.6.0", "2.3.5", False), ("3.7.1", "2.4.6", False), ("3.10.0", "2.5.0", False),
+     ("3.5.1+git123", "2.4.0rc1", True)],
+)
+def test_interpreter_incompatibility_names_the_version_pair(triton_version, numpy_version, broken):
+    reason = _dispatch.interpreter_incompatibility(triton_version, numpy_version)
+    assert (reason is not None) == broken
+    if broken:
+        assert triton_version in reason and numpy_version in reason
