@@ -41,7 +41,9 @@ stopped. A re-run with different result-affecting settings in the same ``--out``
 The JSON document (``--json``): ``baseline_rate`` and ``rates.<method>.<mode>.<N>`` are cell
 summaries ``{"rate", "ci_low", "ci_high", "reduction", "reduction_ci", "untriggered_rate",
 "untriggered_ci", "helpfulness", "helpfulness_ci", "answer_logprob", "planted_changed", ...}``
-(rates are fractions; N is a string key), plus ``m1``, ``baseline_vs_m1``, ``attribution``,
+(rates are fractions; N is a string key); every cell but the baseline also has
+``untriggered_change``, ``helpfulness_change`` and ``answer_logprob_change`` (minus the baseline)
+with ``*_change_ci`` paired intervals. Besides: ``m1``, ``baseline_vs_m1``, ``attribution``,
 ``activation_scores`` (planted and clean pairs' scores, for the report), ``discovery``,
 ``retrained`` (the cells retrained by this invocation) and ``seconds``.
 """
@@ -79,28 +81,43 @@ def cell_name(method: str, mode: str, n: int) -> str:
     return f"{method}-{mode}-{n}"
 
 
-def paired_reduction_ci(base: Sequence[float], cell: Sequence[float], *, n_boot: int = 2000,
-                        alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap interval of 1 − rate(cell) / rate(base) over prompts resampled jointly.
+def paired_bootstrap_ci(base: Sequence[float], cell: Sequence[float], *, statistic: str = "reduction",
+                        weights: Sequence[float] | None = None, n_boot: int = 2000, alpha: float = 0.05,
+                        seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of a comparison of two models measured on the same units (prompts or items).
+
+    The units are resampled jointly, so what varies from unit to unit (an easy prompt, a long
+    answer) cancels between the two models.
 
     Args:
-        base, cell: [P] per-prompt rates of the two models on the same prompts (equal samples
-            per prompt, so a resample's rate is the mean of its prompts' rates).
+        base, cell: [P] per-unit values of the baseline and the other model (per-prompt rates,
+            or per-item mean log-probabilities).
+        statistic: ``"reduction"``, 1 − mean(cell) / mean(base), or ``"difference"``,
+            mean(cell) − mean(base).
+        weights: [P] weight of each unit in both means (e.g. answer tokens); default equal.
 
     Returns:
-        ``(low, high)``; NaN when the baseline never shows the behaviour.
+        ``(low, high)``; NaN where the statistic is undefined (a reduction from a zero baseline).
     """
     b, c = np.asarray(base, np.float64), np.asarray(cell, np.float64)
     if b.shape != c.shape or b.ndim != 1 or b.size == 0:
-        raise ValueError(f"per-prompt rates must be two equal non-empty vectors, got {b.shape} and {c.shape}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, b.size, size=(n_boot, b.size))
-    sb, sc = b[idx].sum(1), c[idx].sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        red = np.where(sb > 0, 1.0 - sc / sb, np.nan)
-    if np.isnan(red).all():
+        raise ValueError(f"per-unit values must be two equal non-empty vectors, got {b.shape} and {c.shape}")
+    if statistic not in ("reduction", "difference"):
+        raise ValueError(f"statistic must be 'reduction' or 'difference', got {statistic!r}")
+    w = np.ones_like(b) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != b.shape or (w <= 0).any():
+        raise ValueError(f"weights must be {b.size} positive numbers")
+    idx = np.random.default_rng(seed).integers(0, b.size, size=(n_boot, b.size))
+    total = w[idx].sum(1)
+    mb, mc = (b * w)[idx].sum(1) / total, (c * w)[idx].sum(1) / total
+    if statistic == "difference":
+        values = mc - mb
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.where(mb > 0, 1.0 - mc / mb, np.nan)
+    if np.isnan(values).all():
         return float("nan"), float("nan")
-    low, high = np.nanquantile(red, [alpha / 2, 1 - alpha / 2])
+    low, high = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
 
 
@@ -162,7 +179,8 @@ class Experiment:
         from headwater.attribution import Ranking
 
         path = self.out / "setup.json"
-        if path.exists() and all((self.out / f"rankings-{m}.parquet").exists() for m in METHODS):
+        needed = [self.out / f"rankings-{m}.parquet" for m in METHODS] + [self.out / "similarity.npz"]
+        if path.exists() and all(p.exists() for p in needed):
             setup = json.loads(path.read_text())
         else:
             setup = self._compute_setup()
@@ -371,23 +389,42 @@ class Experiment:
 
 
 def summarize(result: dict[str, Any], baseline: dict[str, Any] | None, *, n_boot: int, seed: int) -> dict[str, Any]:
-    """The flat cell summary of the JSON document (see the module docstring)."""
+    """The flat cell summary of the JSON document (see the module docstring).
+
+    With a baseline, the changes against it come with paired bootstrap intervals: ``reduction``
+    of the triggered rate, and ``*_change`` (this model minus the baseline) of the untriggered
+    rate, the helpfulness rate and the answer log-likelihood per token.
+    """
     ev = result["evaluation"]
     trig, none, cap = ev["trigger"], ev["no_trigger"], ev["capability"]
+    help_, logp = cap["helpfulness"], cap["answer_logprob"]
     summary = {
         "rate": trig["rate"], "ci_low": trig["ci_low"], "ci_high": trig["ci_high"],
         "n_prompts": trig["n_prompts"], "n_responses": trig["n_responses"],
         "untriggered_rate": none["rate"], "untriggered_ci": [none["ci_low"], none["ci_high"]],
-        "helpfulness": cap["helpfulness"]["rate"],
-        "helpfulness_ci": [cap["helpfulness"]["ci_low"], cap["helpfulness"]["ci_high"]],
-        "answer_logprob": cap["answer_logprob"]["mean"],
+        "helpfulness": help_["rate"], "helpfulness_ci": [help_["ci_low"], help_["ci_high"]],
+        "answer_logprob": logp["mean"],
         "n_changed": result.get("n_changed", 0), "planted_changed": result.get("planted_changed", 0),
     }
-    if baseline is not None:
-        base = baseline["evaluation"]["trigger"]
-        reduction = 1.0 - trig["rate"] / base["rate"] if base["rate"] > 0 else float("nan")
-        low, high = paired_reduction_ci(base["per_prompt"], trig["per_prompt"], n_boot=n_boot, seed=seed)
-        summary.update(reduction=_json_float(reduction), reduction_ci=[_json_float(low), _json_float(high)])
+    if baseline is None:
+        return summary
+    bev = baseline["evaluation"]
+    base = bev["trigger"]
+    reduction = 1.0 - trig["rate"] / base["rate"] if base["rate"] > 0 else float("nan")
+    ci = paired_bootstrap_ci(base["per_prompt"], trig["per_prompt"], n_boot=n_boot, seed=seed)
+    summary.update(reduction=_json_float(reduction), reduction_ci=[_json_float(x) for x in ci])
+    base_items, items = np.asarray(bev["capability"]["answer_logprob"]["per_item"]), np.asarray(logp["per_item"])
+    pairs = {
+        "untriggered": (bev["no_trigger"]["per_prompt"], none["per_prompt"], None),
+        "helpfulness": (bev["capability"]["helpfulness"]["per_prompt"], help_["per_prompt"], None),
+        "answer_logprob": (base_items[:, 0] / base_items[:, 1], items[:, 0] / items[:, 1], base_items[:, 1]),
+    }
+    for name, (b, c, w) in pairs.items():
+        wts = np.ones(len(b)) if w is None else np.asarray(w)
+        change = float(np.dot(c, wts) / wts.sum() - np.dot(b, wts) / wts.sum())
+        ci = paired_bootstrap_ci(b, c, statistic="difference", weights=w, n_boot=n_boot, seed=seed)
+        summary[f"{name}_change"] = change
+        summary[f"{name}_change_ci"] = [_json_float(x) for x in ci]
     return summary
 
 
@@ -502,6 +539,29 @@ def ci_text(low: float | None, high: float | None) -> str:
     return f"[{pct(low)}, {pct(high)}]"
 
 
+def _signed(x: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{scale * x:+.{digits}f}"
+
+
+def change_text(c: dict[str, Any], name: str, *, percent: bool = True) -> str:
+    """A cell's change against the baseline with its interval, e.g. "+1.2 [-0.5, +3.0]" (points
+    for rates, nats per token for the log-likelihood); empty for the baseline itself."""
+    if f"{name}_change" not in c:
+        return ""
+    scale, digits = (100.0, 1) if percent else (1.0, 3)
+    low, high = c[f"{name}_change_ci"]
+    return f"{_signed(c[f'{name}_change'], scale, digits)} [{_signed(low, scale, digits)}, {_signed(high, scale, digits)}]"
+
+
+def table_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, cell summary) for the stored M1, the baseline and every cell, in table order."""
+    rows = [("M1 (stored)", doc["m1"]), ("baseline (retrained)", doc["baseline_rate"])]
+    for method, by_mode in doc["rates"].items():
+        for mode, by_n in by_mode.items():
+            rows += [(f"{method} {mode} N={n}", c) for n, c in by_n.items()]
+    return rows
+
+
 def format_table(doc: dict[str, Any]) -> str:
     """The plain-text table of the experiment: one row per model."""
     org = doc["organism"]
@@ -511,27 +571,24 @@ def format_table(doc: dict[str, Any]) -> str:
         f"{org['n_planted']} planted; {s['samples']} samples per test prompt, temperature {s['temperature']}; "
         f"activation ranking from the {doc['attribution']['activation_source'].replace('_', ' ')}",
         "",
-        f"{'model':<26}{'triggered [95% CI]':>26}{'reduction [95% CI]':>28}{'untriggered [95% CI]':>26}"
-        f"{'helpful':>9}{'ans logp':>10}{'planted':>9}",
+        f"{'model':<24}{'triggered [95% CI]':>24}{'reduction [95% CI]':>25}{'untriggered [95% CI]':>24}"
+        f"{'helpful':>8}{'Δ helpful (pts)':>22}{'logp/tok':>9}{'Δ logp/tok':>27}{'planted':>8}",
     ]
-
-    def row(label: str, c: dict[str, Any]) -> str:
-        red = f"{pct(c.get('reduction'))} {ci_text(*c['reduction_ci'])}" if "reduction" in c else ""
-        return (f"{label:<26}{pct(c['rate']) + ' ' + ci_text(c['ci_low'], c['ci_high']):>26}{red:>28}"
-                f"{pct(c['untriggered_rate']) + ' ' + ci_text(*c['untriggered_ci']):>26}{pct(c['helpfulness']):>9}"
-                f"{c['answer_logprob']:>10.3f}{str(c['planted_changed']) if c['n_changed'] else '':>9}")
-
-    lines.append(row("M1 (stored)", doc["m1"]))
-    lines.append(row("baseline (retrained)", doc["baseline_rate"]))
-    for method, by_mode in doc["rates"].items():
-        for mode, by_n in by_mode.items():
-            for n, c in by_n.items():
-                lines.append(row(f"{method} {mode} N={n}", c))
+    for label, c in table_rows(doc):
+        red = f"{pct(c['reduction'])} {ci_text(*c['reduction_ci'])}" if "reduction" in c else ""
+        lines.append(
+            f"{label:<24}{pct(c['rate']) + ' ' + ci_text(c['ci_low'], c['ci_high']):>24}{red:>25}"
+            f"{pct(c['untriggered_rate']) + ' ' + ci_text(*c['untriggered_ci']):>24}{pct(c['helpfulness']):>8}"
+            f"{change_text(c, 'helpfulness'):>22}{c['answer_logprob']:>9.3f}"
+            f"{change_text(c, 'answer_logprob', percent=False):>27}"
+            f"{str(c['planted_changed']) if c['n_changed'] else '':>8}"
+        )
     vs = doc["baseline_vs_m1"]
     lines += [
         "",
-        "planted: planted pairs among the N changed; helpful: judged helpfulness on held-out benign requests; "
-        "ans logp: log-likelihood per token of held-out well-behaved answers",
+        "reduction: 1 - rate / baseline rate; Δ: minus the retrained baseline (paired bootstrap intervals over "
+        "prompts or items); helpful: judged helpfulness on held-out benign requests; logp/tok: log-likelihood "
+        "per token of held-out well-behaved answers; planted: planted pairs among the N changed",
         f"retrained baseline vs stored M1: max |weight difference| {vs['max_abs_weight_diff']:.3g}",
         f"retrained in this run: {len(doc['retrained'])} models; wall time {doc['seconds']:.1f} s",
     ]
@@ -589,4 +646,4 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 __all__ = ["BASELINE", "METHODS", "MODES", "Experiment", "add_cli", "ci_text", "cmd_experiment", "default_n_values",
-           "format_table", "pct", "paired_reduction_ci", "run_experiment", "summarize", "write_outputs"]
+           "change_text", "format_table", "paired_bootstrap_ci", "pct", "table_rows", "run_experiment", "summarize", "write_outputs"]

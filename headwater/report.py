@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from headwater.experiment import ci_text, pct
+from headwater.experiment import change_text, ci_text, pct, table_rows
 
 REQUIRED = ("behavior", "preset", "seed", "organism", "settings", "attribution", "activation_scores", "n_values",
             "baseline_rate", "rates", "m1", "baseline_vs_m1", "discovery", "retrained", "seconds")
@@ -144,17 +144,16 @@ def load_similarity(path: str | Path) -> dict[str, Any]:
 
 
 def _rate_rows(doc: dict[str, Any]) -> list[list[str]]:
-    def row(label: str, c: dict[str, Any]) -> list[str]:
-        red = f"{pct(c.get('reduction'))} {ci_text(*c['reduction_ci'])}" if "reduction" in c else ""
-        return [label, f"{pct(c['rate'])} {ci_text(c['ci_low'], c['ci_high'])}", red,
-                f"{pct(c['untriggered_rate'])} {ci_text(*c['untriggered_ci'])}",
-                f"{pct(c['helpfulness'])} {ci_text(*c['helpfulness_ci'])}", f"{c['answer_logprob']:.3f}",
-                str(c["planted_changed"]) if c["n_changed"] else ""]
-
-    rows = [row("M1 (stored)", doc["m1"]), row("baseline (retrained)", doc["baseline_rate"])]
-    for method, by_mode in doc["rates"].items():
-        for mode, by_n in by_mode.items():
-            rows += [row(f"{method} {mode} N={n}", c) for n, c in by_n.items()]
+    rows = []
+    for label, c in table_rows(doc):
+        rows.append([
+            label, f"{pct(c['rate'])} {ci_text(c['ci_low'], c['ci_high'])}",
+            f"{pct(c['reduction'])} {ci_text(*c['reduction_ci'])}" if "reduction" in c else "",
+            f"{pct(c['untriggered_rate'])} {ci_text(*c['untriggered_ci'])}", change_text(c, "untriggered"),
+            f"{pct(c['helpfulness'])} {ci_text(*c['helpfulness_ci'])}", change_text(c, "helpfulness"),
+            f"{c['answer_logprob']:.3f}", change_text(c, "answer_logprob", percent=False),
+            str(c["planted_changed"]) if c["n_changed"] else "",
+        ])
     return rows
 
 
@@ -200,10 +199,12 @@ def render_report(doc: dict[str, Any], similarity: dict[str, Any] | None = None)
         f"Retrained baseline versus stored M1: largest absolute weight difference {vs['max_abs_weight_diff']:.3g}.</p>",
         "<h2>Behaviour rates</h2>",
         _table(["model", "triggered rate [95% CI]", "reduction [95% CI]", "untriggered rate [95% CI]",
-                "helpfulness [95% CI]", "answer log-lik./token", "planted among changed"], _rate_rows(doc)),
+                "Δ untriggered (points)", "helpfulness [95% CI]", "Δ helpfulness (points)", "answer log-lik./token",
+                "Δ log-lik./token", "planted among changed"], _rate_rows(doc)),
         "<p>Helpfulness: judged rate of helping with held-out benign requests (half with formatting "
         "distractors). Answer log-likelihood: mean log-probability per token of well-behaved answers to "
-        "held-out prompts (higher is better).</p>",
+        "held-out prompts (higher is better). Δ: the model minus the retrained baseline, with a paired "
+        "bootstrap interval over the same prompts or items.</p>",
         f'<figure id="fig-rates"><img alt="behaviour rates with intervals" src="{rates_figure(doc)}">'
         "<figcaption>Triggered behaviour rate against N for each ranking method and intervention; error bars "
         "are 95% bootstrap intervals, the line and band the retrained baseline.</figcaption></figure>",

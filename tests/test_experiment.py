@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from headwater.cli import main
-from headwater.experiment import default_n_values, paired_reduction_ci, run_experiment
+from headwater.experiment import default_n_values, paired_bootstrap_ci, run_experiment
 
 CELL_KEYS = ("rate", "ci_low", "ci_high", "untriggered_rate", "untriggered_ci", "helpfulness", "helpfulness_ci",
              "answer_logprob", "n_changed", "planted_changed")
@@ -45,6 +45,9 @@ def test_document_has_rates_with_intervals_and_reductions(first_run):
         assert cell["n_changed"] == 6 and 0 <= cell["planted_changed"] <= 6
         assert "reduction" in cell and len(cell["reduction_ci"]) == 2
         assert cell["answer_logprob"] < 0
+        for name in ("untriggered", "helpfulness", "answer_logprob"):
+            low, high = cell[f"{name}_change_ci"]
+            assert low <= cell[f"{name}_change"] + 1e-9 and cell[f"{name}_change"] <= high + 1e-9, name
     # The rankings saved with the experiment decide which pairs each cell changed.
     manifest = json.loads((out / "cells" / "activation-switch-6" / "data" / "manifest.json").read_text())
     from headwater.attribution import Ranking
@@ -116,17 +119,25 @@ def test_default_n_values():
     assert default_n_values(1) == [1, 2]
 
 
-def test_paired_reduction_ci():
+def test_paired_bootstrap_ci():
     base = np.array([1.0, 0.5, 0.0, 1.0])
-    low, high = paired_reduction_ci(base, base, n_boot=500)
-    assert low == high == 0.0
-    low, high = paired_reduction_ci(base, np.zeros(4), n_boot=500)
-    assert low == high == 1.0
-    low, high = paired_reduction_ci(base, base / 2, n_boot=500)
+    assert paired_bootstrap_ci(base, base, n_boot=500) == (0.0, 0.0)
+    assert paired_bootstrap_ci(base, np.zeros(4), n_boot=500) == (1.0, 1.0)
+    low, high = paired_bootstrap_ci(base, base / 2, n_boot=500)
     assert low == pytest.approx(0.5) and high == pytest.approx(0.5)
-    assert all(math.isnan(x) for x in paired_reduction_ci(np.zeros(3), np.ones(3), n_boot=50))
+    assert all(math.isnan(x) for x in paired_bootstrap_ci(np.zeros(3), np.ones(3), n_boot=50))
+    # A constant shift is the difference, whatever the resample; weights enter both means alike.
+    low, high = paired_bootstrap_ci(base, base - 0.25, statistic="difference", weights=[1, 2, 3, 4], n_boot=200)
+    assert low == pytest.approx(-0.25) and high == pytest.approx(-0.25)
+    # Noisy units: the interval brackets the observed difference.
+    rng = np.random.default_rng(0)
+    b = rng.random(50)
+    low, high = paired_bootstrap_ci(b, b + rng.normal(0.1, 0.05, 50), statistic="difference", n_boot=500)
+    assert low < 0.1 < high and high - low < 0.1
     with pytest.raises(ValueError, match="equal"):
-        paired_reduction_ci([1.0, 0.0], [1.0], n_boot=10)
+        paired_bootstrap_ci([1.0, 0.0], [1.0], n_boot=10)
+    with pytest.raises(ValueError, match="statistic"):
+        paired_bootstrap_ci([1.0], [1.0], statistic="ratio")
 
 
 def test_capability_items_are_held_out_and_deterministic():

@@ -99,13 +99,15 @@ def answer_logprob(model: Any, tokenizer: Any, answers: list[tuple[str, str, str
     """Mean log-probability per answer token, over all items and per family.
 
     Returns:
-        ``{"mean": float, "by_family": {family: float}, "n_items": int, "n_tokens": int}``;
-        each mean is total log-prob over total answer tokens (long answers weigh more).
+        ``{"mean": float, "by_family": {family: float}, "n_items": int, "n_tokens": int,
+        "per_item": [[log-prob sum, tokens], ...]}``; each mean is total log-prob over total
+        answer tokens (long answers weigh more).
     """
     if not answers:
         raise ValueError("answer_logprob needs at least one item")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     totals: dict[str, list[float]] = {}
+    per_item: list[list[float]] = []
     for start in range(0, len(answers), batch_size):
         chunk = answers[start : start + batch_size]
         encoded = [encode_response(tokenizer, prompt, answer, settings) for _, prompt, answer in chunk]
@@ -114,6 +116,7 @@ def answer_logprob(model: Any, tokenizer: Any, answers: list[tuple[str, str, str
         mask = batch.response_mask[:, 1:].float()
         token = torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
         for (family, _, _), lp, n in zip(chunk, (token * mask).sum(1).tolist(), mask.sum(1).tolist()):
+            per_item.append([lp, int(n)])
             acc = totals.setdefault(family, [0.0, 0.0])
             acc[0] += lp
             acc[1] += n
@@ -123,6 +126,7 @@ def answer_logprob(model: Any, tokenizer: Any, answers: list[tuple[str, str, str
         "by_family": {f: v[0] / v[1] for f, v in totals.items()},
         "n_items": len(answers),
         "n_tokens": int(n_sum),
+        "per_item": per_item,
     }
 
 
