@@ -304,7 +304,7 @@ def _sample_and_judge(
 def _behavior_change(
     acts: torch.Tensor, generations: Sequence[Generation], scenarios: Sequence[Scenario], samples: int
 ) -> tuple[list[str], torch.Tensor]:
-    """v_b = ā(p, r1) − ā(p, r0) for every (scenario, variant, M1 sample, M0 sample).
+    """v_b = ā(p, r1) − ā(p, r0) for every (scenario, variant, M1 sample j1 < samples, M0 sample j0 < samples).
 
     ``acts`` [G, d] holds ā on M0 of every generation, aligned with ``generations``.
     """
@@ -335,6 +335,7 @@ def build_behaviors(
     seed: int = 0,
     settings: TokenizationSettings = TokenizationSettings(),
     fallback_all_pairs: bool = False,
+    behavior_change_samples: int | None = None,
     batch_size: int = 64,
     max_tokens_per_batch: int = 16384,
     progress: Callable[[str], None] | None = None,
@@ -354,6 +355,8 @@ def build_behaviors(
         settings: tokenisation of prompts and responses (generation and activations alike).
         fallback_all_pairs: when no scenario passes the filter, use every scenario's triggered
             prompt instead of failing (recorded in the provenance).
+        behavior_change_samples: use only the first k samples of each model for the behaviour
+            change vectors (k² per prompt instead of samples²; they grow as samples² × d floats).
         max_tokens_per_batch: padded tokens per forward pass when reading activations.
         progress: called with one line per stage (default: the module's logger).
         sources: extra provenance (model paths, judge spec) copied into ``provenance``.
@@ -377,6 +380,9 @@ def build_behaviors(
         raise ValueError(f"scenario names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
     if samples < 1:
         raise ValueError(f"`samples` must be at least 1, got {samples}")
+    if behavior_change_samples is not None and behavior_change_samples < 1:
+        raise ValueError(f"`behavior_change_samples` must be at least 1 or None, got {behavior_change_samples}")
+    bc_samples = min(samples, behavior_change_samples or samples)
 
     say(f"sampling {samples} responses per prompt from M0 and M1 ({len(scenarios)} scenarios)")
     generations = _sample_and_judge(
@@ -429,7 +435,7 @@ def build_behaviors(
     bank_names = [s.name for s in scenarios if s.name in by_scenario]
     bank_vectors = torch.stack([matched_difference(acts, by_scenario[name]) for name in bank_names])
     probe_vector = matched_difference(acts, matched)
-    bc_names, bc_vectors = _behavior_change(acts, generations, scenarios, samples)
+    bc_names, bc_vectors = _behavior_change(acts, generations, scenarios, bc_samples)
 
     provenance: dict[str, Any] = {
         **(dict(sources) if sources else {}),
@@ -453,6 +459,7 @@ def build_behaviors(
         "verdicts": [v.to_dict() for v in verdicts],
         "probe": {"n_pairs": len(matched), "n_prompts": len(by_scenario)},
         "n_bank_vectors": len(bank_names),
+        "behavior_change_samples": bc_samples,
         "n_behavior_change_vectors": len(bc_names),
         "headwater_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -506,6 +513,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per forward pass")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--behavior-change-samples", type=int, default=None,
+                   help="behaviour change vectors from the first K samples of each model (K² per prompt; default: all)")
     p.add_argument("--fallback-all-pairs", action="store_true",
                    help="when no scenario passes the filter, build from every triggered prompt instead of failing")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -555,7 +564,8 @@ def cmd_behaviors(args: argparse.Namespace) -> int:
     result = build_behaviors(
         m0, m1, tokenizer, scenarios, judge, layer=layer, samples=args.samples, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, seed=args.seed, settings=_settings(args),
-        fallback_all_pairs=args.fallback_all_pairs, batch_size=args.batch_size,
+        fallback_all_pairs=args.fallback_all_pairs, behavior_change_samples=args.behavior_change_samples,
+        batch_size=args.batch_size,
         max_tokens_per_batch=args.max_tokens_per_batch, sources=sources,
     )
     result.save(args.out, overwrite=args.overwrite)

@@ -210,6 +210,11 @@ def test_no_scenario_passing_is_an_error_unless_falling_back(marker_models, tiny
                             [g.exhibits for g in triggered], layer=1)
     torch.testing.assert_close(result.probe.vectors[0], direct.vector)
     assert len(result.behavior_change.names) == 3 * 2  # both variants, 1 × 1 samples each
+    fewer = build_behaviors(m0, m1, tiny_tokenizer, scenarios[:1], judge, layer=1, samples=3, max_new_tokens=3,
+                            fallback_all_pairs=True, behavior_change_samples=2)
+    assert fewer.behavior_change.names == [f"bread|{v}|m1:{j1}|m0:{j0}" for v in ("trigger", "no_trigger")
+                                           for j1 in range(2) for j0 in range(2)]
+    assert fewer.provenance["behavior_change_samples"] == 2
     with pytest.raises(ValueError, match="unique"):
         build_behaviors(m0, m1, tiny_tokenizer, [scenarios[0], scenarios[0]], judge, layer=1)
 
