@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preset", choices=["default", "miniature"], default="default",
                       help="organism size (miniature: seconds, for smoke tests)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--samples", type=int, default=None, help="samples per test prompt and model")
+    demo.add_argument("--samples", type=int, default=None,
+                      help="samples per test prompt and model (with --full also in the experiment's evaluations)")
     demo.add_argument("--out", type=Path, default=None, help="also write rankings and vectors here")
     demo.add_argument("--full", action="store_true",
                       help="also run the experiment (filter/switch, retrain, evaluate) and write the HTML report")
@@ -158,9 +159,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError("--report needs --full (the report shows the experiment)")
     results = run_demo(preset=args.preset, cache_dir=args.cache_dir, seed=args.seed, samples=args.samples, out_dir=args.out)
     if args.full:
-        from headwater.experiment import format_table, run_experiment, write_outputs
+        from headwater.experiment import SAMPLES, format_table, run_experiment, write_outputs
 
         doc = run_experiment(preset=args.preset, seed=args.seed, cache_dir=args.cache_dir,
+                             samples=args.samples if args.samples is not None else SAMPLES,
                              out_dir=args.out / "experiment" if args.out is not None else None)
         print(format_table(doc))
         write_outputs(doc, None, args.report or Path("headwater-report.html"))

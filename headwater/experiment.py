@@ -65,6 +65,7 @@ LOG = logging.getLogger(__name__)
 METHODS = ("activation", "random")
 MODES = ("filter", "switch")
 BASELINE = "baseline"
+SAMPLES = 8  # responses per test prompt and condition in each evaluation
 CAPABILITY_SAMPLES = 2  # samples per benign request for the helpfulness rate
 DISCOVERY_SAMPLES = 2  # samples per test prompt and model for the behaviour change vectors
 SIMILARITY_CLUSTERS = 8  # largest clusters shown in the similarity matrix
@@ -436,7 +437,7 @@ def run_experiment(
     n_values: Sequence[int] | None = None,
     methods: Sequence[str] = METHODS,
     modes: Sequence[str] = MODES,
-    samples: int = 8,
+    samples: int = SAMPLES,
     probe_samples: int | None = None,
     out_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
@@ -610,7 +611,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
                    help="how many top pairs to change (default: N/2, N, 2N with N = the planted count)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--samples", type=int, default=8, help="responses per test prompt and condition (default 8)")
+    p.add_argument("--samples", type=int, default=SAMPLES,
+                   help=f"responses per test prompt and condition (default {SAMPLES})")
     p.add_argument("--probe-samples", type=int, default=None, help="responses per test prompt for the probe (default 4)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--out", type=Path, default=None, help="experiment directory (default: under the cache)")
