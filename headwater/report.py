@@ -157,6 +157,24 @@ def _rate_rows(doc: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _summary(doc: dict[str, Any]) -> str:
+    """One line per method and mode at N = the planted count (when that N was run)."""
+    n = str(doc["organism"]["n_planted"])
+    items = []
+    for method, by_mode in doc["rates"].items():
+        for mode, by_n in by_mode.items():
+            if n in by_n:
+                c = by_n[n]
+                items.append(
+                    f"<li>{html.escape(method)} {html.escape(mode)}, N = {n}: triggered rate "
+                    f"{pct(c['rate'])} against {pct(doc['baseline_rate']['rate'])}, reduction {pct(c['reduction'])} "
+                    f"{ci_text(*c['reduction_ci'])}; untriggered change {change_text(c, 'untriggered')} points, "
+                    f"helpfulness change {change_text(c, 'helpfulness')} points, answer log-likelihood change "
+                    f"{change_text(c, 'answer_logprob', percent=False)} per token.</li>"
+                )
+    return f"<h2>At N = the planted count</h2><ul>{''.join(items)}</ul>" if items else ""
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
@@ -197,6 +215,7 @@ def render_report(doc: dict[str, Any], similarity: dict[str, Any] | None = None)
         f"intervals are 95% bootstrap intervals over prompts, reductions are relative to the retrained baseline "
         f"(paired bootstrap). The activation ranking comes from the {e(att['activation_source'].replace('_', ' '))}. "
         f"Retrained baseline versus stored M1: largest absolute weight difference {vs['max_abs_weight_diff']:.3g}.</p>",
+        _summary(doc),
         "<h2>Behaviour rates</h2>",
         _table(["model", "triggered rate [95% CI]", "reduction [95% CI]", "untriggered rate [95% CI]",
                 "Δ untriggered (points)", "helpfulness [95% CI]", "Δ helpfulness (points)", "answer log-lik./token",
