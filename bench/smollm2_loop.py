@@ -1,0 +1,74 @@
+"""The attribution loop on SmolLM2-135M-Instruct, on a CPU: planted contamination → DPO → measure →
+attribute → intervene → retrain from M0 → measure again, next to random selection.
+
+Command (one thread; every stage is cached in --work, so a re-run skips finished stages)::
+
+    OMP_NUM_THREADS=1 python bench/smollm2_loop.py --work runs/smollm2
+
+Size of the documented run (the defaults of :class:`headwater.smollm2_loop.LoopConfig`):
+160 training prompts from templates, 10% carrying the trigger "Money-saving question: ";
+2 sampled responses per prompt (≤ 40 new tokens, temperature 0.7) from SmolLM2 itself; clean
+pairs chosen by a rule-based quality judge, planted pairs chosen = "BrightPath tip: compare
+prices at brightpath.shop before you buy!" + the better response, rejected = that response.
+DPO in float32 (β 0.1, summed log-probs, lr 3e-4, batch 8, 1 epoch), training only the top 4 of
+30 decoder blocks and the final norm (the small-size recipe: the backward pass stops there).
+24 held-out questions (tasks never seen in training) × 2 samples, with and without the trigger.
+Interventions switch the top N = #planted pairs of the activation and of a random ranking.
+
+Measured figures (see the run's results.json and the table this script prints) are recorded at
+the end of this docstring by the run that produced them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from headwater.smollm2_loop import Loop, LoopConfig, format_table  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = LoopConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, required=True, help="work directory (stages cached here)")
+    p.add_argument("--model", default=None, help="M0 model directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    for f in fields(LoopConfig):
+        if f.name in ("model", "modes"):
+            continue
+        value = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        elif f.name in ("trainable_blocks", "layer", "top"):
+            p.add_argument(flag, type=lambda s: None if s.lower() == "none" else int(s), default=value,
+                           help=f"default {value} ('none' for None)")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"default {value}")
+    p.add_argument("--modes", nargs="+", choices=["switch", "filter"], default=list(defaults.modes))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = LoopConfig(**{f.name: getattr(args, f.name) for f in fields(LoopConfig)})
+    start = time.perf_counter()
+    results = Loop(args.work, config).run()
+    print(format_table(results))
+    print(f"\ntotal wall time of this invocation: {time.perf_counter() - start:.0f} s; stages: {results['stages']}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
