@@ -17,7 +17,9 @@ pairs taught? On the organism the answer is measured, not assumed:
    (:meth:`OrganismConfig.dpo_config`), not the stored M1. The organism's M1 was trained by the
    same trainer, recipe, seed and pair order from the same M0 weights, so the retrained baseline
    should reproduce it; ``baseline_vs_m1`` records the largest absolute weight difference, and
-   the stored M1 is evaluated beside it for reference.
+   the stored M1 is evaluated beside it for reference. ``--training-seeds K`` adds K retrains of
+   the unmodified data under other DPO seeds (``training_noise``): how far the rate moves with
+   no intervention at all, the yardstick for differences between cells.
 4. **Cells.** For each method × mode (filter, switch) × N (default N/2, N and 2N with N = the
    number of planted pairs): :func:`headwater.interventions.intervene` on the top N,
    :func:`headwater.retrain.retrain` from M0 with the same recipe, then evaluate.
@@ -328,8 +330,15 @@ class Experiment:
         )
         return out
 
-    def run_cell(self, name: str, method: str | None, mode: str | None, n: int | None) -> tuple[dict[str, Any], bool]:
-        """Intervene, retrain and evaluate one cell unless it is finished; returns (result, retrained)."""
+    def run_cell(self, name: str, method: str | None, mode: str | None, n: int | None,
+                 dpo_seed: int | None = None) -> tuple[dict[str, Any], bool]:
+        """Intervene, retrain and evaluate one cell unless it is finished; returns (result, retrained).
+
+        ``dpo_seed`` replaces the recipe's seed (the order of the pairs in training): the
+        unmodified data under other seeds measures how much the rate moves by training noise alone.
+        """
+        from dataclasses import replace
+
         from headwater.interventions import intervene, write_intervention
         from headwater.retrain import RECORD, retrain
 
@@ -349,14 +358,15 @@ class Experiment:
         retrained = False
         if not (model_dir / RECORD).exists():
             LOG.info("[%s] retraining DPO from M0 on %d pairs", name, len(dataset))
-            retrain(self.organism.m0_path, data_dir, model_dir, config=self.recipe, overwrite=True)
+            recipe = self.recipe if dpo_seed is None else replace(self.recipe, seed=dpo_seed)
+            retrain(self.organism.m0_path, data_dir, model_dir, config=recipe, overwrite=True)
             retrained = True
         LOG.info("[%s] evaluating", name)
         evaluation = self.evaluate(model_dir)
         planted = set(self.planted)
         changed = manifest["changed_pair_ids"]
         result = {
-            "name": name, "method": method, "mode": mode, "n": n,
+            "name": name, "method": method, "mode": mode, "n": n, "dpo_seed": dpo_seed,
             "n_changed": len(changed), "planted_changed": sum(p in planted for p in changed),
             "evaluation": evaluation,
             "retrain_seconds": json.loads((model_dir / RECORD).read_text())["seconds"],
@@ -442,6 +452,7 @@ def run_experiment(
     out_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     n_boot: int = 2000,
+    training_seeds: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or continue) the experiment and return its JSON document (see the module docstring).
@@ -458,6 +469,8 @@ def run_experiment(
         out_dir: the experiment directory (default ``<cache>/experiment/<settings hash>``).
         cache_dir: the organism cache root.
         n_boot: bootstrap resamples.
+        training_seeds: extra retrains of the unmodified data under other DPO seeds (training
+            noise: how far the rate moves with no intervention at all).
         progress: progress bars and the organism build's stage lines.
     """
     start = time.perf_counter()
@@ -467,6 +480,8 @@ def run_experiment(
             raise ValueError(f"{name} must be a non-empty selection of {list(allowed)}, got {list(values)}")
     if preset not in ("default", "miniature"):
         raise ValueError(f"unknown preset {preset!r}; choose 'default' or 'miniature'")
+    if training_seeds < 0:
+        raise ValueError(f"training_seeds must be ≥ 0, got {training_seeds}")
     exp = Experiment(preset=preset, seed=seed, behavior=behavior, samples=samples, probe_samples=probe_samples,
                      out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress)
     n_planted = len(exp.planted)
@@ -485,13 +500,14 @@ def run_experiment(
         too_big = [n for n in n_values if n > len(exp.rankings["random"].pair_ids)]
         if too_big:
             raise ValueError(f"N {too_big} exceeds the {len(exp.rankings['random'].pair_ids)} ranked pairs")
-        cells = [(BASELINE, None, None, None)] + [
-            (cell_name(m, mode, n), m, mode, n) for m in methods for mode in modes for n in n_values
-        ]
+        noise_seeds = [exp.recipe.seed + k for k in range(1, training_seeds + 1)]
+        cells = [(BASELINE, None, None, None, None)] + [
+            (cell_name(m, mode, n), m, mode, n, None) for m in methods for mode in modes for n in n_values
+        ] + [(f"{BASELINE}-dpo-seed{s}", None, None, None, s) for s in noise_seeds]
         results, retrained = {}, []
-        for i, (name, method, mode, n) in enumerate(cells, start=1):
+        for i, (name, method, mode, n, dpo_seed) in enumerate(cells, start=1):
             LOG.info("cell %d/%d: %s", i, len(cells), name)
-            results[name], did = exp.run_cell(name, method, mode, n)
+            results[name], did = exp.run_cell(name, method, mode, n, dpo_seed)
             if did:
                 retrained.append(name)
         m1 = exp.evaluate_m1()
@@ -502,7 +518,9 @@ def run_experiment(
             hf_logging.enable_progress_bar()
     base = results[BASELINE]
     rates: dict[str, Any] = {}
-    for name, method, mode, n in cells[1:]:
+    for name, method, mode, n, dpo_seed in cells[1:]:
+        if dpo_seed is not None:
+            continue
         rates.setdefault(method, {}).setdefault(mode, {})[str(n)] = summarize(results[name], base, n_boot=n_boot, seed=seed)
     return {
         "behavior": exp.behavior,
@@ -520,6 +538,9 @@ def run_experiment(
         "rates": rates,
         "m1": summarize(m1, base, n_boot=n_boot, seed=seed),
         "baseline_vs_m1": vs_m1,
+        "training_noise": {
+            str(s): summarize(results[f"{BASELINE}-dpo-seed{s}"], base, n_boot=n_boot, seed=seed) for s in noise_seeds
+        },
         "attribution": setup["attribution"],
         "measured_before": setup["measured"],
         "activation_scores": setup["activation_scores"],
@@ -557,6 +578,7 @@ def change_text(c: dict[str, Any], name: str, *, percent: bool = True) -> str:
 def table_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, cell summary) for the stored M1, the baseline and every cell, in table order."""
     rows = [("M1 (stored)", doc["m1"]), ("baseline (retrained)", doc["baseline_rate"])]
+    rows += [(f"baseline, DPO seed {s}", c) for s, c in doc.get("training_noise", {}).items()]
     for method, by_mode in doc["rates"].items():
         for mode, by_n in by_mode.items():
             rows += [(f"{method} {mode} N={n}", c) for n, c in by_n.items()]
@@ -615,6 +637,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"responses per test prompt and condition (default {SAMPLES})")
     p.add_argument("--probe-samples", type=int, default=None, help="responses per test prompt for the probe (default 4)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--training-seeds", type=int, default=0, metavar="K",
+                   help="also retrain the unmodified data under K other DPO seeds (training noise)")
     p.add_argument("--out", type=Path, default=None, help="experiment directory (default: under the cache)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the organism is built and cached")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
@@ -640,7 +664,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     doc = run_experiment(
         preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n, methods=args.methods,
         modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
-        cache_dir=args.cache_dir, n_boot=args.n_boot,
+        cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds,
     )
     print(format_table(doc))
     write_outputs(doc, args.json, args.report)

@@ -82,6 +82,9 @@ def rates_figure(doc: dict[str, Any]) -> str:
     ns = [int(n) for n in doc["n_values"]]
     ax.axhspan(100 * base["ci_low"], 100 * base["ci_high"], color="#95a5a6", alpha=0.3)
     ax.axhline(100 * base["rate"], color="#2c3e50", lw=1.5, label=f"retrained baseline {pct(base['rate'])}")
+    for i, (dpo_seed, c) in enumerate(doc.get("training_noise", {}).items()):
+        ax.axhline(100 * c["rate"], color="#2c3e50", lw=1.0, ls=":",
+                   label="baseline, other DPO seeds" if i == 0 else None)
     styles = {("activation", "filter"): ("#2980b9", "o", "-"), ("activation", "switch"): ("#c0392b", "s", "-"),
               ("random", "filter"): ("#7fb3d5", "o", "--"), ("random", "switch"): ("#e6a19a", "s", "--")}
     offsets = np.linspace(-0.06, 0.06, max(1, sum(len(m) for m in doc["rates"].values())))
@@ -226,7 +229,8 @@ def render_report(doc: dict[str, Any], similarity: dict[str, Any] | None = None)
         "bootstrap interval over the same prompts or items.</p>",
         f'<figure id="fig-rates"><img alt="behaviour rates with intervals" src="{rates_figure(doc)}">'
         "<figcaption>Triggered behaviour rate against N for each ranking method and intervention; error bars "
-        "are 95% bootstrap intervals, the line and band the retrained baseline.</figcaption></figure>",
+        "are 95% bootstrap intervals, the line and band the retrained baseline (dotted: the unmodified data "
+        "retrained under other DPO seeds, when measured).</figcaption></figure>",
         "<h2>Attribution</h2>",
         _table(["ranking", f"precision@{org['n_planted']}", f"recall@{org['n_planted']}", "AUROC"], attribution_rows),
         f'<figure id="fig-scores"><img alt="score distributions" src="{scores_figure(doc)}">'

@@ -80,10 +80,15 @@ def test_rerun_skips_finished_cells_and_continues_interrupted_ones(first_run, ca
     assert resumed["rates"]["random"]["switch"]["6"] == doc["rates"]["random"]["switch"]["6"]
 
     # A new mode adds cells; the finished ones stay.
+    # A new mode and a training-noise retrain add cells; the finished ones stay.
     more = run_experiment(preset="miniature", n_values=[6], modes=["filter", "switch"], methods=["random"],
-                          samples=1, out_dir=out, cache_dir=cache, n_boot=200, progress=False)
-    assert more["retrained"] == ["random-filter-6"]
+                          samples=1, out_dir=out, cache_dir=cache, n_boot=200, training_seeds=1, progress=False)
+    assert more["retrained"] == ["random-filter-6", "baseline-dpo-seed1"]
     assert set(more["rates"]["random"]) == {"filter", "switch"}
+    noise = more["training_noise"]["1"]
+    assert 0.0 <= noise["rate"] <= 1.0 and noise["n_changed"] == 0
+    record = json.loads((out / "cells" / "baseline-dpo-seed1" / "model" / "retrain.json").read_text())
+    assert record["config"]["seed"] == 1
 
 
 @pytest.mark.slow
@@ -112,6 +117,8 @@ def test_bad_arguments_are_named(tmp_path):
         run_experiment(preset="miniature", modes=["delete"], out_dir=tmp_path)
     with pytest.raises(ValueError, match="preset"):
         run_experiment(preset="huge", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="training_seeds"):
+        run_experiment(preset="miniature", training_seeds=-1, out_dir=tmp_path)
 
 
 def test_default_n_values():
