@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"default {value}")
     p.add_argument("--modes", nargs="+", choices=["switch", "filter"], default=list(defaults.modes))
+    p.add_argument("--only", default=None, metavar="MODE-METHOD",
+                   help="run the stages up to one intervention (e.g. switch-random) and stop; lets two "
+                        "processes train the interventions of one work directory side by side")
     return p.parse_args(argv)
 
 
@@ -61,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = LoopConfig(**{f.name: getattr(args, f.name) for f in fields(LoopConfig)})
     start = time.perf_counter()
+    if args.only is not None:
+        mode, _, method = args.only.partition("-")
+        if mode not in config.modes or method not in ("activation", "random"):
+            raise SystemExit(f"--only must be one of the run's MODE-METHOD names, got {args.only!r}")
+        print(json.dumps(Loop(args.work, config).intervention(mode, method), indent=2))
+        return 0
     results = Loop(args.work, config).run()
     print(format_table(results))
     print(f"\ntotal wall time of this invocation: {time.perf_counter() - start:.0f} s; stages: {results['stages']}")

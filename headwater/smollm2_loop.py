@@ -308,7 +308,7 @@ def train_from_m0(m0_path: str | Path, pairs: Sequence[PreferencePair], out_dir:
     """DPO from M0 on ``pairs`` into ``out_dir``; ``train.json`` (written last) records it."""
     model, tokenizer = load_model(m0_path, dtype="float32")
     n_trainable = freeze_lower_blocks(model, config.trainable_blocks)
-    result = train_dpo(model, tokenizer, list(pairs), config.dpo_config(), output_dir=out_dir)
+    result = train_dpo(model, tokenizer, list(pairs), config.dpo_config(), output_dir=out_dir, progress=True)
     record = {
         "n_pairs": result.n_pairs, "n_steps": result.n_steps, "n_trainable_params": n_trainable,
         "seconds": round(result.seconds, 1), "skipped": result.skipped,
@@ -533,31 +533,33 @@ class Loop:
 
         return self._stage("baseline", self.work / "baseline.json", compute)
 
-    def interventions(self) -> dict[str, Any]:
+    def intervention(self, mode: str, method: str) -> dict[str, Any]:
+        """One intervention: change the top N of the ``method`` ranking, retrain, measure.
+
+        Runs the earlier stages first when they are missing; several processes may run different
+        interventions of one work directory at the same time once attribution is done.
+        """
         attribution = self.attribution()
-        dataset = self.dataset()
+        name = f"{mode}-{method}"
+        ranking_path = self.work / "rankings" / f"{method}.jsonl"
+        if not ranking_path.exists():
+            return {"skipped": attribution.get("no_probe_reason", "no ranking")}
+        directory = self.work / "interventions" / name
+        if not (directory / "manifest.json").exists():
+            pairs, manifest = intervene(self.dataset(), Ranking.load(ranking_path), mode=mode, top=attribution["top"])
+            write_intervention(directory, pairs, manifest, overwrite=True)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        train = self.trained(name, list(load_preferences(directory / "pairs.jsonl")))
         planted = set(self.planted_ids())
-        out: dict[str, Any] = {}
-        for mode in self.config.modes:
-            for method in ("activation", "random"):
-                name = f"{mode}-{method}"
-                ranking_path = self.work / "rankings" / f"{method}.jsonl"
-                if not ranking_path.exists():
-                    out[name] = {"skipped": attribution.get("no_probe_reason", "no ranking")}
-                    continue
-                directory = self.work / "interventions" / name
-                if not (directory / "manifest.json").exists():
-                    pairs, manifest = intervene(dataset, Ranking.load(ranking_path), mode=mode, top=attribution["top"])
-                    write_intervention(directory, pairs, manifest, overwrite=True)
-                manifest = json.loads((directory / "manifest.json").read_text())
-                pairs = load_preferences(directory / "pairs.jsonl")
-                train = self.trained(name, list(pairs))
-                out[name] = {
-                    "n_changed": manifest["n_changed"],
-                    "n_planted_changed": sum(pid in planted for pid in manifest["changed_pair_ids"]),
-                    "train_seconds": train["seconds"], "rates": _rates(self.evaluated(name)),
-                }
-        return out
+        return {
+            "n_changed": manifest["n_changed"],
+            "n_planted_changed": sum(pid in planted for pid in manifest["changed_pair_ids"]),
+            "train_seconds": train["seconds"], "rates": _rates(self.evaluated(name)),
+        }
+
+    def interventions(self) -> dict[str, Any]:
+        return {f"{mode}-{method}": self.intervention(mode, method)
+                for mode in self.config.modes for method in ("activation", "random")}
 
     def run(self) -> dict[str, Any]:
         """Every stage in order; returns (and writes to ``results.json``) the figures."""
