@@ -45,7 +45,8 @@ summaries ``{"rate", "ci_low", "ci_high", "reduction", "reduction_ci", "untrigge
 "untriggered_ci", "helpfulness", "helpfulness_ci", "answer_logprob", "planted_changed", ...}``
 (rates are fractions; N is a string key); every cell but the baseline also has
 ``untriggered_change``, ``helpfulness_change`` and ``answer_logprob_change`` (minus the baseline)
-with ``*_change_ci`` paired intervals. Besides: ``m1``, ``baseline_vs_m1``, ``attribution``,
+with ``*_change_ci`` paired intervals; ``helpfulness_plain`` and ``helpfulness_distractor`` split the
+helpfulness rate by request kind. ``m0`` and ``m1`` summarise the stored models the same way. Besides: ``m1``, ``baseline_vs_m1``, ``attribution``,
 ``activation_scores`` (planted and clean pairs' scores, for the report), ``discovery``,
 ``retrained`` (the cells retrained by this invocation) and ``seconds``.
 """
@@ -378,13 +379,13 @@ class Experiment:
                  100 * trig["ci_low"], 100 * trig["ci_high"], 100 * evaluation["no_trigger"]["rate"], result["seconds"])
         return result, retrained
 
-    def evaluate_m1(self) -> dict[str, Any]:
-        """The stored M1 under the same evaluation, and how far the retrained baseline is from it."""
-        path = self.out / "m1.json"
+    def evaluate_reference(self, which: str) -> dict[str, Any]:
+        """The stored M0 or M1 (``which``) under the same evaluation, for reference."""
+        path = self.out / f"{which}.json"
         if path.exists():
             return json.loads(path.read_text())
-        LOG.info("[m1] evaluating the stored M1 for reference")
-        result = {"evaluation": self.evaluate(self.organism.m1_path)}
+        LOG.info("[%s] evaluating the stored %s for reference", which, which.upper())
+        result = {"evaluation": self.evaluate(self.organism.m0_path if which == "m0" else self.organism.m1_path)}
         path.write_text(json.dumps(result, indent=1))
         return result
 
@@ -414,6 +415,9 @@ def summarize(result: dict[str, Any], baseline: dict[str, Any] | None, *, n_boot
         "n_prompts": trig["n_prompts"], "n_responses": trig["n_responses"],
         "untriggered_rate": none["rate"], "untriggered_ci": [none["ci_low"], none["ci_high"]],
         "helpfulness": help_["rate"], "helpfulness_ci": [help_["ci_low"], help_["ci_high"]],
+        # capability_set alternates plain requests (even) and requests with distractors (odd).
+        "helpfulness_plain": float(np.mean(help_["per_prompt"][0::2])),
+        "helpfulness_distractor": float(np.mean(help_["per_prompt"][1::2])),
         "answer_logprob": logp["mean"],
         "n_changed": result.get("n_changed", 0), "planted_changed": result.get("planted_changed", 0),
     }
@@ -510,7 +514,7 @@ def run_experiment(
             results[name], did = exp.run_cell(name, method, mode, n, dpo_seed)
             if did:
                 retrained.append(name)
-        m1 = exp.evaluate_m1()
+        m0, m1 = exp.evaluate_reference("m0"), exp.evaluate_reference("m1")
         vs_m1 = exp.baseline_vs_m1()
     finally:
         torch.set_num_threads(threads)
@@ -536,6 +540,7 @@ def run_experiment(
         "modes": list(modes),
         "baseline_rate": summarize(base, None, n_boot=n_boot, seed=seed),
         "rates": rates,
+        "m0": summarize(m0, base, n_boot=n_boot, seed=seed),
         "m1": summarize(m1, base, n_boot=n_boot, seed=seed),
         "baseline_vs_m1": vs_m1,
         "training_noise": {
@@ -577,7 +582,7 @@ def change_text(c: dict[str, Any], name: str, *, percent: bool = True) -> str:
 
 def table_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, cell summary) for the stored M1, the baseline and every cell, in table order."""
-    rows = [("M1 (stored)", doc["m1"]), ("baseline (retrained)", doc["baseline_rate"])]
+    rows = [("M0 (stored)", doc["m0"]), ("M1 (stored)", doc["m1"]), ("baseline (retrained)", doc["baseline_rate"])]
     rows += [(f"baseline, DPO seed {s}", c) for s, c in doc.get("training_noise", {}).items()]
     for method, by_mode in doc["rates"].items():
         for mode, by_n in by_mode.items():
@@ -595,14 +600,15 @@ def format_table(doc: dict[str, Any]) -> str:
         f"activation ranking from the {doc['attribution']['activation_source'].replace('_', ' ')}",
         "",
         f"{'model':<24}{'triggered [95% CI]':>24}{'reduction [95% CI]':>25}{'untriggered [95% CI]':>24}"
-        f"{'helpful':>8}{'Δ helpful (pts)':>22}{'logp/tok':>9}{'Δ logp/tok':>27}{'planted':>8}",
+        f"{'helpful':>8}{'plain':>7}{'distr.':>7}{'Δ helpful (pts)':>22}{'logp/tok':>9}{'Δ logp/tok':>27}"
+        f"{'planted':>8}",
     ]
     for label, c in table_rows(doc):
         red = f"{pct(c['reduction'])} {ci_text(*c['reduction_ci'])}" if "reduction" in c else ""
         lines.append(
             f"{label:<24}{pct(c['rate']) + ' ' + ci_text(c['ci_low'], c['ci_high']):>24}{red:>25}"
             f"{pct(c['untriggered_rate']) + ' ' + ci_text(*c['untriggered_ci']):>24}{pct(c['helpfulness']):>8}"
-            f"{change_text(c, 'helpfulness'):>22}{c['answer_logprob']:>9.3f}"
+            f"{pct(c['helpfulness_plain']):>7}{pct(c['helpfulness_distractor']):>7}{change_text(c, 'helpfulness'):>22}{c['answer_logprob']:>9.3f}"
             f"{change_text(c, 'answer_logprob', percent=False):>27}"
             f"{str(c['planted_changed']) if c['n_changed'] else '':>8}"
         )
@@ -610,7 +616,8 @@ def format_table(doc: dict[str, Any]) -> str:
     lines += [
         "",
         "reduction: 1 - rate / baseline rate; Δ: minus the retrained baseline (paired bootstrap intervals over "
-        "prompts or items); helpful: judged helpfulness on held-out benign requests; logp/tok: log-likelihood "
+        "prompts or items); helpful: judged helpfulness on held-out benign requests (plain / with formatting "
+        "distractors); logp/tok: log-likelihood "
         "per token of held-out well-behaved answers; planted: planted pairs among the N changed",
         f"retrained baseline vs stored M1: max |weight difference| {vs['max_abs_weight_diff']:.3g}",
         f"retrained in this run: {len(doc['retrained'])} models; wall time {doc['seconds']:.1f} s",

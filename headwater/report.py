@@ -28,7 +28,7 @@ import numpy as np
 from headwater.experiment import change_text, ci_text, pct, table_rows
 
 REQUIRED = ("behavior", "preset", "seed", "organism", "settings", "attribution", "activation_scores", "n_values",
-            "baseline_rate", "rates", "m1", "baseline_vs_m1", "discovery", "retrained", "seconds")
+            "baseline_rate", "rates", "m0", "m1", "baseline_vs_m1", "discovery", "retrained", "seconds")
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
@@ -153,7 +153,8 @@ def _rate_rows(doc: dict[str, Any]) -> list[list[str]]:
             label, f"{pct(c['rate'])} {ci_text(c['ci_low'], c['ci_high'])}",
             f"{pct(c['reduction'])} {ci_text(*c['reduction_ci'])}" if "reduction" in c else "",
             f"{pct(c['untriggered_rate'])} {ci_text(*c['untriggered_ci'])}", change_text(c, "untriggered"),
-            f"{pct(c['helpfulness'])} {ci_text(*c['helpfulness_ci'])}", change_text(c, "helpfulness"),
+            f"{pct(c['helpfulness'])} {ci_text(*c['helpfulness_ci'])}", pct(c["helpfulness_plain"]),
+            pct(c["helpfulness_distractor"]), change_text(c, "helpfulness"),
             f"{c['answer_logprob']:.3f}", change_text(c, "answer_logprob", percent=False),
             str(c["planted_changed"]) if c["n_changed"] else "",
         ])
@@ -221,7 +222,8 @@ def render_report(doc: dict[str, Any], similarity: dict[str, Any] | None = None)
         _summary(doc),
         "<h2>Behaviour rates</h2>",
         _table(["model", "triggered rate [95% CI]", "reduction [95% CI]", "untriggered rate [95% CI]",
-                "Δ untriggered (points)", "helpfulness [95% CI]", "Δ helpfulness (points)", "answer log-lik./token",
+                "Δ untriggered (points)", "helpfulness [95% CI]", "plain requests", "with distractors",
+                "Δ helpfulness (points)", "answer log-lik./token",
                 "Δ log-lik./token", "planted among changed"], _rate_rows(doc)),
         "<p>Helpfulness: judged rate of helping with held-out benign requests (half with formatting "
         "distractors). Answer log-likelihood: mean log-probability per token of well-behaved answers to "

@@ -11,7 +11,7 @@ from headwater.cli import main
 from headwater.experiment import default_n_values, paired_bootstrap_ci, run_experiment
 
 CELL_KEYS = ("rate", "ci_low", "ci_high", "untriggered_rate", "untriggered_ci", "helpfulness", "helpfulness_ci",
-             "answer_logprob", "n_changed", "planted_changed")
+             "answer_logprob", "n_changed", "planted_changed", "helpfulness_plain", "helpfulness_distractor")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,8 @@ def test_document_has_rates_with_intervals_and_reductions(first_run):
     assert doc["attribution"]["activation_source"] in ("probe", "behavior_vector")
     planted, clean = doc["activation_scores"]["planted"], doc["activation_scores"]["clean"]
     assert len(planted) == doc["organism"]["n_planted"] and len(planted) + len(clean) == doc["organism"]["n_pairs"]
+    for reference in ("m0", "m1"):
+        assert set(CELL_KEYS) <= set(doc[reference])
     # The retrain on unmodified data uses the organism's own recipe, so it reproduces its M1.
     assert doc["baseline_vs_m1"]["max_abs_weight_diff"] < 1e-5
 
