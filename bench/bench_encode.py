@@ -13,8 +13,11 @@ Both run in one process on the same pairs, interleaved block by block so that a 
 machine's load hits both; the pairs/s ratio is measured in that one run. The vectors of the two
 are compared (largest difference relative to the largest vector entry, smallest cosine).
 
-Peak host memory: ``--memory N`` runs only the engine on N pairs in a fresh process and prints
-its peak resident set size (``ru_maxrss``) before and after encoding.
+Peak host memory: ``--memory N ...`` runs only the engine on N pairs, each N in a fresh process,
+and prints its peak resident set size (``ru_maxrss``) after loading the model and building the
+dataset, and after encoding; the dataset's own size (Python allocations while it is built, by
+tracemalloc) and the resident size after each shard are printed with them. A flat engine grows
+from one N to the next by no more than the dataset does.
 
     python bench/bench_encode.py --model smollm2 --pairs 1000
     python bench/bench_encode.py --model tiny --pairs 1000
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import resource
@@ -31,13 +35,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from headwater.data import PreferencePair, make_pair
-from headwater.engine.engine import Engine
+from headwater.engine.engine import DEFAULT_PAD_MULTIPLE, Engine
 from headwater.engine.models import load_model, resolve_layer, smollm2_path
 from headwater.engine.tokenization import TokenizationSettings, encode_pair
 
@@ -114,7 +119,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     layer = resolve_layer(model, args.layer)
     settings = TokenizationSettings()
     pairs = synthetic_pairs(args.pairs, seed=args.seed)
-    engine = Engine(model, tokenizer, layer=layer, settings=settings, max_tokens_per_batch=args.max_tokens_per_batch)
+    engine = Engine(model, tokenizer, layer=layer, settings=settings, max_tokens_per_batch=args.max_tokens_per_batch,
+                    pad_multiple=args.pad_multiple)
     # warm-up (first-call allocations, the shared-prompt check) on other pairs
     warm = synthetic_pairs(8, seed=args.seed + 1)
     reference_recipe(model, tokenizer, warm[:2], layer, settings)
@@ -148,6 +154,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "tokens": n_tokens,
         "prompt_sharing": engine.prompt_sharing,
         "max_tokens_per_batch": args.max_tokens_per_batch,
+        "pad_multiple": args.pad_multiple,
         "threads": torch.get_num_threads(),
         "reference_seconds": round(t_ref, 2),
         "engine_seconds": round(t_eng, 2),
@@ -160,19 +167,55 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def current_rss_mib() -> float | None:
+    """The resident set size now (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def memory_child(args: argparse.Namespace, n: int) -> dict[str, Any]:
-    """Run in a fresh process: peak RSS (MiB) after loading, and after encoding n pairs."""
+    """Run in a fresh process: peak RSS (MiB) after loading the model and building the dataset,
+    and after encoding n pairs; the dataset's own size; the RSS after each shard."""
     model, tokenizer, _ = load(args.model, args.dtype)
+    tracemalloc.start()
     pairs = synthetic_pairs(n, seed=args.seed)
-    engine = Engine(model, tokenizer, layer=args.layer, max_tokens_per_batch=args.max_tokens_per_batch)
+    dataset_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    engine = Engine(model, tokenizer, layer=args.layer, max_tokens_per_batch=args.max_tokens_per_batch,
+                    pad_multiple=args.pad_multiple)
     _ = engine.share_prompt
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    per_shard: list[float | None] = []
+
+    def on_shard(record: Any) -> None:
+        rss = current_rss_mib()
+        per_shard.append(None if rss is None else round(rss, 1))
+
     with tempfile.TemporaryDirectory() as tmp:
-        store = engine.encode_pairs(pairs, Path(tmp) / "s", progress=False, shard_pairs=args.shard_pairs)
+        store = engine.encode_pairs(pairs, Path(tmp) / "s", progress=False, shard_pairs=args.shard_pairs,
+                                    on_shard=on_shard)
         summary = store.summary
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"pairs": n, "peak_rss_mib_before_encoding": round(before, 1), "peak_rss_mib": round(after, 1),
+    return {"pairs": n, "dataset_mib": round(dataset_bytes / 2**20, 1),
+            "peak_rss_mib_before_encoding": round(before, 1), "peak_rss_mib": round(after, 1),
+            "encoding_adds_mib": round(after - before, 1), "rss_mib_after_each_shard": per_shard,
             "pairs_per_s": summary["pairs_per_second"], "tokens_per_s": summary["tokens_per_second"]}
+
+
+def print_memory_table(rows: list[dict[str, Any]]) -> None:
+    """Peak RSS per N, and the growth from the smallest N beside the dataset's own growth."""
+    print(f"\n{'pairs':>8} {'dataset MiB':>12} {'peak before MiB':>16} {'peak MiB':>9} {'encoding adds':>14}")
+    for row in rows:
+        print(f"{row['pairs']:>8} {row['dataset_mib']:>12.1f} {row['peak_rss_mib_before_encoding']:>16.1f} "
+              f"{row['peak_rss_mib']:>9.1f} {row['encoding_adds_mib']:>14.1f}")
+    first = rows[0]
+    for row in rows[1:]:
+        print(f"{first['pairs']} -> {row['pairs']} pairs: peak +{row['peak_rss_mib'] - first['peak_rss_mib']:.1f} MiB, "
+              f"of which the dataset +{row['dataset_mib'] - first['dataset_mib']:.1f} MiB; engine beyond the dataset "
+              f"+{row['peak_rss_mib'] - first['peak_rss_mib'] - (row['dataset_mib'] - first['dataset_mib']):.1f} MiB")
 
 
 def main() -> None:
@@ -185,6 +228,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=250, help="pairs per interleaved reference/engine block")
     parser.add_argument("--shard-pairs", type=int, default=4096)
     parser.add_argument("--max-tokens-per-batch", type=int, default=8192)
+    parser.add_argument("--pad-multiple", type=int, default=DEFAULT_PAD_MULTIPLE,
+                        help="the engine rounds padded widths up to this multiple (1: no rounding)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory", type=int, nargs="*", default=None, metavar="N",
@@ -200,23 +245,25 @@ def main() -> None:
         print(json.dumps(memory_child(args, args.memory_child)))
         return
     machine = {
-        "cpu": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count(),
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
-        "load_average": [round(x, 2) for x in __import__("os").getloadavg()],
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     results: dict[str, Any] = {"machine": machine, "command": " ".join(sys.argv)}
     if args.memory is not None:
         rows = []
         for n in args.memory:
             child = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype, "--memory-child", str(n),
-                     "--shard-pairs", str(args.shard_pairs), "--max-tokens-per-batch", str(args.max_tokens_per_batch)]
+                     "--shard-pairs", str(args.shard_pairs), "--max-tokens-per-batch", str(args.max_tokens_per_batch),
+                     "--pad-multiple", str(args.pad_multiple)]
             if args.threads:
                 child += ["--threads", str(args.threads)]
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             rows.append(json.loads(out))
             print(json.dumps(rows[-1]), flush=True)
         results["memory"] = rows
+        print_memory_table(rows)
     else:
         results["compare"] = compare(args)
     print(json.dumps(results, indent=2))

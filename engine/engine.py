@@ -23,6 +23,11 @@ How a run flows (one process; under torchrun each rank does this for its own sha
 A shard's vectors depend only on its own pairs (batches never cross shards and are formed from
 lengths alone), so a run killed and resumed, a run on several processes, and one uninterrupted
 run all write the same bytes.
+
+Host memory stays flat as the dataset grows: a tokenised shard waits as flat int32 buffers
+(:class:`~headwater.engine.pairs.PairTokens`, 4 bytes a token rather than about 40 in lists of
+Python ints), only the batch being run exists as Python lists, and the writer holds one shard's
+vectors at a time. What grows with N is the dataset itself and the pair ids of the records.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from torch import nn
 from headwater.engine import distributed
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, _pad_id, response_activations
 from headwater.engine.models import load_model, resolve_layer
-from headwater.engine.pairs import FORWARDS, EncodedPair, check_mode, pair_batches, prompt_sharing_mode
+from headwater.engine.pairs import FORWARDS, EncodedPair, PairTokens, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import (
     ShardRecord,
     StoreError,
@@ -68,6 +73,10 @@ from headwater.kernels import cosine_topk
 LOG = logging.getLogger(__name__)
 
 DEFAULT_SHARD_PAIRS = 4096
+# Padded widths are not rounded by default: on the CPU, rounding to 64 tokens cut a 10,000-pair
+# run from about 114 batch shapes to 5 but added about 20% padding and did not lower the peak
+# memory (bench/bench_encode.py). A backend that compiles or tunes per shape may want it.
+DEFAULT_PAD_MULTIPLE = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -88,14 +97,13 @@ class SearchResult:
 
 @dataclass
 class _ShardWork:
-    """A tokenised shard waiting for the model."""
+    """A tokenised shard waiting for the model (its token ids in flat int32 buffers)."""
 
     index: int
     start: int
     stop: int
-    positions: list[int] = field(default_factory=list)  # dataset positions of the kept pairs
     pair_ids: list[str] = field(default_factory=list)
-    encoded: list[EncodedPair] = field(default_factory=list)
+    tokens: PairTokens = field(default_factory=PairTokens)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     n_truncated: int = 0
     n_tokens: int = 0
@@ -187,6 +195,8 @@ class Engine:
         dtype: cast the model to ``"float32"``, ``"bfloat16"`` or ``"float16"`` (default: as is).
         settings: how (prompt, response) become tokens (raw or chat; max length; over-long policy).
         max_tokens_per_batch: padded tokens in one forward pass.
+        pad_multiple: round every padded width up to a multiple of this many tokens (1: pad to
+            the longest row only): fewer distinct batch shapes for more padding.
         share_prompt: encode the prompt shared by chosen and rejected once (see
             :mod:`headwater.engine.pairs`): ``"auto"`` uses ``"packed"`` or else ``"kv_cache"``,
             whichever a check on the model shows exact, or else separate sequences; ``True``
@@ -207,9 +217,12 @@ class Engine:
         max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
         share_prompt: bool | Literal["auto", "packed", "kv_cache"] = "auto",
         model_name: str | None = None,
+        pad_multiple: int = DEFAULT_PAD_MULTIPLE,
     ) -> None:
         if max_tokens_per_batch < 1:
             raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}")
+        if pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be positive, got {pad_multiple}")
         if share_prompt not in (True, False, "auto", "packed", "kv_cache"):
             raise ValueError(f"share_prompt must be True, False, 'auto', 'packed' or 'kv_cache', got {share_prompt!r}")
         if isinstance(dtype, str):
@@ -223,6 +236,7 @@ class Engine:
         self.layer = resolve_layer(model, layer)
         self.settings = settings
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.pad_multiple = pad_multiple
         self.pad_token_id = _pad_id(tokenizer)
         self.model_name = model_name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
         self.fingerprint = model_fingerprint(model)
@@ -290,25 +304,26 @@ class Engine:
         mode = self.prompt_sharing
         if mode == "kv_cache" and any(chosen.prompt_length == 0 for chosen, _ in pairs):
             mode = "separate"  # a prompt cache needs at least one prompt token
-        return FORWARDS[mode](self.model, pairs, self.layer, pad_token_id=self.pad_token_id)
+        return FORWARDS[mode](
+            self.model, pairs, self.layer, pad_token_id=self.pad_token_id, pad_multiple=self.pad_multiple
+        )
 
-    def _batches(self, encoded: Sequence[EncodedPair]) -> list[list[int]]:
-        """Batches of indices into ``encoded``. Under ``"kv_cache"``, pairs without prompt tokens
+    def _batches(self, tokens: PairTokens) -> list[list[int]]:
+        """Batches of indices into ``tokens``. Under ``"kv_cache"``, pairs without prompt tokens
         never share a batch with pairs that have some (they cannot use the prompt cache)."""
         mode = self.prompt_sharing
-        groups = [(list(range(len(encoded))), mode)]
+        p, c, r = tokens.prompt_lengths, tokens.chosen_lengths, tokens.rejected_lengths
+        groups = [(list(range(len(tokens))), mode)]
         if mode == "kv_cache":
             groups = [
-                ([i for i, (c, _) in enumerate(encoded) if c.prompt_length > 0], "kv_cache"),
-                ([i for i, (c, _) in enumerate(encoded) if c.prompt_length == 0], "separate"),
+                ([i for i in range(len(tokens)) if p[i] > 0], "kv_cache"),
+                ([i for i in range(len(tokens)) if p[i] == 0], "separate"),
             ]
         batches: list[list[int]] = []
         for group, group_mode in groups:
-            chosen = [encoded[i][0] for i in group]
-            rejected = [encoded[i][1] for i in group]
             for batch in pair_batches(
-                [c.prompt_length for c in chosen], [c.response_length for c in chosen],
-                [r.response_length for r in rejected], self.max_tokens_per_batch, mode=group_mode,
+                [p[i] for i in group], [c[i] for i in group], [r[i] for i in group], self.max_tokens_per_batch,
+                mode=group_mode, pad_multiple=self.pad_multiple,
             ):
                 batches.append([group[i] for i in batch])
         return batches
@@ -344,9 +359,8 @@ class Engine:
                 continue
             except TokenizationError as err:
                 raise type(err)(f"pair {position} (id {pair.pair_id}): {err}") from None
-            work.positions.append(position)
             work.pair_ids.append(pair.pair_id)
-            work.encoded.append((chosen, rejected))
+            work.tokens.append(chosen, rejected)
             work.n_truncated += int(chosen.truncated or rejected.truncated)
             work.n_tokens += len(chosen.input_ids) + len(rejected.input_ids)
         return work
@@ -369,6 +383,7 @@ class Engine:
             "dim": self.dim,
             "prompt_sharing": self.prompt_sharing,
             "max_tokens_per_batch": self.max_tokens_per_batch,
+            "pad_multiple": self.pad_multiple,
         }
 
     def encode_pairs(
@@ -528,15 +543,16 @@ class Engine:
         writer.put(work)
         if work.skipped:
             bar.update(len(work.skipped))
-        for batch in self._batches(work.encoded):
-            pairs = [work.encoded[i] for i in batch]
+        for batch in self._batches(work.tokens):
+            pairs = work.tokens.pairs(batch)  # Python lists for this batch only
             writer.put((batch, *_to_host(self.pair_differences(pairs))))
             stats["pairs"] += len(batch)
-            stats["tokens"] += sum(len(c.input_ids) + len(r.input_ids) for c, r in pairs)
+            stats["tokens"] += work.tokens.n_tokens(batch)
             bar.update(len(batch))
             elapsed = time.perf_counter() - since
             if elapsed > 0:
                 bar.set_postfix_str(f"{stats['tokens'] / elapsed:,.0f} tok/s", refresh=False)
+        work.tokens = PairTokens()  # the writer still holds the shard's ids until it is written, not its tokens
 
     def _collect_records(self, root: Path, n_shards: int, local: list[ShardRecord], check_others: bool) -> list[ShardRecord]:
         """Records of every shard: this rank's from memory, the other ranks' from disk (checked)."""

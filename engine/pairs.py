@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+from array import array
 from typing import Any, Iterator, Sequence
 
 import torch
 
 from headwater.engine.models import LayerCapture, _base_model, forward_to_layer
-from headwater.engine.tokenization import EncodedResponse, pad_batch
+from headwater.engine.tokenization import EncodedResponse, pad_batch, round_up
 from headwater.kernels import masked_mean_pool_diff
 
 LOG = logging.getLogger(__name__)
@@ -51,6 +52,66 @@ EncodedPair = tuple[EncodedResponse, EncodedResponse]
 MODES = ("packed", "kv_cache", "separate")
 
 
+class PairTokens:
+    """The token ids of many pairs in flat int32 buffers, for a shard waiting for the model.
+
+    A list of Python ints costs about 36 bytes a token (an 8-byte pointer and a 28-byte int object
+    for every id above 256), a flat ``array("i")`` 4; a tokenised shard of 4,096 pairs is then
+    about 3 MiB instead of about 30. Per pair the buffer holds the chosen side (prompt + response)
+    followed by the rejected response: the prompt tokens of the two sides are the same (see
+    :func:`~headwater.engine.tokenization.encode_pair`) and are stored once. :meth:`pairs` rebuilds
+    :data:`EncodedPair` objects for one batch at a time.
+    """
+
+    def __init__(self) -> None:
+        self.tokens = array("i")
+        self.offsets = array("q", [0])  # pair i is tokens[offsets[i]:offsets[i + 1]]
+        self.prompt_lengths = array("i")
+        self.chosen_lengths = array("i")  # response tokens only
+        self.rejected_lengths = array("i")
+        self._truncated = array("b")  # bit 0: chosen truncated, bit 1: rejected truncated
+
+    def __len__(self) -> int:
+        return len(self.prompt_lengths)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffers (the flat token ids and five numbers a pair)."""
+        buffers = (self.tokens, self.offsets, self.prompt_lengths, self.chosen_lengths, self.rejected_lengths, self._truncated)
+        return sum(len(b) * b.itemsize for b in buffers)
+
+    def append(self, chosen: EncodedResponse, rejected: EncodedResponse) -> None:
+        """Add one pair; the two sides must share their prompt tokens exactly."""
+        p = chosen.prompt_length
+        if rejected.prompt_length != p or chosen.input_ids[:p] != rejected.input_ids[:p]:
+            raise ValueError("chosen and rejected of a pair must start with the same prompt tokens")
+        self.tokens.extend(chosen.input_ids)
+        self.tokens.extend(rejected.input_ids[p:])
+        self.offsets.append(len(self.tokens))
+        self.prompt_lengths.append(p)
+        self.chosen_lengths.append(chosen.response_length)
+        self.rejected_lengths.append(rejected.response_length)
+        self._truncated.append(int(chosen.truncated) | 2 * int(rejected.truncated))
+
+    def n_tokens(self, indices: Sequence[int] | None = None) -> int:
+        """Tokens of prompt + response over both sides (the prompt counted twice, as two
+        sequences would have it) of the pairs at ``indices`` (default: all)."""
+        rows = range(len(self)) if indices is None else indices
+        return sum(2 * self.prompt_lengths[i] + self.chosen_lengths[i] + self.rejected_lengths[i] for i in rows)
+
+    def pair(self, index: int) -> EncodedPair:
+        """(chosen, rejected) of pair ``index`` as :class:`EncodedResponse` objects."""
+        start, p, c = self.offsets[index], self.prompt_lengths[index], self.chosen_lengths[index]
+        chosen = self.tokens[start : start + p + c].tolist()
+        rejected = chosen[:p] + self.tokens[start + p + c : self.offsets[index + 1]].tolist()
+        flags = self._truncated[index]
+        return EncodedResponse(chosen, p, bool(flags & 1)), EncodedResponse(rejected, p, bool(flags & 2))
+
+    def pairs(self, indices: Sequence[int]) -> list[EncodedPair]:
+        """The pairs at ``indices``, in that order (one batch)."""
+        return [self.pair(i) for i in indices]
+
+
 def pair_batches(
     prompt_lengths: Sequence[int],
     chosen_lengths: Sequence[int],
@@ -58,6 +119,7 @@ def pair_batches(
     max_tokens_per_batch: int,
     *,
     mode: str,
+    pad_multiple: int = 1,
 ) -> Iterator[list[int]]:
     """Groups of pair indices whose forward passes each fit the token budget, with little padding.
 
@@ -70,13 +132,18 @@ def pair_batches(
       2n·S ≤ budget. Two keys: pairs sorted by prompt length are cut into groups of about four
       budgets, and each group is sorted by response length before it is cut into batches.
 
-    A pair larger than the budget forms a batch of its own. Batches depend only on the lengths:
-    the same pairs always give the same batches (what makes a resumed run bit-identical).
+    Widths (T, P, S) count as padded up to a multiple of ``pad_multiple``, as the forward
+    functions pad them. A pair larger than the budget forms a batch of its own. Batches depend
+    only on the lengths: the same pairs always give the same batches (what makes a resumed run
+    bit-identical).
     """
     if max_tokens_per_batch < 1:
         raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}")
+    if pad_multiple < 1:
+        raise ValueError(f"pad_multiple must be positive, got {pad_multiple}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    m = pad_multiple
     p, c, r = list(prompt_lengths), list(chosen_lengths), list(rejected_lengths)
     s = [max(a, b) for a, b in zip(c, r)]
     if mode != "kv_cache":
@@ -85,7 +152,7 @@ def pair_batches(
         batch: list[int] = []
         for i in sorted(range(len(p)), key=lambda i: (-width[i], i)):
             # sorted longest first: the first index of a batch sets its width
-            if batch and rows * (len(batch) + 1) * width[batch[0]] > max_tokens_per_batch:
+            if batch and rows * (len(batch) + 1) * round_up(width[batch[0]], m) > max_tokens_per_batch:
                 yield batch
                 batch = []
             batch.append(i)
@@ -94,7 +161,7 @@ def pair_batches(
         return
 
     def cost(n: int, pmax: int, smax: int) -> int:
-        return max(n * pmax, 2 * n * smax)
+        return max(n * round_up(pmax, m), 2 * n * round_up(smax, m))
 
     order = sorted(range(len(p)), key=lambda i: (-p[i], -s[i], i))
     group: list[int] = []
@@ -125,9 +192,12 @@ def pair_batches(
             yield batch
 
 
-def _right_pad(rows: Sequence[Sequence[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T] ids and 0/1 mask (int64) for token rows of different lengths, right-padded."""
-    width = max(len(r) for r in rows)
+def _right_pad(
+    rows: Sequence[Sequence[int]], pad_token_id: int, device: torch.device, pad_multiple: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] ids and 0/1 mask (int64) for token rows of different lengths, right-padded to the
+    longest row rounded up to a multiple of ``pad_multiple``."""
+    width = round_up(max(len(r) for r in rows), pad_multiple)
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for row, tokens in enumerate(rows):
@@ -143,7 +213,7 @@ def _attention_implementation(model: Any) -> str:
 
 @torch.inference_mode()
 def pair_differences_packed(
-    model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int
+    model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int, pad_multiple: int = 1
 ) -> torch.Tensor:
     """[B, d] float32 datapoint vectors on the model's device, one packed row per pair.
 
@@ -155,7 +225,7 @@ def pair_differences_packed(
     if implementation not in ("sdpa", "eager"):
         raise ValueError(f"packed pairs need sdpa or eager attention, the model uses {implementation!r}")
     rows = [chosen.input_ids + rejected.input_ids[rejected.prompt_length :] for chosen, rejected in pairs]
-    ids, _ = _right_pad(rows, pad_token_id, device)  # [B, T]
+    ids, _ = _right_pad(rows, pad_token_id, device, pad_multiple)  # [B, T]
     width = ids.shape[1]
     p = torch.as_tensor([chosen.prompt_length for chosen, _ in pairs], device=device)[:, None]  # [B, 1]
     chosen_end = p + torch.as_tensor([c.response_length for c, _ in pairs], device=device)[:, None]
@@ -182,7 +252,7 @@ def pair_differences_packed(
 
 @torch.inference_mode()
 def pair_differences_kv_cache(
-    model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int
+    model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int, pad_multiple: int = 1
 ) -> torch.Tensor:
     """[B, d] float32 datapoint vectors ā(p, r⁺) − ā(p, r⁻) on the model's device, prompt run once.
 
@@ -198,7 +268,7 @@ def pair_differences_kv_cache(
     if min(prompt_lengths) < 1:
         raise ValueError("pair_differences_kv_cache needs at least one prompt token per pair")
     prompt_ids, prompt_mask = _right_pad(
-        [chosen.input_ids[: chosen.prompt_length] for chosen, _ in pairs], pad_token_id, device
+        [chosen.input_ids[: chosen.prompt_length] for chosen, _ in pairs], pad_token_id, device, pad_multiple
     )  # [B, P]
 
     capture = LayerCapture(model, layer, stop=True)
@@ -215,7 +285,7 @@ def pair_differences_kv_cache(
         )
     del cache
     responses = [side.input_ids[side.prompt_length :] for k in (0, 1) for side in (pair[k] for pair in pairs)]
-    response_ids, response_mask = _right_pad(responses, pad_token_id, device)  # [2B, S]
+    response_ids, response_mask = _right_pad(responses, pad_token_id, device, pad_multiple)  # [2B, S]
     starts = torch.as_tensor(prompt_lengths * 2, dtype=torch.long, device=device)
     positions = starts[:, None] + torch.arange(response_ids.shape[1], device=device)[None, :]  # [2B, S]
     attention_mask = torch.cat([prompt_mask.repeat(2, 1), response_mask], dim=1)  # [2B, P + S]
@@ -233,12 +303,14 @@ def pair_differences_kv_cache(
 
 @torch.inference_mode()
 def pair_differences_separate(
-    model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int
+    model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int, pad_multiple: int = 1
 ) -> torch.Tensor:
     """[B, d] float32 datapoint vectors, each side run as its own sequence (any architecture)."""
     device = next(model.parameters()).device
     n = len(pairs)
-    batch = pad_batch([pair[0] for pair in pairs] + [pair[1] for pair in pairs], pad_token_id)  # [2B, T]
+    batch = pad_batch(
+        [pair[0] for pair in pairs] + [pair[1] for pair in pairs], pad_token_id, pad_multiple=pad_multiple
+    )  # [2B, T]
     hidden = forward_to_layer(
         model, batch.input_ids.to(device), batch.attention_mask.to(device), layer
     )  # [2B, T, d]

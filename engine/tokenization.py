@@ -278,15 +278,27 @@ def encode_pairs(
     return result
 
 
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (≥ 1)."""
+    return -(-n // multiple) * multiple
+
+
 def pad_batch(
-    encoded: Sequence[EncodedResponse], pad_token_id: int, *, side: Literal["right", "left"] = "right"
+    encoded: Sequence[EncodedResponse],
+    pad_token_id: int,
+    *,
+    side: Literal["right", "left"] = "right",
+    pad_multiple: int = 1,
 ) -> PaddedBatch:
-    """Stack encoded sequences into [B, T] tensors (T = the longest sequence)."""
+    """Stack encoded sequences into [B, T] tensors (T = the longest sequence, rounded up to a
+    multiple of ``pad_multiple``)."""
     if not encoded:
         raise ValueError("pad_batch needs at least one sequence")
     if side not in ("right", "left"):
         raise ValueError(f"`side` must be 'right' or 'left', got {side!r}")
-    width = max(len(e.input_ids) for e in encoded)
+    if pad_multiple < 1:
+        raise ValueError(f"`pad_multiple` must be positive, got {pad_multiple}")
+    width = round_up(max(len(e.input_ids) for e in encoded), pad_multiple)
     input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
     response_mask = torch.zeros((len(encoded), width), dtype=torch.bool)

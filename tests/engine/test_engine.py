@@ -11,7 +11,7 @@ import transformers
 from headwater.data import PreferencePair
 from headwater.engine.capture import response_activations
 from headwater.engine.engine import Engine
-from headwater.engine.pairs import FORWARDS, check_mode, pair_batches, prompt_sharing_mode
+from headwater.engine.pairs import FORWARDS, PairTokens, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import StoreError, VectorStore
 from headwater.engine.tokenization import TokenizationSettings, encode_pair
 from headwater.kernels import cosine_topk_reference
@@ -106,6 +106,10 @@ def test_shared_prompt_equals_separate_sequences_and_the_reference(arch, mode, t
     assert shared.dtype == torch.float32 and shared.shape == (7, 32)
     torch.testing.assert_close(shared, separate, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(shared.double(), reference_differences(model, tiny_tokenizer, pairs, 2), atol=1e-5, rtol=1e-4)
+    # extra right padding (widths rounded up to a multiple) changes nothing but the rounding
+    for name in (mode, "separate"):
+        padded = FORWARDS[name](model, encoded, 2, pad_token_id=pad, pad_multiple=16)
+        torch.testing.assert_close(padded, shared, atol=1e-5, rtol=1e-4)
 
 
 def test_packed_pairs_with_eager_attention(tiny_tokenizer):
@@ -153,6 +157,55 @@ def test_pair_batches_cover_every_pair_once_within_budget():
             assert len(b) == 1 or cost <= 256
     with pytest.raises(ValueError, match="positive"):
         list(pair_batches(p, c, r, 0, mode="packed"))
+
+
+def test_pair_batches_with_rounded_widths_fit_the_budget_and_bound_the_shapes():
+    rng = random.Random(5)
+    n, m, budget = 2000, 32, 4096
+    p = [rng.randint(1, 80) for _ in range(n)]
+    c = [rng.randint(1, 120) for _ in range(n)]
+    r = [rng.randint(1, 120) for _ in range(n)]
+
+    def up(x: int) -> int:
+        return -(-x // m) * m
+
+    shapes = {}
+    for rounding in (1, m):
+        batches = list(pair_batches(p, c, r, budget, mode="packed", pad_multiple=rounding))
+        assert sorted(i for b in batches for i in b) == list(range(n))
+        widths = [max(p[i] + c[i] + r[i] for i in b) for b in batches]
+        if rounding == m:
+            widths = [up(w) for w in widths]
+        assert all(len(b) * w <= budget for b, w in zip(batches, widths))
+        shapes[rounding] = {(len(b), w) for b, w in zip(batches, widths)}
+    assert len(shapes[m]) <= 2 * len({up(x) for x in range(1, 321)}) < len(shapes[1])
+    for mode in ("kv_cache", "separate"):
+        for b in pair_batches(p, c, r, budget, mode=mode, pad_multiple=m):
+            pm, sm = up(max(p[i] for i in b)), up(max(max(c[i], r[i]) for i in b))
+            width = up(max(p[i] + max(c[i], r[i]) for i in b))
+            assert len(b) == 1 or (max(len(b) * pm, 2 * len(b) * sm) if mode == "kv_cache" else 2 * len(b) * width) <= budget
+    with pytest.raises(ValueError, match="pad_multiple"):
+        list(pair_batches(p, c, r, budget, mode="packed", pad_multiple=0))
+
+
+def test_pair_tokens_round_trip_in_four_bytes_a_token(tiny_tokenizer):
+    pairs = make_pairs(12, seed=8)
+    pairs[2] = PreferencePair("no-prompt", "", " sure mix flour", " no")
+    encoded = [encode_pair(tiny_tokenizer, p) for p in pairs]
+    encoded[2] = encode_pair(tiny_tokenizer, pairs[2], TokenizationSettings(max_length=3))  # BOS + 2 tokens
+    tokens = PairTokens()
+    for chosen, rejected in encoded:
+        tokens.append(chosen, rejected)
+    assert len(tokens) == 12
+    assert tokens.pairs(range(12)) == encoded and tokens.pairs([5, 0]) == [encoded[5], encoded[0]]
+    assert any(c.truncated for c, _ in encoded)  # the truncation flags come back too
+    assert tokens.n_tokens() == sum(len(c.input_ids) + len(r.input_ids) for c, r in encoded)
+    stored = sum(len(c.input_ids) + r.response_length for c, r in encoded)  # the prompt once per pair
+    assert tokens.nbytes <= 4 * stored + 8 * 13 + 13 * 12
+    chosen, rejected = encoded[0]
+    other = type(rejected)([chosen.input_ids[0] + 1] + rejected.input_ids[1:], rejected.prompt_length)
+    with pytest.raises(ValueError, match="same prompt tokens"):
+        tokens.append(chosen, other)
 
 
 @pytest.mark.parametrize("mode", ["packed", "kv_cache", False])

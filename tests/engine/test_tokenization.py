@@ -143,6 +143,11 @@ def test_pad_batch_right_and_left(tiny_tokenizer):
     assert left.response_mask.dtype == torch.bool and left.response_mask[1].tolist() == [False, False, False, True]
     with pytest.raises(ValueError):
         pad_batch([], 0)
+    rounded = pad_batch([a, b], pad_token_id=0, pad_multiple=3)
+    assert rounded.input_ids.tolist() == [[1, 5, 6, 7, 0, 0], [1, 9, 0, 0, 0, 0]]
+    assert rounded.attention_mask.sum().item() == 6 and rounded.response_mask.sum().item() == 3
+    with pytest.raises(ValueError, match="pad_multiple"):
+        pad_batch([a], 0, pad_multiple=0)
 
 
 def test_settings_validation():
