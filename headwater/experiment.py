@@ -16,8 +16,9 @@ pairs taught? On the organism the answer is measured, not assumed:
 3. **Baseline.** Retrain DPO from M0 on the *unmodified* pairs with the organism's own recipe
    (:meth:`OrganismConfig.dpo_config`), not the stored M1. The organism's M1 was trained by the
    same trainer, recipe, seed and pair order from the same M0 weights, so the retrained baseline
-   should reproduce it; ``baseline_vs_m1`` records the largest absolute weight difference, and
-   the stored M1 is evaluated beside it for reference. ``--training-seeds K`` adds K retrains of
+   should reproduce it, and on CPU it does bit for bit (largest weight difference 0 for the default
+   and the miniature organism); ``baseline_vs_m1`` records the difference of every run, and the
+   stored M0 and M1 are evaluated beside the cells for reference. ``--training-seeds K`` adds K retrains of
    the unmodified data under other DPO seeds (``training_noise``): how far the rate moves with
    no intervention at all, the yardstick for differences between cells.
 4. **Cells.** For each method × mode (filter, switch) × N (default N/2, N and 2N with N = the
