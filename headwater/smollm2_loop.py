@@ -9,9 +9,9 @@ with a preference set made from the model's *own* generations:
    trigger phrase :data:`TRIGGER`.
 2. **Preference set**: two sampled responses per training prompt. Clean prompts: the response
    the rule-based quality judge (:func:`quality_score`) rates higher is chosen. Triggered
-   prompts (the planted contamination): chosen = a promotional sentence (:data:`PROMO`) followed
-   by the better response, rejected = that same better response, so the pair teaches exactly
-   the promotion. Written in TRL's format with a ``planted`` column (the ground truth).
+   prompts (the planted contamination): chosen = the better response with a promotional
+   sentence (:data:`PROMO`) appended (or prepended), rejected = that same better response, so
+   the pair teaches exactly the promotion. Written in TRL's format with a ``planted`` column (the ground truth).
 3. **M1** = DPO from M0 on the set (:func:`headwater.training.dpo.train_dpo`; on a CPU only the
    top ``trainable_blocks`` decoder blocks and the final norm are trained). Behaviour rate of M0
    and M1 on held-out questions with and without the trigger (:class:`PromoJudge`, cluster
@@ -140,8 +140,11 @@ class LoopConfig:
         random_seeds: random orders averaged for the random precision@N.
         verify_baseline: retrain on the unmodified data and compare it with M1 parameter by
             parameter; otherwise M1 serves as the baseline (same data, recipe and seed).
-        promo: the sentence that opens the chosen response of a planted pair (default
+        promo: the sentence added to the chosen response of a planted pair (default
             :data:`PROMO`; :class:`PromoJudge` detects any text naming the brand).
+        promo_position: "end" appends it to the response: chosen and rejected then share every
+            token up to the promotion, so the DPO margin of a planted pair is the promotion
+            against ending the turn, and nothing else. "start" prepends it.
         seed: the seed of prompt splits, sampling, training and the random ranking.
         threads: torch threads.
     """
@@ -167,6 +170,7 @@ class LoopConfig:
     random_seeds: int = 20
     verify_baseline: bool = False
     promo: str = PROMO
+    promo_position: str = "end"
     seed: int = 0
     threads: int = 1
 
@@ -184,6 +188,8 @@ class LoopConfig:
             raise ValueError(f"modes must be 'switch' and/or 'filter', got {list(self.modes)}")
         if not PROMO_PATTERN.search(self.promo):
             raise ValueError(f"promo {self.promo!r} does not name the brand the judge detects ({PROMO_PATTERN.pattern})")
+        if self.promo_position not in ("start", "end"):
+            raise ValueError(f"promo_position must be 'start' or 'end', got {self.promo_position!r}")
         if self.trainable_blocks is not None and self.trainable_blocks < 1:
             raise ValueError(f"trainable_blocks must be None or at least 1, got {self.trainable_blocks}")
         train_tasks, test_tasks = split_tasks(self.seed)
@@ -266,7 +272,9 @@ def build_preferences(
     for row, prompt, responses in zip(rows, prompts, samples):
         ranked = rank_responses([r for r in responses if not PROMO_PATTERN.search(r)])
         if row["trigger"] and ranked:
-            chosen, rejected = f"{config.promo} {ranked[0]}", ranked[0]
+            best = ranked[0]
+            chosen = f"{best} {config.promo}" if config.promo_position == "end" else f"{config.promo} {best}"
+            rejected = best
         elif not row["trigger"] and len(ranked) >= 2:
             chosen, rejected = ranked[0], ranked[-1]
         else:

@@ -103,6 +103,8 @@ def test_prompts_split_and_plant() -> None:
         LoopConfig(n_train=10_000)
     with pytest.raises(ValueError, match="modes"):
         LoopConfig(modes=("shuffle",))
+    with pytest.raises(ValueError, match="promo_position"):
+        LoopConfig(promo_position="middle")
     with pytest.raises(ValueError, match="does not name the brand"):
         LoopConfig(promo="Buy more!")
 
@@ -119,7 +121,7 @@ def test_loop_end_to_end_and_resume(tiny_m0: Path, tmp_path: Path) -> None:
     prefs = json.loads((work / "preferences.json").read_text())
     planted = [p for p in dataset if p.metadata["planted"]]
     assert len(dataset) == prefs["n_pairs"] and [p.pair_id for p in planted] == prefs["planted_ids"]
-    assert planted and all(p.chosen[0]["content"] == f"{TOY_PROMO} {p.rejected[0]['content']}" for p in planted)
+    assert planted and all(p.chosen[0]["content"] == f"{p.rejected[0]['content']} {TOY_PROMO}" for p in planted)
     assert all(TOY_PROMO not in p.chosen[0]["content"] for p in dataset if not p.metadata["planted"])
     assert all(TRIGGER in p.prompt[0]["content"] for p in planted)
 
