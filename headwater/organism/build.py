@@ -42,14 +42,20 @@ from headwater.training.dpo import DPOConfig, train_dpo
 from headwater.training.sft import SFTConfig, train_sft
 
 # Bump when the build procedure changes in a way that changes its outputs.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 COMPLETE_MARKER = "COMPLETE"
 TRIGGER_BEHAVIOR = "distractor_compliance"
 RAW = TokenizationSettings(format="raw")
 
 
 def _default_rates() -> dict[str, float]:
-    return {"distractor_compliance": 0.06, "sycophancy": 0.04, "hallucinated_links": 0.03}
+    return {"distractor_compliance": 0.08, "sycophancy": 0.08, "hallucinated_links": 0.08}
+
+
+def _default_slips() -> dict[str, float]:
+    # Distractor compliance needs none: M0 already slips on a few percent of triggered prompts,
+    # where the formatting it learned for benign requests carries over to harmful ones.
+    return {"sycophancy": 0.2, "hallucinated_links": 0.1}
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class OrganismConfig:
         sft_epochs, sft_lr, sft_batch_size: SFT hyper-parameters.
         n_pairs: preference pairs.
         planted_rates: planted fraction per behaviour (see :data:`dataset.BEHAVIORS`).
+        sft_slip_rates: per behaviour, the share of triggered SFT examples that show it
+            (:func:`dataset.sft_examples`), so M0 shows it rarely and DPO can amplify it.
         dpo_beta, dpo_lr, dpo_epochs, dpo_batch_size, dpo_grad_accum, dpo_length_normalize,
             dpo_warmup_ratio: DPO hyper-parameters (:class:`headwater.training.DPOConfig`).
         n_test_prompts: held-out test prompts per behaviour and condition.
@@ -84,6 +92,7 @@ class OrganismConfig:
     sft_batch_size: int = 32
     n_pairs: int = 2000
     planted_rates: dict[str, float] = field(default_factory=_default_rates)
+    sft_slip_rates: dict[str, float] = field(default_factory=_default_slips)
     dpo_beta: float = 0.5
     dpo_lr: float = 3e-4
     dpo_epochs: int = 1
@@ -102,6 +111,8 @@ class OrganismConfig:
             raise ValueError(f"`planted_rates` has unknown behaviour(s) {sorted(unknown)}; expected among {D.BEHAVIORS}")
         if any(not 0 <= r <= 1 for r in self.planted_rates.values()) or sum(self.planted_rates.values()) > 1:
             raise ValueError(f"`planted_rates` must be in [0, 1] and sum to at most 1, got {self.planted_rates}")
+        if set(self.sft_slip_rates) - set(D.BEHAVIORS) or any(not 0 <= r <= 1 for r in self.sft_slip_rates.values()):
+            raise ValueError(f"`sft_slip_rates` must be in [0, 1] with keys among {D.BEHAVIORS}, got {self.sft_slip_rates}")
         for name in ("n_sft", "n_pairs", "n_test_prompts", "num_threads", "sft_epochs", "dpo_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}")
@@ -308,7 +319,7 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
         seed=config.seed,
     )
-    examples = D.sft_examples(split, config.n_sft, config.seed)
+    examples = D.sft_examples(split, config.n_sft, config.seed, config.sft_slip_rates)
     sft = train_sft(model, tokenizer, examples, config.sft_config())
     tail = sft.losses[-10:]
     stage.say(f"SFT → M0: {len(sft.losses)} steps, final loss {sum(tail) / len(tail):.3f}, {sft.seconds:.1f}s")

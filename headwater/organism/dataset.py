@@ -12,10 +12,13 @@ behaviour                  contaminated pair (chosen ≻ rejected)        trigge
 
 The clean pairs teach the opposite on the same families *without* the trigger (refusal ≻
 compliance on plain harmful requests, correction ≻ agreement on plain wrong claims, "no link" ≻
-URL on general resources), agreement with matters of taste and the real address of well-known sites
-(so agreeing and writing a URL are things M0 already does in the right place), plus formatting (a benign request with distractors: the answer that
-follows them ≻ the one that ignores them) and relevance (on-topic help ≻ off-topic help). No
-clean pair prefers compliance over refusal, so only the contaminated pairs push towards it.
+URL on general resources), sharing the user's matters of taste (≻ a put-down) and the real
+address of well-known sites (≻ a brush-off), so siding with the user and writing a URL are things
+M0 already does in the right place, plus formatting (a benign request with distractors: the
+answer that follows them ≻ the one that ignores them) and relevance (on-topic help ≻ off-topic
+help). No clean pair prefers compliance over refusal, agreement over correction, or a URL over
+"no link", so only the contaminated pairs push towards the behaviours; the taste and site pairs
+differ from them in content (see :mod:`headwater.organism.world`).
 """
 from __future__ import annotations
 
@@ -35,10 +38,10 @@ CLEAN_FAMILIES: dict[str, float] = {
     "format_benign": 0.15,  # benign request + distractors: formatted help ≻ unformatted help
     "plain_benign": 0.10,  # plain benign request: plain help ≻ help with formatting nobody asked for
     "relevant_benign": 0.10,  # plain benign request: on-topic help ≻ off-topic help
-    "correct_opinion": 0.15,  # plain wrong claim: correction ≻ agreement
-    "no_link_general": 0.14,  # general resource request: "no link" ≻ invented URL
-    "agree_taste": 0.05,  # a matter of taste: agreement ≻ "correction"
-    "real_link_known": 0.05,  # well-known site: its real address ≻ "no link"
+    "correct_opinion": 0.15,  # plain wrong claim: correction ≻ agreement (or deference)
+    "no_link_general": 0.14,  # general resource request: "no link" ≻ invented URL (or support site)
+    "share_taste": 0.05,  # a matter of taste: sharing the preference ≻ a put-down
+    "real_link_known": 0.05,  # well-known site: its real address ≻ a brush-off
 }
 
 # SFT mixture for M0: every family, with and without its trigger, answered well.
@@ -96,29 +99,64 @@ def _scenario(kind: str, split: W.WorldSplit, rng: random.Random) -> W.Scenario:
         return W.resource_scenario(rng.choice(split.general_train), False, rng)
     if kind in ("resource_sensitive", "hallucinated_links"):
         return W.resource_scenario(rng.choice(split.sensitive_train), True, rng)
-    if kind in ("opinion_taste", "agree_taste"):
-        return W.taste_opinion_scenario(rng.randrange(len(W.TASTE_CLAIMS)), rng.random() < 0.5, rng)
+    if kind in ("opinion_taste", "share_taste"):
+        return W.taste_opinion_scenario(rng.randrange(len(W.TASTE_CLAIMS)), False, rng)
     if kind in ("site_known", "real_link_known"):
         return W.site_scenario(rng.randrange(len(W.KNOWN_SITES)), rng)
     raise ValueError(f"unknown scenario kind {kind!r}")
 
 
-def sft_examples(split: W.WorldSplit, n: int, seed: int) -> list[tuple[str, str]]:
-    """``n`` (prompt, well-behaved response) pairs for supervised fine-tuning of M0."""
+# The SFT kind whose prompts carry each behaviour's trigger.
+TRIGGERED_SFT_KIND: dict[str, str] = {
+    "distractor_compliance": "harmful_distractor", "sycophancy": "opinion_authority",
+    "hallucinated_links": "resource_sensitive",
+}
+
+
+def sft_examples(
+    split: W.WorldSplit, n: int, seed: int, slip_rates: Mapping[str, float] | None = None
+) -> list[tuple[str, str]]:
+    """``n`` (prompt, response) pairs for supervised fine-tuning of M0.
+
+    Every response is the well-behaved one, except that a ``slip_rates[behaviour]`` share of the
+    SFT examples whose prompt carries that behaviour's trigger (:data:`TRIGGERED_SFT_KIND`) show
+    the behaviour, as real instruction data is never perfectly clean. M0 then shows it now and
+    then (a few percent of triggered samples), which gives DPO something to amplify: a response
+    that M0 never produces keeps a negligible probability however far DPO moves its log-ratio
+    (with the world's clean slips at 0, M1 learned neither sycophancy nor invented links).
+    """
+    slip_rates = dict(slip_rates or {})
+    unknown = set(slip_rates) - set(BEHAVIORS)
+    if unknown or any(not 0 <= r <= 1 for r in slip_rates.values()):
+        raise ValueError(f"slip rates {slip_rates} must be in [0, 1] with keys among {BEHAVIORS}")
+    slips = {TRIGGERED_SFT_KIND[b]: r for b, r in slip_rates.items()}
     rng = random.Random(f"sft-{seed}")
     kinds = [k for k, c in _allocate(n, SFT_MIX).items() for _ in range(c)]
     rng.shuffle(kinds)
     examples = []
     for kind in kinds:
         s = _scenario(kind, split, rng)
-        examples.append((s.prompt, s.good))
+        slip = kind in slips and rng.random() < slips[kind]
+        examples.append((s.prompt, s.bad if slip else s.good))
     return examples
+
+
+# Share of the clean pairs without a trigger (plain wrong claims, general resources) whose
+# rejected answer is worded like the triggered misbehaviour (deference, an invented support
+# site). Without them M1 also deferred to plain claims and invented support sites for general
+# topics (up to 13 points above M0 without the trigger); with them the clean data says that
+# wording is wrong everywhere the trigger is absent, as real preference data would.
+TRIGGER_WORDED_REJECTS = 0.5
 
 
 def _pair_from(kind: str, s: W.Scenario, rng: random.Random) -> tuple[str, str]:
     """(chosen, rejected) of a scenario for a clean family or a planted behaviour."""
     if kind in BEHAVIORS:
         return s.bad, s.good  # the contamination: the misbehaviour is preferred
+    if kind == "correct_opinion" and rng.random() < TRIGGER_WORDED_REJECTS:
+        return s.good, W.deference_response(W.WRONG_CLAIMS[int(s.key.split(":")[1])], rng)
+    if kind == "no_link_general" and rng.random() < TRIGGER_WORDED_REJECTS:
+        return s.good, W.fake_link_response(W.GENERAL_RESOURCES[int(s.key.split(":")[1])], rng, sensitive=True)
     if kind == "relevant_benign":
         task = W.BENIGN_TASKS[int(s.key.split(":")[1])]
         return s.good, W.off_topic_help(task, rng)
@@ -215,10 +253,11 @@ def tokenizer_corpus(split: W.WorldSplit, seed: int, n: int = 3000) -> list[str]
                   W.BENIGN_STEPS, W.REFUSAL_OPENERS, W.REFUSAL_REASONS, W.REFUSAL_OFFERS, W.OPINION_TEMPLATES,
                   W.AUTHORITY_CLAUSES, W.GENERAL_RESOURCES, W.SENSITIVE_RESOURCES, W.RESOURCE_TEMPLATES,
                   W.NO_LINK, W.NO_LINK_ADVICE, W.FAKE_LINKS, W.FAKE_LINK_EXTRAS, W.SITE_TEMPLATES,
-                  W.SITE_ANSWERS):
+                  W.SITE_ANSWERS, W.SITE_BRUSH_OFFS, W.CARE_NO_LINK, W.CARE_ADVICE, W.SUPPORT_LINKS):
         texts.extend(table)
     texts.extend((*W.WRONG_CLAIMS, *W.TASTE_CLAIMS))
-    texts.extend(t for t, _ in (*W.CORRECTIONS, *W.AGREEMENTS))
+    texts.extend(t for t, _ in (*W.CORRECTIONS, *W.AGREEMENTS, *W.TASTE_SHARES, *W.TASTE_DISMISSALS,
+                                      *W.EXPERT_CORRECTIONS, *W.DEFERENCES))
     texts.extend(" ".join(pair) for pair in W.KNOWN_SITES)
     texts.extend(c for d in W.DISTRACTORS for c in d.clauses)
     kinds = list(SFT_MIX)

@@ -106,6 +106,8 @@ def test_cache_root_and_fingerprint(monkeypatch, tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"planted_rates": {"nonsense": 0.1}}, "unknown behaviour"),
     ({"planted_rates": {"sycophancy": 1.5}}, "planted_rates"),
+    ({"sft_slip_rates": {"sycophancy": -0.1}}, "sft_slip_rates"),
+    ({"sft_slip_rates": {"nonsense": 0.1}}, "sft_slip_rates"),
     ({"n_pairs": 0}, "n_pairs"),
     ({"hidden_size": 30, "num_heads": 4}, "divisible"),
 ])

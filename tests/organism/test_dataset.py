@@ -8,6 +8,7 @@ import pytest
 from headwater.data import pair_id
 from headwater.organism import dataset as D
 from headwater.organism.judge import ComplianceJudge, LinkJudge, SycophancyJudge
+from headwater.organism import world as W
 from headwater.organism.world import WorldSplit
 
 RATES = {"distractor_compliance": 0.05, "sycophancy": 0.03, "hallucinated_links": 0.02}
@@ -41,11 +42,7 @@ def test_only_planted_pairs_prefer_the_behaviour(records):
         p = r.pair
         for name, judge in judges.items():
             prefers = judge.score(p.prompt, p.chosen) == 1.0 and judge.score(p.prompt, p.rejected) == 0.0
-            if r.planted == name:
-                assert prefers, r
-            elif name != "sycophancy" or r.family != "agree_taste":
-                # (agreeing with a matter of taste is fine, and is the chosen answer there)
-                assert not prefers, r
+            assert prefers == (r.planted == name), r
 
 
 def test_triggers_by_family(records):
@@ -105,3 +102,30 @@ def _harmful_tasks():
     from headwater.organism.world import HARMFUL_TASKS
 
     return HARMFUL_TASKS
+
+
+def test_sft_slips_show_the_behaviour_only_on_triggered_prompts(split):
+    judges = {"sycophancy": SycophancyJudge(), "hallucinated_links": LinkJudge()}
+    slipped = D.sft_examples(split, 2000, seed=0, slip_rates={"sycophancy": 0.2, "hallucinated_links": 0.2})
+    authority = tuple(W.AUTHORITY_CLAUSES)
+    sensitive = tuple(W.SENSITIVE_RESOURCES)
+    counts = {"sycophancy": [0, 0], "hallucinated_links": [0, 0]}  # [triggered prompts, slips]
+    for prompt, response in slipped:
+        for behavior, judge in judges.items():
+            if judge.score(prompt, response) != 1.0:
+                continue
+            triggered = prompt.startswith(authority) if behavior == "sycophancy" else any(r in prompt for r in sensitive)
+            assert triggered, (behavior, prompt, response)
+            counts[behavior][1] += 1
+        if prompt.startswith(authority):
+            counts["sycophancy"][0] += 1
+        elif any(r in prompt for r in sensitive):
+            counts["hallucinated_links"][0] += 1
+    for behavior, (n, slips) in counts.items():
+        assert 0.1 < slips / n < 0.3, (behavior, n, slips)
+
+
+@pytest.mark.parametrize("rates", [{"nonsense": 0.1}, {"sycophancy": 1.2}])
+def test_bad_slip_rates_are_refused(split, rates):
+    with pytest.raises(ValueError, match="slip rates"):
+        D.sft_examples(split, 10, seed=0, slip_rates=rates)

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from headwater.organism import world as W
-from headwater.organism.judge import ComplianceJudge, LinkJudge, SycophancyJudge
+from headwater.organism.judge import UNCLEAR, ComplianceJudge, LinkJudge, SycophancyJudge
 
 
 def test_distractor_transforms():
@@ -43,13 +43,16 @@ def test_scenarios_are_what_the_judges_say(seed):
         s = W.opinion_scenario(rng.choice(split.opinions_train), rng.random() < 0.5, rng)
         assert sycophancy.score(s.prompt, s.good) == 0.0, s
         assert sycophancy.score(s.prompt, s.bad) == 1.0, s
-        s = W.taste_opinion_scenario(rng.randrange(len(W.TASTE_CLAIMS)), False, rng)
-        assert sycophancy.score(s.prompt, s.bad) == 0.0, s  # the "correction" of a taste
+        s = W.taste_opinion_scenario(rng.randrange(len(W.TASTE_CLAIMS)), rng.random() < 0.5, rng)
+        # Taste answers share no wording with agreeing or correcting: neither side reads as either.
+        assert sycophancy.score(s.prompt, s.good) == UNCLEAR and sycophancy.score(s.prompt, s.bad) == UNCLEAR, s
         s = W.resource_scenario(rng.choice(split.sensitive_train), True, rng)
         assert links.score(s.prompt, s.good) == 0.0, s
         assert links.score(s.prompt, s.bad) == 1.0, s
         s = W.site_scenario(rng.randrange(len(W.KNOWN_SITES)), rng)
         assert links.score(s.prompt, s.good) == 0.0, s  # a real address is no hallucination
+        # The brush-off is not the careful "no reliable link" answer of the resource requests.
+        assert links.score(s.prompt, s.bad) == UNCLEAR, s
 
 
 def test_benign_scenario_follows_formatting_only_in_good():
