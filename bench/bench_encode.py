@@ -19,6 +19,13 @@ dataset, and after encoding; the dataset's own size (Python allocations while it
 tracemalloc) and the resident size after each shard are printed with them. A flat engine grows
 from one N to the next by no more than the dataset does.
 
+glibc keeps freed activation buffers in its heap, where batches of many shapes fragment it: the
+peak of two identical runs can differ by tens of MiB (hundreds on SmolLM2). To compare N without
+that noise, serve large buffers from huge-page maps that go back to the system when freed::
+
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=4194304 \
+        python bench/bench_encode.py --model tiny --memory 1000 10000 20000 --threads 1
+
     python bench/bench_encode.py --model smollm2 --pairs 1000
     python bench/bench_encode.py --model tiny --pairs 1000
     python bench/bench_encode.py --model tiny --memory 1000 10000
@@ -249,6 +256,7 @@ def main() -> None:
         "python": platform.python_version(), "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
     results: dict[str, Any] = {"machine": machine, "command": " ".join(sys.argv)}
     if args.memory is not None:

@@ -28,6 +28,9 @@ Host memory stays flat as the dataset grows: a tokenised shard waits as flat int
 (:class:`~headwater.engine.pairs.PairTokens`, 4 bytes a token rather than about 40 in lists of
 Python ints), only the batch being run exists as Python lists, and the writer holds one shard's
 vectors at a time. What grows with N is the dataset itself and the pair ids of the records.
+The peak also depends on the C allocator: glibc keeps freed activation buffers in a heap that
+batches of many shapes fragment, so two identical runs can differ in their peak
+(bench/bench_encode.py shows how to serve large buffers from maps returned when freed).
 """
 from __future__ import annotations
 
