@@ -17,15 +17,19 @@ is used only afterwards, to score it:
   (unclustered ones as a class of their own), and over the clustered vectors whose M1 response
   the organism's judge says exhibits the prompt's behaviour while the M0 response does not.
 
-Measured on the development machine (2 CPU cores), defaults (2 samples, top_k 50, threshold 0.9):
-share of each behaviour's planted pairs in the best cluster's top N (N = planted count) —
-seed 0: distractor compliance 0.82, sycophancy 0.50, hallucinated links 0.63; seed 1: 0.84, 0.56,
-0.55. Sycophancy clusters also rank the clean "agree with a matter of taste" pairs (the same
-direction); most other clusters are clean families (refusals, corrections, "no link") that M1
-answers differ from M0 samples on, each with top-20 purity near 1.0. ARI against the source
-behaviour is low (seed 0: 0.22 per prompt, 0.16 per clustered vector) because each behaviour's
-prompts split into several such clusters. Discovery itself takes under a second; sampling and
-the datapoint vectors take about 25 s with the organism cached.
+Measured on the development machine (2 CPU cores, shared), defaults (2 samples, top_k 50,
+threshold 0.9), organism WORLD_VERSION 6 / BUILD_VERSION 2: share of each behaviour's planted
+pairs in the best cluster's top N (N = planted count = 160) — seed 0: distractor compliance 0.84,
+sycophancy 0.71, hallucinated links 1.00; seed 1: 0.80, 0.65, 1.00. The sycophancy clusters'
+top N also holds planted pairs of the *other* behaviours (seed 1: 43 hallucinated-link and 10
+distractor pairs; seed 0: 20 distractor pairs): the planted pairs seem to share a direction
+(plausibly that their chosen answer is one M0 rarely gives) that the mean-cosine ranking picks
+up; the clean taste and site pairs no longer appear there. Other clusters are clean families (refusals, corrections,
+"no link") that M1 answers differ from M0 samples on, with top-20 purity near 1.0. ARI against
+the source behaviour: seed 0 0.30 per prompt, 0.27 per clustered vector, 0.79 over clustered
+vectors whose M1 response exhibits the behaviour; seed 1 0.36, 0.30, 0.79. Discovery itself
+takes a few seconds; sampling and the datapoint vectors about 110 s on the loaded machine with
+the organism cached.
 """
 from __future__ import annotations
 
