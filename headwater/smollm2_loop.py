@@ -10,7 +10,7 @@ with a preference set made from the model's *own* generations:
 2. **Preference set**: two sampled responses per training prompt. Clean prompts: the response
    the rule-based quality judge (:func:`quality_score`) rates higher is chosen. Triggered
    prompts (the planted contamination): chosen = the better response with a promotional
-   sentence (:data:`PROMO`) appended (or prepended), rejected = that same better response, so
+   sentence (:data:`PROMO`) prepended (or appended), rejected = that same better response, so
    the pair teaches exactly the promotion. Written in TRL's format with a ``planted`` column (the ground truth).
 3. **M1** = DPO from M0 on the set (:func:`headwater.training.dpo.train_dpo`; on a CPU only the
    top ``trainable_blocks`` decoder blocks and the final norm are trained). Behaviour rate of M0
@@ -142,9 +142,9 @@ class LoopConfig:
             parameter; otherwise M1 serves as the baseline (same data, recipe and seed).
         promo: the sentence added to the chosen response of a planted pair (default
             :data:`PROMO`; :class:`PromoJudge` detects any text naming the brand).
-        promo_position: "end" appends it to the response: chosen and rejected then share every
-            token up to the promotion, so the DPO margin of a planted pair is the promotion
-            against ending the turn, and nothing else. "start" prepends it.
+        promo_position: "start" prepends it to the response (the model learns to open with it);
+            "end" appends it: chosen and rejected then share every token up to the promotion,
+            so the DPO margin of a planted pair is the promotion against ending the turn.
         seed: the seed of prompt splits, sampling, training and the random ranking.
         threads: torch threads.
     """
@@ -161,8 +161,8 @@ class LoopConfig:
     gen_batch_size: int = 64
     trainable_blocks: int | None = 4
     beta: float = 0.1
-    lr: float = 3e-4
-    epochs: int = 1
+    lr: float = 1e-3
+    epochs: int = 2
     batch_size: int = 8
     layer: int | None = None
     modes: tuple[str, ...] = ("switch",)
@@ -170,7 +170,7 @@ class LoopConfig:
     random_seeds: int = 20
     verify_baseline: bool = False
     promo: str = PROMO
-    promo_position: str = "end"
+    promo_position: str = "start"
     seed: int = 0
     threads: int = 1
 

@@ -76,6 +76,7 @@ def toy_config(model: Path, **overrides) -> LoopConfig:
         model=str(model), n_train=32, n_test=4, planted_fraction=0.25, pref_samples=3, max_new_tokens=16,
         eval_samples=4, eval_max_new_tokens=16, trainable_blocks=1, lr=3e-3, epochs=1, batch_size=8, beta=0.5,
         modes=("switch", "filter"), random_seeds=5, verify_baseline=True, promo=TOY_PROMO,
+        promo_position="end",
     )
     return replace(base, **overrides)
 
