@@ -1,6 +1,6 @@
 """Unsupervised discovery on the default model organism: does clustering recover the planted behaviours?
 
-    HEADWATER_CACHE=/path/to/cache python bench/discovery_organism.py [--samples 2] [--json out.json]
+    HEADWATER_CACHE=/path/to/cache python bench/discovery_organism.py [--seed 0] [--ranking mean_cosine] [--json out.json]
 
 Builds (or loads from the cache) ``OrganismConfig.default()``, samples M0 and M1 on every held-out
 test prompt of every behaviour (with and without the trigger), builds one behaviour change vector
@@ -18,18 +18,30 @@ is used only afterwards, to score it:
   the organism's judge says exhibits the prompt's behaviour while the M0 response does not.
 
 Measured on the development machine (2 CPU cores, shared), defaults (2 samples, top_k 50,
-threshold 0.9), organism WORLD_VERSION 6 / BUILD_VERSION 2: share of each behaviour's planted
-pairs in the best cluster's top N (N = planted count = 160) — seed 0: distractor compliance 0.84,
-sycophancy 0.71, hallucinated links 1.00; seed 1: 0.80, 0.65, 1.00. The sycophancy clusters'
-top N also holds planted pairs of the *other* behaviours (seed 1: 43 hallucinated-link and 10
-distractor pairs; seed 0: 20 distractor pairs): the planted pairs seem to share a direction
-(plausibly that their chosen answer is one M0 rarely gives) that the mean-cosine ranking picks
-up; the clean taste and site pairs no longer appear there. Other clusters are clean families (refusals, corrections,
-"no link") that M1 answers differ from M0 samples on, with top-20 purity near 1.0. ARI against
-the source behaviour: seed 0 0.30 per prompt, 0.27 per clustered vector, 0.79 over clustered
-vectors whose M1 response exhibits the behaviour; seed 1 0.36, 0.30, 0.79. Discovery itself
-takes a few seconds; sampling and the datapoint vectors about 110 s on the loaded machine with
-the organism cached.
+threshold 0.9; ranking "diffusion" with 50 seed pairs, a 20-neighbour pair graph, α 0.95),
+organism WORLD_VERSION 6 / BUILD_VERSION 2: share of each behaviour's planted pairs in the best
+cluster's top N (N = planted count = 160) — seed 0: distractor compliance 0.97, sycophancy 0.99,
+hallucinated links 1.00; seed 1: 0.97, 1.00, 1.00. With ``--ranking mean_cosine`` (the members'
+mean cosine alone) the same clusters give seed 0: 0.84, 0.71, 1.00; seed 1: 0.80, 0.65, 1.00.
+Why the mean cosine falls short: each behaviour's planted pairs come in several wordings
+(chosen × rejected templates), the members' mean points at the wordings M1 produced, and planted
+pairs of the *other* behaviours, which share a generic direction with it (their chosen answer is
+one M0 rarely gives), outrank the remaining wordings (seed 1: 43 hallucinated-link and 10
+distractor pairs in the sycophancy cluster's top N; seed 0: 20 distractor pairs). The diffusion
+over the pairs' neighbour graph reaches the other wordings, which share a chosen or a rejected
+wording with the seeds, and not the other behaviours' pairs; it also lifts the top-20 purity of
+the small clean-family clusters (refusals, corrections, "no link", format) to 1.0 in most of them.
+The behaviour is still split over several clusters by the wording of M1's answer (seed 0:
+sycophancy clusters 2, 6 and 16 give 0.88, 0.75 and 0.99). ARI against the source behaviour (the
+clustering does not depend on the ranking): seed 0 0.30 per prompt, 0.27 per clustered vector,
+0.79 over clustered vectors whose M1 response exhibits the behaviour; seed 1 0.36, 0.30, 0.79.
+The organism's pair families are cleanly separated in the datapoint vectors (99.8% of the 20
+nearest neighbours of a planted pair are planted pairs of the same behaviour), which is what the
+diffusion relies on; on real data, where families overlap, expect a smaller gain. Offline on the
+same vectors, the recovery stays >= 0.87 for every behaviour over top_k 30/50/100 and thresholds
+0.85-0.95, and >= 0.95 for α 0.93-0.97.
+Discovery itself takes about a second (the pair graph included); sampling and the datapoint
+vectors 20-35 s on the loaded machine with the organism cached.
 """
 from __future__ import annotations
 
@@ -42,7 +54,7 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from headwater.discovery import DiscoveryConfig, discover, format_cards, sample_behavior_vectors
+from headwater.discovery import RANKINGS, DiscoveryConfig, discover, format_cards, sample_behavior_vectors
 from headwater.engine.models import load_model, resolve_layer
 from headwater.organism import OrganismConfig, build_organism
 from headwater.vectors import datapoint_vectors
@@ -56,6 +68,7 @@ def main() -> int:
     ap.add_argument("--top-k", type=int, default=DiscoveryConfig.top_k)
     ap.add_argument("--distance-threshold", type=float, default=DiscoveryConfig.distance_threshold)
     ap.add_argument("--min-cluster-size", type=int, default=DiscoveryConfig.min_cluster_size)
+    ap.add_argument("--ranking", choices=RANKINGS, default=DiscoveryConfig.ranking, help="how each cluster's pairs are ranked")
     ap.add_argument("--cards", action="store_true", help="print the cluster cards too")
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args()
@@ -81,7 +94,7 @@ def main() -> int:
                                       samples=args.samples, seed=args.seed)
     t_vectors = time.perf_counter() - start
     cfg = DiscoveryConfig(top_k=args.top_k, distance_threshold=args.distance_threshold,
-                          min_cluster_size=args.min_cluster_size, top_pairs=200)
+                          min_cluster_size=args.min_cluster_size, top_pairs=200, ranking=args.ranking)
     t0 = time.perf_counter()
     result = discover(samples.vectors, dp.pair_ids, dp.vectors, prompts=samples.prompts,
                       m0_responses=samples.m0_responses, m1_responses=samples.m1_responses,

@@ -20,9 +20,27 @@ The algorithm (deterministic; no random state):
    set of test-prompt generations that all point at one set of pairs, i.e. one block of S.
    Behaviour vectors that merely differ by sampling noise point at scattered pairs, land in
    small clusters, and clusters under ``min_cluster_size`` members are discarded as noise.
-4. **Rank the pairs of each cluster** by their mean cosine with the cluster's members. The mean of
-   cosines equals the cosine with the mean of the members' unit vectors times that mean's norm,
-   so one more blockwise pass with one query per cluster ranks every pair exactly.
+4. **Rank the pairs of each cluster.** First by their mean cosine with the cluster's members:
+   the mean of cosines equals the cosine with the mean of the members' unit vectors times that
+   mean's norm, so one more blockwise pass with one query per cluster scores every pair exactly.
+   That single query direction is not enough on its own: the pairs behind one behaviour come in
+   several wordings, the members' mean points at the wordings M1 happened to produce, and pairs
+   of *other* behaviours that share a generic direction with the cluster (their chosen answer is
+   the kind of answer M1 gives more than M0) outrank the pairs whose wording differs. So the
+   default ranking (``ranking="diffusion"``) spreads the relevance over the pairs' own geometry,
+   manifold ranking (Zhou, Weston, Gretton, Bousquet & Schölkopf 2004): the ``seed_pairs``
+   best pairs by mean cosine seed the cluster with their (non-negative) mean cosines y; over the
+   symmetric ``graph_neighbors``-nearest-neighbour graph of the datapoint vectors (cosine
+   weights, W = max(W, Wᵀ), G = D^-1/2 W D^-1/2) the relevance f = (1 − α)(I − αG)⁻¹ y is solved
+   by conjugate gradients, α = ``diffusion`` (0.95: about 1/(1 − α) = 20 steps of spreading;
+   nearer 1 the relevance drains into any dense, high-degree group of pairs, such as a tight
+   family of another behaviour). Pairs that are near the seeds through chains of
+   similar pairs (the other wordings of the same behaviour: they share the chosen or the
+   rejected wording) gain; pairs that merely share a direction with the members' mean but not
+   a neighbourhood with the seeds do not. Pairs the diffusion does not reach (f = 0) follow by
+   mean cosine. The graph costs one more all-pairs top-k pass over the datapoint vectors
+   (O(N²·d), through :func:`headwater.kernels.cosine_topk`); ``ranking="mean_cosine"`` keeps the
+   plain mean-cosine order.
 5. **Describe each cluster** (a card): its test prompts, representative generations (the members
    most typical of the cluster, M0 versus M1), the top pairs with scores, and the words that
    distinguish the top pairs' chosen from their rejected responses: the log-odds ratio with an
@@ -48,6 +66,9 @@ from headwater.data import PreferencePair, Text
 from headwater.kernels import cosine_similarity_blocks
 
 
+RANKINGS = ("diffusion", "mean_cosine")
+
+
 @dataclass(frozen=True)
 class DiscoveryConfig:
     """Settings of the clustering stage.
@@ -60,6 +81,11 @@ class DiscoveryConfig:
         min_relative_norm: a behaviour vector below this fraction of the 90th-percentile norm is
             near zero (M1 answered like M0) and joins no cluster.
         top_pairs: pairs listed per cluster.
+        ranking: ``"diffusion"`` (mean cosine, then manifold ranking over the pairs'
+            nearest-neighbour graph; step 4) or ``"mean_cosine"`` (mean cosine only).
+        seed_pairs: best pairs by mean cosine that seed each cluster's diffusion.
+        graph_neighbors: neighbours per pair in the datapoint graph.
+        diffusion: α of the manifold ranking, in (0, 1); near 1 spreads the relevance further.
         n_examples: representative generations per cluster.
         n_words: distinguishing words per side.
     """
@@ -69,17 +95,25 @@ class DiscoveryConfig:
     min_cluster_size: int = 3
     min_relative_norm: float = 0.05
     top_pairs: int = 50
+    ranking: str = "diffusion"
+    seed_pairs: int = 50
+    graph_neighbors: int = 20
+    diffusion: float = 0.95
     n_examples: int = 3
     n_words: int = 10
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "min_cluster_size", "top_pairs"):
+        for name in ("top_k", "min_cluster_size", "top_pairs", "seed_pairs", "graph_neighbors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.distance_threshold <= 2.0:
             raise ValueError(f"distance_threshold must be in (0, 2], got {self.distance_threshold}")
         if not 0.0 <= self.min_relative_norm < 1.0:
             raise ValueError(f"min_relative_norm must be in [0, 1), got {self.min_relative_norm}")
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, got {self.ranking!r}")
+        if not 0.0 < self.diffusion < 1.0:
+            raise ValueError(f"diffusion must be in (0, 1), got {self.diffusion}")
 
 
 @dataclass
@@ -91,7 +125,10 @@ class Cluster:
         members: indices of its behaviour vectors (into the input rows).
         prompts: distinct test prompts of its members, in first-seen order.
         examples: representative generations ``{"prompt", "m0", "m1"}`` (most typical first).
-        top_pairs: ``(pair_id, mean cosine with the members)``, best first.
+        top_pairs: ``(pair_id, score)``, best first. With ``ranking="diffusion"`` the score is
+            the pair's diffusion relevance divided by the cluster's best pair's (1.0 for the best,
+            0.0 for pairs the diffusion does not reach); with ``"mean_cosine"`` it is the mean
+            cosine with the members.
         words_chosen: ``(word, z)`` over-represented in the top pairs' chosen responses.
         words_rejected: ``(word, z)`` over-represented in their rejected responses.
         coherence: mean affinity between members (1 = identical top-k profiles).
@@ -243,6 +280,108 @@ def cluster_pair_scores(behaviors: torch.Tensor, labels: np.ndarray, datapoints:
     return scores
 
 
+def _query_blocks(datapoints: Any, rows: int = 1024) -> Any:
+    """Yield ``(block [n, d], global offset)`` with n <= ``rows`` over any datapoint source."""
+    if isinstance(datapoints, (torch.Tensor, np.ndarray)):
+        datapoints = [(datapoints, 0)]
+    for block, offset in datapoints:
+        for start in range(0, block.shape[0], rows):
+            yield block[start : start + rows], int(offset) + start
+
+
+def pair_graph(datapoints: Any, n_datapoints: int, k: int) -> Any:
+    """The normalised nearest-neighbour graph of the datapoint vectors (step 4).
+
+    Each pair is joined to its ``k`` most similar other pairs with weight max(cos, 0); the graph
+    is made symmetric (W = max(W, Wᵀ)) and normalised, G = D^-1/2 W D^-1/2 (pairs without an
+    edge keep a zero row).
+
+    Args:
+        datapoints: [N, d] datapoint vectors (see :func:`sparse_topk_similarity`).
+        n_datapoints: N.
+        k: neighbours per pair.
+
+    Returns:
+        G as a scipy CSR matrix [N, N] float64.
+    """
+    from scipy.sparse import csr_matrix, diags
+
+    from headwater.kernels import cosine_topk
+
+    rows, cols, vals = [], [], []
+    for block, offset in _query_blocks(datapoints):
+        # k + 1: the pair itself is (one of) its own nearest neighbours.
+        scores, index = cosine_topk(block, datapoints, k + 1)
+        own = torch.arange(offset, offset + scores.shape[0])[:, None]
+        valid = (index != own) & (index >= 0)
+        valid &= valid.cumsum(dim=1) <= k
+        r, c = torch.nonzero(valid, as_tuple=True)
+        rows.append((own[:, 0][r]).numpy())
+        cols.append(index[r, c].numpy())
+        vals.append(scores[r, c].clamp_min(0).double().numpy())
+    w = csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_datapoints, n_datapoints))
+    w = w.maximum(w.T)
+    degree = np.asarray(w.sum(axis=1)).ravel()
+    inv = np.divide(1.0, np.sqrt(degree), out=np.zeros_like(degree), where=degree > 0)
+    return (diags(inv) @ w @ diags(inv)).tocsr()
+
+
+def manifold_rank(graph: Any, seeds: np.ndarray, alpha: float) -> np.ndarray:
+    """Relevance f = (1 − α)(I − α·graph)⁻¹ y for each column y of ``seeds`` (Zhou et al. 2004).
+
+    Args:
+        graph: [N, N] symmetric normalised graph from :func:`pair_graph`.
+        seeds: [N, C] non-negative float64 seed relevance, one column per cluster.
+        alpha: in (0, 1).
+
+    Returns:
+        [N, C] float64 relevance. I − α·graph is symmetric positive definite (the graph's
+        eigenvalues lie in [−1, 1]), so conjugate gradients solve it; pairs not connected to any
+        seed get exactly 0.
+    """
+    from scipy.sparse import identity
+    from scipy.sparse.linalg import cg
+
+    system = identity(graph.shape[0], format="csr") - alpha * graph
+    out = np.zeros_like(seeds, dtype=np.float64)
+    for c in range(seeds.shape[1]):
+        if not seeds[:, c].any():
+            continue
+        out[:, c], info = cg(system, seeds[:, c], rtol=1e-10, atol=0.0, maxiter=10 * graph.shape[0])
+        if info != 0:
+            raise RuntimeError(f"manifold ranking did not converge for column {c} (conjugate gradients: {info})")
+    return (1.0 - alpha) * out
+
+
+def rank_cluster_pairs(
+    behaviors: torch.Tensor, labels: np.ndarray, datapoints: Any, n_datapoints: int,
+    config: DiscoveryConfig = DiscoveryConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 4: each cluster's best ``config.top_pairs`` pairs, with every pair's score.
+
+    Returns:
+        ``(order [C, min(top_pairs, N)] int64, scores [C, N] float64)``: ``order[c]`` lists pair
+        indices best first (ties keep dataset order); ``scores[c, j]`` is pair j's score for
+        cluster c (see :class:`Cluster` top_pairs).
+    """
+    mean = cluster_pair_scores(behaviors, labels, datapoints, n_datapoints).double().numpy()
+    index = np.arange(n_datapoints)
+    listed = min(config.top_pairs, n_datapoints)
+    if config.ranking == "mean_cosine":
+        return np.stack([np.lexsort((index, -row))[:listed] for row in mean]), mean
+    keep = min(config.seed_pairs, n_datapoints)
+    seeds = np.zeros((n_datapoints, mean.shape[0]))
+    for c, row in enumerate(mean):
+        best = np.lexsort((index, -row))[:keep]
+        seeds[best, c] = np.clip(row[best], 0.0, None)
+    relevance = manifold_rank(pair_graph(datapoints, n_datapoints, config.graph_neighbors), seeds, config.diffusion).T
+    top = relevance.max(axis=1, keepdims=True)
+    relevance = np.divide(relevance, top, out=np.zeros_like(relevance), where=top > 0)
+    # Pairs the diffusion does not reach tie at 0 and follow by mean cosine.
+    order = np.stack([np.lexsort((index, -m, -r))[:listed] for r, m in zip(relevance, mean)])
+    return order, relevance
+
+
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
 
@@ -298,7 +437,7 @@ def discover(
         behaviors: [B, d] float behaviour change vectors v_b.
         pair_ids: the N pair ids, aligned with the rows of ``datapoints``.
         datapoints: [N, d] datapoint vectors v_d (tensor, numpy array/memmap, or a re-iterable
-            collection of ``(block, global_offset)``: it is read twice).
+            collection of ``(block, global_offset)``: it is read several times).
         prompts, m0_responses, m1_responses: the B generations behind ``behaviors`` (for the
             cards); optional.
         pairs: pair id → pair, for the distinguishing words; optional.
@@ -313,14 +452,14 @@ def discover(
             raise ValueError(f"{name} has {len(seq)} entries but there are {b} behaviour vectors")
     n = len(pair_ids)
     if not isinstance(datapoints, (torch.Tensor, np.ndarray)) and iter(datapoints) is datapoints:
-        # S is read twice (top-k, then the cluster scores): a one-shot iterator would be empty the second time.
+        # S is read several times (top-k, cluster scores, pair graph): a one-shot iterator would be empty the second time.
         raise TypeError("datapoints must be re-iterable (a tensor, an array or a list of (block, offset)), not an iterator")
     if hasattr(datapoints, "shape") and datapoints.shape[0] != n:
         raise ValueError(f"{n} pair ids but datapoint vectors of shape {tuple(datapoints.shape)}")
     labels, near_zero, affinity = cluster_behavior_vectors(behaviors, datapoints, n, config)
     if labels.max(initial=-1) < 0:
         return Discovery([], labels, near_zero, config)
-    scores = cluster_pair_scores(behaviors, labels, datapoints, n)
+    ranked, scores = rank_cluster_pairs(behaviors, labels, datapoints, n, config)
     kept = [i for i in range(len(labels)) if i not in set(near_zero)]
     row_of = {i: r for r, i in enumerate(kept)}
     clusters = []
@@ -329,9 +468,7 @@ def discover(
         rows = [row_of[i] for i in members]
         sub = affinity[np.ix_(rows, rows)]
         typical = [members[j] for j in np.argsort(-sub.mean(axis=1), kind="stable")]
-        # Stable sort: equal scores keep dataset order, as rankings do elsewhere.
-        order = np.argsort(-scores[cid].numpy(), kind="stable")[: config.top_pairs]
-        top = [(pair_ids[j], round(float(scores[cid, j]), 6)) for j in order]
+        top = [(pair_ids[j], round(float(scores[cid, j]), 6)) for j in ranked[cid]]
         cluster = Cluster(
             cluster_id=cid,
             members=members,
@@ -448,6 +585,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--distance-threshold", type=float, default=DiscoveryConfig.distance_threshold)
     p.add_argument("--min-cluster-size", type=int, default=DiscoveryConfig.min_cluster_size)
     p.add_argument("--top-pairs", type=int, default=DiscoveryConfig.top_pairs)
+    p.add_argument("--ranking", choices=RANKINGS, default=DiscoveryConfig.ranking,
+                   help="how each cluster's pairs are ranked (module docstring, step 4)")
     p.set_defaults(func=cmd_discover)
     return p
 
@@ -467,7 +606,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     m0, tokenizer = load_model(manifest["model"], dtype=manifest.get("model_dtype", "auto"))
     m1, _ = load_model(args.m1)
     config = DiscoveryConfig(top_k=args.top_k, distance_threshold=args.distance_threshold,
-                             min_cluster_size=args.min_cluster_size, top_pairs=args.top_pairs)
+                             min_cluster_size=args.min_cluster_size, top_pairs=args.top_pairs, ranking=args.ranking)
     samples = sample_behavior_vectors(
         m0, m1, tokenizer, prompts, layer=manifest["layer"], settings=settings,
         samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,

@@ -1,5 +1,6 @@
 """headwater.discovery: planted block structure recovered exactly, near-zero vectors dropped,
-deterministic output, exact blockwise pieces, and one run on the miniature organism."""
+deterministic output, exact blockwise pieces, the diffusion ranking against a shared direction
+that fools the mean-cosine ranking, and one run on the miniature organism."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,8 @@ from headwater.discovery import (
     cluster_pair_scores,
     discover,
     distinguishing_words,
+    manifold_rank,
+    pair_graph,
     sparse_topk_similarity,
 )
 from headwater.kernels import cosine_similarity
@@ -114,6 +117,76 @@ def test_cluster_scores_are_mean_cosines():
     torch.testing.assert_close(scores[1], full[2:5].mean(0).float(), atol=1e-5, rtol=0)
 
 
+def shared_direction_world(seed: int, per_wording: int = 12, n_other: int = 60, n_clean: int = 200) -> dict:
+    """One behaviour whose pairs come in 3 × 3 wordings, and another behaviour's pairs that share
+    a generic direction with the first behaviour's vectors.
+
+    Behaviour A's pairs are u_A + c_i + r_j (chosen wording i, rejected wording j, 12 pairs
+    each); its behaviour vectors are u_A + c_0 + r_0 + g: M1 produced one wording, and the
+    change also has a generic component g. Behaviour B's pairs are u_B + 2g, its vectors u_B.
+    Cosine with A's vectors: wording (0, 0) 0.87, wordings sharing c_0 or r_0 0.58, B's pairs
+    0.45, the four wordings sharing neither 0.29, so the mean-cosine ranking puts B's pairs
+    above a third of A's. A's wordings are chained in the pairs' neighbour graph (two wordings
+    sharing c_i or r_j have cosine 2/3), B's pairs are not near any of A's.
+    """
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(D, 9, generator=g))[0].T  # orthonormal
+    u_a, chosen, rejected, u_b, shared = basis[0], basis[1:4], basis[4:7], basis[7], basis[8]
+
+    def noisy(v: torch.Tensor, n: int) -> torch.Tensor:
+        return v + 0.05 * torch.randn(n, D, generator=g)
+
+    dps = [noisy(u_a + chosen[i] + rejected[j], per_wording) for i in range(3) for j in range(3)]
+    family = ["a"] * (9 * per_wording) + ["b"] * n_other + ["clean"] * n_clean
+    dps += [noisy(u_b + 2 * shared, n_other), torch.randn(n_clean, D, generator=g)]
+    behaviors = torch.cat([noisy(u_a + chosen[0] + rejected[0] + shared, 12), noisy(u_b, 12)])
+    return {"datapoints": torch.cat(dps), "family": family, "behaviors": behaviors,
+            "pair_ids": [f"p{i:04d}" for i in range(len(family))]}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_diffusion_ranking_is_not_fooled_by_a_shared_direction(seed):
+    w = shared_direction_world(seed)
+    n_a = w["family"].count("a")
+    family = dict(zip(w["pair_ids"], w["family"]))
+    found = {}
+    for ranking in ("mean_cosine", "diffusion"):
+        result = discover(w["behaviors"], w["pair_ids"], w["datapoints"], config=DiscoveryConfig(ranking=ranking, top_pairs=n_a))
+        assert [sorted(c.members) for c in result.clusters] == [list(range(12)), list(range(12, 24))]
+        found[ranking] = [[family[p] for p, _ in c.top_pairs] for c in result.clusters]
+    # The mean cosine lets B's pairs in ahead of A's wordings that share nothing with M1's
+    # (48 of them here, one per pair of those four wordings) ...
+    assert found["mean_cosine"][0].count("b") >= 40
+    # ... the diffusion from A's best pairs reaches A's other wordings instead and lets no B pair
+    # in (a random clean pair next to a seed may slip in ahead of the farthest wording).
+    assert found["diffusion"][0].count("b") == 0 and found["diffusion"][0].count("a") >= n_a - 4
+    assert found["diffusion"][1][:60] == ["b"] * 60
+
+
+def test_pair_graph_and_manifold_rank_are_exact():
+    w = planted(6)
+    dp = w["datapoints"]
+    n, k = len(dp), 5
+    graph = pair_graph(dp, n, k)
+    pieces = [(dp[i : i + 41].numpy(), i) for i in range(0, n, 41)]
+    assert abs(graph - pair_graph(pieces, n, k)).max() < 1e-6
+    # Reference: dense cosines, the k best other pairs per row, symmetrised and normalised.
+    cos = cosine_similarity(dp.double(), dp.double()).double().numpy()
+    np.fill_diagonal(cos, -np.inf)
+    nearest = np.argsort(-cos, axis=1, kind="stable")[:, :k]
+    weights = np.zeros_like(cos)
+    np.put_along_axis(weights, nearest, np.clip(np.take_along_axis(cos, nearest, axis=1), 0, None), axis=1)
+    weights = np.maximum(weights, weights.T)
+    inv = 1 / np.sqrt(weights.sum(axis=1))
+    reference = weights * inv[:, None] * inv[None, :]
+    np.testing.assert_allclose(graph.toarray(), reference, atol=1e-6)
+    seeds = np.zeros((n, 2))
+    seeds[:3, 0], seeds[10:20, 1] = 1.0, 0.5
+    alpha = 0.9
+    expected = (1 - alpha) * np.linalg.solve(np.eye(n) - alpha * reference, seeds)
+    np.testing.assert_allclose(manifold_rank(graph, seeds, alpha), expected, atol=1e-6)
+
+
 def test_distinguishing_words():
     chosen = ["Sure, here is how: step one.", "Sure, here it is."]
     rejected = ["I cannot help with that.", "I cannot do that, sorry."]
@@ -153,6 +226,10 @@ def test_bad_input_is_named():
         discover(bad, w["pair_ids"], w["datapoints"])
     with pytest.raises(ValueError, match="top_k"):
         DiscoveryConfig(top_k=0)
+    with pytest.raises(ValueError, match="ranking must be one of"):
+        DiscoveryConfig(ranking="mean")
+    with pytest.raises(ValueError, match="diffusion must be in"):
+        DiscoveryConfig(diffusion=1.0)
 
 
 def test_save_round_trips(tmp_path):
