@@ -27,12 +27,20 @@ MEASURED (2-core CPU shared with other jobs, load 5-10, one thread):
   0.03, reward accuracy 1.0: the pairs are memorised.
 - Attribution, probe from the 2 exhibiting samples (2 matched pairs): precision@16 0.31,
   recall@16 0.31, AUROC 0.806; random selection (20 orders): precision@16 0.10, AUROC 0.49.
+- Switch of the top 16, retrained from M0 with the same recipe and seed: activation ranking
+  (5 of the 16 switched pairs planted) 0/48 with and without the trigger; random ranking (3 of
+  16 planted) 0/48 as well. Both are a 100% relative drop from M1's 4.2%, which is 2 samples:
+  at this size the loop runs end to end but cannot tell the two selections apart.
+- The baseline (unmodified data, same recipe and seed) is M1 itself: training is deterministic
+  on the CPU (bit-identical retrain checked at toy size by tests/test_smollm2_loop.py; not
+  re-checked on SmolLM2, which costs one more 13-minute training: --verify-baseline).
 - Gentler recipes learn nothing measurable: lr 3e-4 × 1 epoch (promotion prepended), lr 5e-4 ×
   1 epoch (appended, 64-token answers) and lr 1e-3 × 1 epoch (prepended) all give M1 0/48 with
   and without the trigger, so there is no exhibiting generation and no probing vector (the
   loop records "no probing vector" and skips the activation interventions).
-- Wall time: preference set 662 s (320 samples), DPO 535 s (20 steps) to 793 s (40 steps),
-  one evaluation (96 samples) 31-81 s, datapoint vectors + probe + ranking 61-83 s.
+- Wall time: preference set 662 s (320 samples), DPO 535 s (20 steps) to 793 s (40 steps;
+  1,341-1,346 s for the two interventions trained side by side), one evaluation (96 samples)
+  31-81 s, datapoint vectors + probe + ranking 61-83 s.
 """
 from __future__ import annotations
 
