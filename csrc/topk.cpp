@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -179,6 +181,124 @@ float dot16(const float* a, const float* b, int64_t d) {
   return total;
 }
 
+// bfloat16 bits (the upper half of a float32) to float32: exact.
+inline float bf16_to_float(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float out;
+  std::memcpy(&out, &wide, sizeof(out));
+  return out;
+}
+
+// Merge one row using screening scores: `approx` holds the row's cosines from a bfloat16 GEMM of
+// unit vectors, each within `eps` of the float32 cosine. A key can rank in the top-k only if its
+// approximate score is at least (root - eps); only those keys get their exact score
+// dot(query, key) * inv_norm in float32 (the few-query path's formula) and meet the heap (see
+// kernels/topk.py for the bound). Expected exact scores per row and tile: about k·ln(n/k) heap
+// entries plus the keys that land within eps below the root.
+HEADWATER_SIMD_CLONES
+void screened_merge_row(const uint16_t* approx, const float* query, const float* keys, int64_t d,
+                        const float* inv, int64_t n, int64_t offset, float eps, float* hs,
+                        int64_t* hi, int64_t k) {
+  constexpr int64_t kBlock = 16;
+  // Until the heap is full every key is scored exactly; from then on the bar follows the root.
+  float bar = hi[0] >= 0 ? hs[0] - eps : -std::numeric_limits<float>::infinity();
+  float values[kBlock];
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t len = std::min(kBlock, n - start);
+    float block_max = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < len; ++j) {
+      values[j] = bf16_to_float(approx[start + j]);
+      block_max = std::max(block_max, values[j]);
+    }
+    if (block_max < bar) continue;
+    for (int64_t j = 0; j < len; ++j) {
+      if (values[j] < bar) continue;
+      const int64_t col = start + j;
+      const float exact = dot16(query, keys + col * d, d) * inv[col];
+      if (ranks_below(hs[0], hi[0], exact, offset + col)) {
+        replace_root(hs, hi, k, exact, offset + col);
+        if (hi[0] >= 0) bar = std::max(bar, hs[0] - eps);
+      }
+    }
+  }
+}
+
+// Round a float32 to the nearest bfloat16 (ties to even); inputs here are finite.
+inline uint16_t float_to_bf16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// One pass over a key tile: each row's inverse norm (0 for a zero row) and the row scaled to unit
+// length, rounded to bfloat16, for the screening GEMM. Returns the first row whose norm is not
+// finite, or -1.
+HEADWATER_SIMD_CLONES
+int64_t unit_rows_bf16(const py::array& keys, py::array& inv_norms_out, py::array& unit_out) {
+  const char* fn = "unit_rows_bf16";
+  check_array<float>(fn, "keys", keys, 2, false);
+  check_array<float>(fn, "inv_norms_out", inv_norms_out, 1, true);
+  check_array<int16_t>(fn, "unit_out (bfloat16 bits)", unit_out, 2, true);
+  const int64_t n = keys.shape(0), d = keys.shape(1);
+  if (inv_norms_out.shape(0) != n || unit_out.shape(0) != n || unit_out.shape(1) != d) {
+    throw py::value_error(std::string(fn) + ": inv_norms_out [n] and unit_out [n, d] must match keys " + describe(keys));
+  }
+  const float* xb = static_cast<const float*>(keys.data());
+  float* inv = static_cast<float*>(inv_norms_out.mutable_data());
+  uint16_t* unit = static_cast<uint16_t*>(unit_out.mutable_data());
+  int64_t first_bad = std::numeric_limits<int64_t>::max();
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) reduction(min : first_bad) if (n * d > 65536)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = xb + r * d;
+    const float norm = std::sqrt(dot16(row, row, d));
+    if (!std::isfinite(norm)) {
+      first_bad = std::min(first_bad, r);
+      inv[r] = 0.0f;
+      continue;
+    }
+    const float scale = norm > 0.0f ? 1.0f / norm : 0.0f;
+    inv[r] = scale;
+    for (int64_t c = 0; c < d; ++c) unit[r * d + c] = float_to_bf16(row[c] * scale);
+  }
+  return first_bad == std::numeric_limits<int64_t>::max() ? -1 : first_bad;
+}
+
+void topk_merge_tile_screened(const py::array& approx, const py::array& queries, const py::array& keys,
+                              const py::array& inv_norms, int64_t offset, double eps,
+                              py::array& heap_scores, py::array& heap_indices) {
+  const char* fn = "topk_merge_tile_screened";
+  check_array<int16_t>(fn, "approx (bfloat16 bits)", approx, 2, false);
+  check_array<float>(fn, "queries", queries, 2, false);
+  check_array<float>(fn, "keys", keys, 2, false);
+  check_array<float>(fn, "inv_norms", inv_norms, 1, false);
+  check_heaps(fn, heap_scores, heap_indices);
+  const int64_t q = approx.shape(0), n = approx.shape(1), k = heap_scores.shape(1), d = queries.shape(1);
+  if (queries.shape(0) != q || heap_scores.shape(0) != q) {
+    throw py::value_error(std::string(fn) + ": approx, queries and heaps must have the same number of rows");
+  }
+  if (keys.shape(0) != n || inv_norms.shape(0) != n || keys.shape(1) != d) {
+    throw py::value_error(std::string(fn) + ": keys [n, d] and inv_norms [n] must match approx [q, n] and queries [q, d]");
+  }
+  if (offset < 0) throw py::value_error(std::string(fn) + ": offset must be >= 0, got " + std::to_string(offset));
+  if (!(eps >= 0)) throw py::value_error(std::string(fn) + ": eps must be >= 0");
+  if (k == 0 || n == 0 || q == 0) return;
+  const uint16_t* s = static_cast<const uint16_t*>(approx.data());
+  const float* xq = static_cast<const float*>(queries.data());
+  const float* xb = static_cast<const float*>(keys.data());
+  const float* inv = static_cast<const float*>(inv_norms.data());
+  float* hs = static_cast<float*>(heap_scores.mutable_data());
+  int64_t* hi = static_cast<int64_t*>(heap_indices.mutable_data());
+  const float margin = static_cast<float>(eps);
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) if (q * n > 65536)
+  for (int64_t row = 0; row < q; ++row) {
+    screened_merge_row(s + row * n, xq + row * d, xb, d, inv, n, offset, margin, hs + row * k,
+                       hi + row * k, k);
+  }
+}
+
 // For a few queries, BLAS has nothing to reuse and the search is bound by memory bandwidth: one
 // pass over each key row computes its dot products with every query and its inverse norm (so the
 // keys are read once, not once for the norms and once for the matmul). Returns the first row whose
@@ -252,6 +372,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("offset"), py::arg("heap_scores"), py::arg("heap_indices"),
         "Merge scores[q, n] * inv_norms[n] (global indices offset + column) into per-row heaps "
         "heap_scores/heap_indices [q, k], in place.");
+  m.def("topk_merge_tile_screened", &topk_merge_tile_screened, py::arg("approx"), py::arg("queries"),
+        py::arg("keys"), py::arg("inv_norms"), py::arg("offset"), py::arg("eps"), py::arg("heap_scores"),
+        py::arg("heap_indices"),
+        "Merge a tile screened by approximate (bfloat16) cosines: exact float32 scores only for keys "
+        "within eps of the running k-th best.");
+  m.def("unit_rows_bf16", &unit_rows_bf16, py::arg("keys"), py::arg("inv_norms_out"), py::arg("unit_out"),
+        "Inverse norms of keys[n, d] and the unit rows in bfloat16 bits; returns the first row with a "
+        "non-finite norm, or -1.");
   m.def("topk_sort_rows", &topk_sort_rows, py::arg("heap_scores"), py::arg("heap_indices"),
         "Sort each heap row by (score descending, index ascending), in place; (-inf, -1) last.");
   m.def("cosine_scores_few_queries", &cosine_scores_few_queries, py::arg("queries"),

@@ -33,6 +33,17 @@ The C++ backend (``auto`` on the CPU):
   scale each column by its key's inverse norm on the fly and merge into per-row heaps.
 - one final C++ sort per row gives the (score desc, index asc) order.
 
+Screening with bfloat16 (many queries, CPUs with native bfloat16 dot products): a bfloat16 GEMM
+runs about twice as fast as float32 there (measured 214 vs 100 GFLOP/s on one core of the bench
+machine), so the score tile is computed in bfloat16 from unit vectors and used only to *screen*:
+a key can reach the top-k only if its approximate cosine is within ``eps`` of the running k-th
+best, and only those keys get an exact float32 score (dot product times inverse norm, the same
+formula as the few-query path) and meet the heap. The result is exact, not approximate. The bound
+``eps`` (:func:`screening_margin`): rounding both unit vectors to bfloat16 (unit roundoff
+u = 2^-8) moves a dot product by at most (2u + u²)·‖q‖·‖k‖; float32 accumulation over d terms by
+at most d·2^-24; rounding the output to bfloat16 by u·|s| ≤ u; plus slack for the float32 norms.
+On random data a row screens in a handful of keys per tile besides its top-k.
+
 The tiled search has the shape of faiss ``contrib.exhaustive_search.knn_ground_truth``: stream key
 tiles, merge each tile's candidates into a running top-k, offset local indices to global ones,
 sort once at the end.
@@ -62,6 +73,38 @@ MISSING_SCORE = float("-inf")
 # the keys (bandwidth bound); above it, BLAS (torch matmul) computes the score tile.
 FEW_QUERIES = 8
 MISSING_INDEX = -1
+BF16_UNIT_ROUNDOFF = 2.0**-8
+
+
+def screening_margin(d: int) -> float:
+    """Largest possible |bfloat16 screening cosine - float32 cosine| for unit vectors of dim d."""
+    u = BF16_UNIT_ROUNDOFF
+    return 3 * u + u * u + 2 * d * 2.0**-24 + 1e-5
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_NATIVE_BF16: bool | None = None
+# Force bfloat16 screening on (True) or off (False) for the C++ backend; None: screen tiles of more
+# than FEW_QUERIES queries when the CPU has native bfloat16 (the tests run both paths everywhere).
+SCREEN: bool | None = None
+
+
+def native_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), i.e. screening pays."""
+    global _NATIVE_BF16
+    if _NATIVE_BF16 is None:
+        _NATIVE_BF16 = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return _NATIVE_BF16
 
 
 def _check_k(k: Any) -> int:
@@ -230,7 +273,7 @@ def _cosine_topk_torch(
 
 
 def _cosine_topk_cpp(
-    xq: torch.Tensor, keys: KeySource, k: int, tile_rows: int
+    xq: torch.Tensor, keys: KeySource, k: int, tile_rows: int, *, screen: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score tiles from BLAS (or, for a few queries, from one fused C++ pass); selection, merge
     and the final sort in ``headwater._C`` (OpenMP).
@@ -238,13 +281,21 @@ def _cosine_topk_cpp(
     The running result is kept as one binary heap per row (root = the worst kept result), so a
     tile element costs one comparison against the root unless it enters the top-k. Arrays reach
     C++ as numpy views of the tensors (shared memory), and the heaps are updated in place.
+    ``screen`` (default :data:`SCREEN`; None: for more than FEW_QUERIES queries on a CPU with
+    native bfloat16) screens tiles with a bfloat16 GEMM and scores only the surviving keys exactly
+    (see the module docstring).
     """
     ext = _dispatch.load_extension()
     q, d = xq.shape
     xq_hat = normalize_rows(xq, "queries")
     heap_s, heap_i = _empty_result(q, k, xq.device)
     few = q <= FEW_QUERIES
+    screen = SCREEN if screen is None else screen
+    if screen is None:
+        screen = native_bf16_matmul() and not few
     inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
+    if screen:
+        return _cosine_topk_screened(ext, xq_hat, keys, k, tile_rows, heap_s, heap_i, inv_buffer)
     if few:
         raw_buffer = torch.empty(q * tile_rows, dtype=torch.float32)
     else:
@@ -274,6 +325,35 @@ def _cosine_topk_cpp(
             np.matmul(xq_np[start:stop], tile_np.T, out=raw)
             ext.topk_merge_tile(
                 raw, inv.numpy(), offset, heap_s[start:stop].numpy(), heap_i[start:stop].numpy()
+            )
+    ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())
+    return heap_s, heap_i
+
+
+def _cosine_topk_screened(
+    ext: Any, xq_hat: torch.Tensor, keys: KeySource, k: int, tile_rows: int,
+    heap_s: torch.Tensor, heap_i: torch.Tensor, inv_buffer: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The many-query C++ path with bfloat16 screening (exact results; see the module docstring)."""
+    q, d = xq_hat.shape
+    eps = screening_margin(d)
+    xq_np = xq_hat.numpy()
+    xq_bf16 = xq_hat.to(torch.bfloat16)
+    chunks = _query_chunks(q)
+    unit_buffer = torch.empty(tile_rows * d, dtype=torch.bfloat16)
+    for tile, offset in iter_key_blocks(keys, d, tile_rows):
+        tile32 = tile.to(torch.float32).contiguous()
+        n = tile32.shape[0]
+        inv, unit_bf16 = inv_buffer[:n], unit_buffer[: n * d].view(n, d)
+        # one pass: inverse norms and unit rows in bfloat16 (zero rows stay zero)
+        bad = ext.unit_rows_bf16(tile32.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())
+        if bad >= 0:
+            raise non_finite_rows_error("keys", [offset + bad])
+        for start, stop in chunks:
+            approx = torch.mm(xq_bf16[start:stop], unit_bf16.T)  # [q_chunk, n] bfloat16
+            ext.topk_merge_tile_screened(
+                approx.view(torch.int16).numpy(), xq_np[start:stop], tile32.numpy(), inv.numpy(),
+                offset, eps, heap_s[start:stop].numpy(), heap_i[start:stop].numpy(),
             )
     ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())
     return heap_s, heap_i

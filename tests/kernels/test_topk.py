@@ -9,14 +9,18 @@ from hypothesis import strategies as st
 from topk_oracle import check_topk
 
 from headwater.kernels import _dispatch, cosine_topk, cosine_topk_reference
+from headwater.kernels import topk as topk_module
 
 BACKENDS = [
     "torch",
-    pytest.param(
-        "cpp",
-        marks=pytest.mark.skipif(
-            _dispatch.load_extension() is None, reason=str(_dispatch.extension_error())
-        ),
+    *(
+        pytest.param(
+            name,
+            marks=pytest.mark.skipif(
+                _dispatch.load_extension() is None, reason=str(_dispatch.extension_error())
+            ),
+        )
+        for name in ("cpp-blas", "cpp-screen")  # the C++ backend with and without bf16 screening
     ),
     pytest.param(
         "triton",
@@ -39,7 +43,14 @@ def topk(queries, keys, k, *, backend, **kwargs):
         queries = queries.to(_TRITON_DEVICE)
         if isinstance(keys, torch.Tensor):
             keys = keys.to(_TRITON_DEVICE)
-    D, I = cosine_topk(queries, keys, k, backend=backend, **kwargs)
+    screen = None
+    if backend.startswith("cpp-"):  # every C++ path, whatever this CPU would pick by itself
+        backend, screen = "cpp", backend == "cpp-screen"
+    saved, topk_module.SCREEN = topk_module.SCREEN, screen
+    try:
+        D, I = cosine_topk(queries, keys, k, backend=backend, **kwargs)
+    finally:
+        topk_module.SCREEN = saved
     return D.cpu(), I.cpu()
 
 
@@ -212,9 +223,9 @@ def _problems(draw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problem=_problems(), backend=st.sampled_from(["torch", "cpp"]))
+@given(problem=_problems(), backend=st.sampled_from(["torch", "cpp-blas", "cpp-screen"]))
 def test_property_streamed_equals_float64(problem, backend):
-    if backend == "cpp" and _dispatch.load_extension() is None:
+    if backend.startswith("cpp") and _dispatch.load_extension() is None:
         backend = "torch"
     xq, xb, k, tile_rows, cuts = problem
     bounds = [0, *cuts, xb.shape[0]]
@@ -247,3 +258,30 @@ def test_property_triton_equals_float64(problem):
     # few, larger tiles: the interpreter pays per launch
     D, I = topk(xq, blocks, k, backend="triton", tile_rows=max(tile_rows, 16))
     check_topk(D, I, xq, xb, k)
+
+
+@pytest.mark.skipif(_dispatch.load_extension() is None, reason=str(_dispatch.extension_error()))
+@pytest.mark.parametrize("d", [3, 64, 1024])
+def test_screening_is_exact_below_bfloat16_resolution(d):
+    """Keys that differ from each other far below bfloat16 precision: the screen cannot tell them
+    apart, so the exact float32 scores must decide, and the order must match float64."""
+    g = torch.Generator().manual_seed(d)
+    xq = torch.randn(12, d, generator=g)
+    base = torch.randn(1, d, generator=g)
+    near = base + 1e-4 * torch.randn(300, d, generator=g)  # cosines within ~1e-4 of each other
+    xb = torch.cat([torch.randn(500, d, generator=g), near, xq[:2] * 3, torch.zeros(2, d)])
+    xb = xb[torch.randperm(xb.shape[0], generator=g)]
+    for k in (1, 10, 400):
+        D, I = topk(xq, xb, k, backend="cpp-screen", tile_rows=97)
+        check_topk(D, I, xq, xb, k)
+        D_blas, I_blas = topk(xq, xb, k, backend="cpp-blas", tile_rows=97)
+        torch.testing.assert_close(D, D_blas, atol=2e-6, rtol=0)
+
+
+def test_screening_margin_bounds_the_bfloat16_error():
+    g = torch.Generator().manual_seed(0)
+    for d in (8, 576, 4096):
+        a = torch.nn.functional.normalize(torch.randn(64, d, generator=g))
+        b = torch.nn.functional.normalize(torch.randn(2000, d, generator=g))
+        approx = (a.bfloat16() @ b.bfloat16().T).float()
+        assert (approx - a @ b.T).abs().max().item() < topk_module.screening_margin(d)
