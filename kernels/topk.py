@@ -97,6 +97,7 @@ _NATIVE_BF16: bool | None = None
 # Force bfloat16 screening on (True) or off (False) for the C++ backend; None: screen tiles of more
 # than FEW_QUERIES queries when the CPU has native bfloat16 (the tests run both paths everywhere).
 SCREEN: bool | None = None
+SCREEN_BLOCK_BYTES = 16 << 20  # bfloat16 unit key rows screened per GEMM
 
 
 def native_bf16_matmul() -> bool:
@@ -340,20 +341,24 @@ def _cosine_topk_screened(
     xq_np = xq_hat.numpy()
     xq_bf16 = xq_hat.to(torch.bfloat16)
     chunks = _query_chunks(q)
-    unit_buffer = torch.empty(tile_rows * d, dtype=torch.bfloat16)
-    for tile, offset in iter_key_blocks(keys, d, tile_rows):
+    # Key tiles are screened in sub-blocks: the bf16 unit rows and score block stay a few MiB.
+    step = max(256, SCREEN_BLOCK_BYTES // (2 * d))
+    unit_buffer = torch.empty(min(step, tile_rows) * d, dtype=torch.bfloat16)
+    for tile, tile_offset in iter_key_blocks(keys, d, tile_rows):
         tile32 = tile.to(torch.float32).contiguous()
-        n = tile32.shape[0]
-        inv, unit_bf16 = inv_buffer[:n], unit_buffer[: n * d].view(n, d)
-        # one pass: inverse norms and unit rows in bfloat16 (zero rows stay zero)
-        bad = ext.unit_rows_bf16(tile32.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())
-        if bad >= 0:
-            raise non_finite_rows_error("keys", [offset + bad])
-        for start, stop in chunks:
-            approx = torch.mm(xq_bf16[start:stop], unit_bf16.T)  # [q_chunk, n] bfloat16
-            ext.topk_merge_tile_screened(
-                approx.view(torch.int16).numpy(), xq_np[start:stop], tile32.numpy(), inv.numpy(),
-                offset, eps, heap_s[start:stop].numpy(), heap_i[start:stop].numpy(),
-            )
+        for lo in range(0, tile32.shape[0], step):
+            block = tile32[lo : lo + step]
+            n, offset = block.shape[0], tile_offset + lo
+            inv, unit_bf16 = inv_buffer[:n], unit_buffer[: n * d].view(n, d)
+            # one pass: inverse norms and unit rows in bfloat16 (zero rows stay zero)
+            bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())
+            if bad >= 0:
+                raise non_finite_rows_error("keys", [offset + bad])
+            for start, stop in chunks:
+                approx = torch.mm(xq_bf16[start:stop], unit_bf16.T)  # [q_chunk, n] bfloat16
+                ext.topk_merge_tile_screened(
+                    approx.view(torch.int16).numpy(), xq_np[start:stop], block.numpy(), inv.numpy(),
+                    offset, eps, heap_s[start:stop].numpy(), heap_i[start:stop].numpy(),
+                )
     ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())
     return heap_s, heap_i

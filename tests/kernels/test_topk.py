@@ -262,7 +262,7 @@ def test_property_triton_equals_float64(problem):
 
 @pytest.mark.skipif(_dispatch.load_extension() is None, reason=str(_dispatch.extension_error()))
 @pytest.mark.parametrize("d", [3, 64, 1024])
-def test_screening_is_exact_below_bfloat16_resolution(d):
+def test_screening_is_exact_below_bfloat16_resolution(d, monkeypatch):
     """Keys that differ from each other far below bfloat16 precision: the screen cannot tell them
     apart, so the exact float32 scores must decide, and the order must match float64."""
     g = torch.Generator().manual_seed(d)
@@ -276,6 +276,10 @@ def test_screening_is_exact_below_bfloat16_resolution(d):
         check_topk(D, I, xq, xb, k)
         D_blas, I_blas = topk(xq, xb, k, backend="cpp-blas", tile_rows=97)
         torch.testing.assert_close(D, D_blas, atol=2e-6, rtol=0)
+    # one big key tile screened in sub-blocks of 256 rows
+    monkeypatch.setattr(topk_module, "SCREEN_BLOCK_BYTES", 1)
+    D, I = topk(xq, xb, 10, backend="cpp-screen")
+    check_topk(D, I, xq, xb, 10)
 
 
 def test_screening_margin_bounds_the_bfloat16_error():
