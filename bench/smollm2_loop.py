@@ -31,6 +31,11 @@ MEASURED (2-core CPU shared with other jobs, load 5-10, one thread):
   (5 of the 16 switched pairs planted) 0/48 with and without the trigger; random ranking (3 of
   16 planted) 0/48 as well. Both are a 100% relative drop from M1's 4.2%, which is 2 samples:
   at this size the loop runs end to end but cannot tell the two selections apart.
+  Re-measured with 8 samples per question (``measure_rates`` with eval_samples=8, seed 1):
+  M1 8/192 = 4.2% [1.6%, 7.3%] with the trigger and 6/192 = 3.1% [1.0%, 5.7%] without;
+  switch-activation 0/192 and switch-random 0/192 in both conditions. Even the random switch
+  (13 planted pairs left) removes the behaviour: M1's weak promotion sits at the noise floor of
+  this recipe, not a robust effect of the 16 planted pairs.
 - The baseline (unmodified data, same recipe and seed) is M1 itself: training is deterministic
   on the CPU (bit-identical retrain checked at toy size by tests/test_smollm2_loop.py; not
   re-checked on SmolLM2, which costs one more 13-minute training: --verify-baseline).
