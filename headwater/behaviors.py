@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from headwater.data import Text
+from headwater.data import Text, iter_jsonl
 from headwater.engine.tokenization import TokenizationSettings
 from headwater.generation import sample_responses
 from headwater.judges import Judge
@@ -110,13 +110,7 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
         raise FileNotFoundError(f"scenario file {path} does not exist")
     scenarios: list[Scenario] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for number, row in iter_jsonl(path):
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{number}: expected an object with 'trigger' (and optional 'scenario', 'no_trigger')")
         unknown = set(row) - {"scenario", "trigger", "no_trigger"}

@@ -468,6 +468,22 @@ class _RawRows:
     columns: set[str] | None  # None: not known (no object rows)
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` for every non-blank line of a small JSONL file.
+
+    Raises:
+        ValueError: a line that is not valid JSON, naming ``file:line``.
+    """
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+
+
 def _read_jsonl(path: Path) -> _RawRows:
     name = str(path)
     data = path.read_bytes()

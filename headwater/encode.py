@@ -6,12 +6,11 @@ settings, dataset fingerprint and the pairs that were skipped, with their reason
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from headwater.data import load_preferences
+from headwater.data import iter_jsonl, load_preferences
 from headwater.engine import distributed
 from headwater.engine.engine import DEFAULT_SHARD_PAIRS, Engine
 from headwater.engine.models import load_model
@@ -76,22 +75,15 @@ def encode_dataset(
 def read_labelled_responses(path: str | Path) -> tuple[list[Any], list[Any], list[bool]]:
     """Rows ``{"prompt", "response", "exhibits"}`` from a JSONL file, each checked."""
     prompts, responses, labels = [], [], []
-    with Path(path).open() as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from None
-            missing = [k for k in ("prompt", "response", "exhibits") if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise ValueError(f"{path}:{line_no}: missing field(s) {missing}")
-            if not isinstance(row["exhibits"], bool):
-                raise ValueError(f"{path}:{line_no}: 'exhibits' must be true or false, got {row['exhibits']!r}")
-            prompts.append(row["prompt"])
-            responses.append(row["response"])
-            labels.append(row["exhibits"])
+    for line_no, row in iter_jsonl(path):
+        missing = [k for k in ("prompt", "response", "exhibits") if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ValueError(f"{path}:{line_no}: missing field(s) {missing}")
+        if not isinstance(row["exhibits"], bool):
+            raise ValueError(f"{path}:{line_no}: 'exhibits' must be true or false, got {row['exhibits']!r}")
+        prompts.append(row["prompt"])
+        responses.append(row["response"])
+        labels.append(row["exhibits"])
     if not prompts:
         raise ValueError(f"{path}: no labelled responses")
     return prompts, responses, labels

@@ -16,7 +16,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from headwater.data import Text
+from headwater.data import Text, iter_jsonl
 from headwater.engine.tokenization import TokenizationSettings
 from headwater.judges import Judge
 
@@ -167,13 +167,7 @@ def load_prompts(path: str | Path) -> list[Text]:
         prompts: list[Text] = [line for line in lines if line.strip()]
     elif path.suffix in (".jsonl", ".json"):
         prompts = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        for number, row in iter_jsonl(path):
             prompt = row.get("prompt") if isinstance(row, dict) else row
             if not (isinstance(prompt, str) and prompt) and not (isinstance(prompt, list) and prompt):
                 raise ValueError(f"{path}:{number}: expected a non-empty 'prompt' string or message list")
