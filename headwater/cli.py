@@ -128,12 +128,20 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_attribute(args: argparse.Namespace) -> int:
     from headwater.attribution import evaluate_ranking, rank_pairs
     from headwater.encode import probe_from_file
-    from headwater.engine.store import read_store
+    from headwater.engine.store import check_compatible, read_store
     from headwater.vectors import VectorBank
 
     store = read_store(args.vectors)
     if args.behavior is not None:
         bank = VectorBank.load(args.behavior)
+        # Vectors saved with their provenance (`headwater behaviors`) must come from the store's
+        # model and layer: cosines between two models' residual streams mean nothing.
+        layer = bank.metadata.get("layer")
+        check_compatible(
+            store.manifest, what=f"{args.vectors} (for behaviour vectors {args.behavior})",
+            model_fingerprint=bank.metadata.get("model_fingerprint"),
+            layer=int(layer) if layer is not None and layer.lstrip("-").isdigit() else None,
+        )
         behaviors = bank.vectors
     else:
         behaviors = probe_from_file(args.probe_data, store.manifest).vector

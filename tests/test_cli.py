@@ -112,3 +112,27 @@ def test_method_commands_are_wired_into_the_main_parser(tmp_path, capsys):
     code = main(["discover", "--vectors", str(tmp_path / "none"), "--m1", str(tmp_path / "m1"),
                  "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "d.json")])
     assert code == 2 and "p.txt does not exist" in capsys.readouterr().err
+
+
+def test_attribute_refuses_behaviour_vectors_of_another_model_or_layer(tmp_path, saved_model, capsys):
+    import torch
+
+    from headwater.vectors import VectorBank
+
+    data = _write_jsonl(tmp_path / "prefs.jsonl", ROWS)
+    assert main(["encode", "--model", str(saved_model), "--data", str(data), "--layer", "2", "--out", str(tmp_path / "s")]) == 0
+    manifest = read_store(tmp_path / "s").manifest
+    capsys.readouterr()
+    out = str(tmp_path / "r.jsonl")
+    for meta, ok in [
+        ({"model_fingerprint": manifest["model_fingerprint"], "layer": "2"}, True),
+        ({}, True),  # vectors without provenance are taken as they are
+        ({"model_fingerprint": "0" * 16, "layer": "2"}, False),
+        ({"model_fingerprint": manifest["model_fingerprint"], "layer": "3"}, False),
+    ]:
+        bank = tmp_path / "bank.safetensors"
+        VectorBank(["b"], torch.randn(1, 32), meta).save(bank)
+        code = main(["attribute", "--vectors", str(tmp_path / "s"), "--behavior", str(bank), "--out", out])
+        assert code == (0 if ok else 2), meta
+        if not ok:
+            assert "does not match" in capsys.readouterr().err
