@@ -289,14 +289,14 @@ def _cosine_topk_cpp(
     ext = _dispatch.load_extension()
     q, d = xq.shape
     xq_hat = normalize_rows(xq, "queries")
-    heap_s, heap_i = _empty_result(q, k, xq.device)
     few = q <= FEW_QUERIES
     screen = SCREEN if screen is None else screen
     if screen is None:
         screen = native_bf16_matmul() and not few
-    inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
     if screen:
-        return _cosine_topk_screened(ext, xq_hat, keys, k, tile_rows, heap_s, heap_i, inv_buffer)
+        return _cosine_topk_screened(ext, xq_hat, keys, k, tile_rows)
+    heap_s, heap_i = _empty_result(q, k, xq.device)
+    inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
     if few:
         raw_buffer = torch.empty(q * tile_rows, dtype=torch.float32)
     else:
@@ -332,18 +332,24 @@ def _cosine_topk_cpp(
 
 
 def _cosine_topk_screened(
-    ext: Any, xq_hat: torch.Tensor, keys: KeySource, k: int, tile_rows: int,
-    heap_s: torch.Tensor, heap_i: torch.Tensor, inv_buffer: torch.Tensor,
+    ext: Any, xq_hat: torch.Tensor, keys: KeySource, k: int, tile_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The many-query C++ path with bfloat16 screening (exact results; see the module docstring)."""
+    """The many-query C++ path with bfloat16 screening (exact results; see the module docstring).
+
+    ``xq_hat``: unit query rows [Q, d] float32 on the CPU.
+    """
     q, d = xq_hat.shape
     eps = screening_margin(d)
+    heap_s, heap_i = _empty_result(q, k, xq_hat.device)
     xq_np = xq_hat.numpy()
     xq_bf16 = xq_hat.to(torch.bfloat16)
     chunks = _query_chunks(q)
-    # Key tiles are screened in sub-blocks: the bf16 unit rows and score block stay a few MiB.
-    step = max(256, SCREEN_BLOCK_BYTES // (2 * d))
-    unit_buffer = torch.empty(min(step, tile_rows) * d, dtype=torch.bfloat16)
+    # Key tiles are screened in sub-blocks: the bf16 unit rows and score block stay a few MiB,
+    # and the buffers are allocated once (a fresh tens-of-MiB output per GEMM costs page faults).
+    step = min(max(256, SCREEN_BLOCK_BYTES // (2 * d)), tile_rows)
+    inv_buffer = torch.empty(step, dtype=torch.float32)
+    unit_buffer = torch.empty(step * d, dtype=torch.bfloat16)
+    approx_buffer = torch.empty(min(q, DEFAULT_QUERY_CHUNK) * step, dtype=torch.bfloat16)
     for tile, tile_offset in iter_key_blocks(keys, d, tile_rows):
         tile32 = tile.to(torch.float32).contiguous()
         for lo in range(0, tile32.shape[0], step):
@@ -355,7 +361,8 @@ def _cosine_topk_screened(
             if bad >= 0:
                 raise non_finite_rows_error("keys", [offset + bad])
             for start, stop in chunks:
-                approx = torch.mm(xq_bf16[start:stop], unit_bf16.T)  # [q_chunk, n] bfloat16
+                approx = approx_buffer[: (stop - start) * n].view(stop - start, n)
+                torch.mm(xq_bf16[start:stop], unit_bf16.T, out=approx)  # [q_chunk, n] bfloat16
                 ext.topk_merge_tile_screened(
                     approx.view(torch.int16).numpy(), xq_np[start:stop], block.numpy(), inv.numpy(),
                     offset, eps, heap_s[start:stop].numpy(), heap_i[start:stop].numpy(),
