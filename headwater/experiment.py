@@ -21,6 +21,11 @@ pairs taught? On the organism the answer is measured, not assumed:
    stored M0 and M1 are evaluated beside the cells for reference. ``--training-seeds K`` adds K retrains of
    the unmodified data under other DPO seeds (``training_noise``): how far the rate moves with
    no intervention at all, the yardstick for differences between cells.
+   **Clean data** (cell ``clean-data``): the same retrain with exactly the planted pairs of the
+   behaviour removed (the ground truth, which only an organism has): the model the data would
+   have given without its contamination. It is what a perfect attribution could reach at best,
+   and the reference for an intervention's side effects: a capability that the clean data lacks
+   (see the README's helpfulness note) cannot be kept by removing the planted pairs either.
 4. **Cells.** For each method × mode (filter, switch) × N (default N/2, N and 2N with N = the
    number of planted pairs): :func:`headwater.interventions.intervene` on the top N,
    :func:`headwater.retrain.retrain` from M0 with the same recipe, then evaluate.
@@ -44,7 +49,8 @@ stopped. A re-run with different result-affecting settings in the same ``--out``
 The JSON document (``--json``): ``baseline_rate`` and ``rates.<method>.<mode>.<N>`` are cell
 summaries ``{"rate", "ci_low", "ci_high", "reduction", "reduction_ci", "untriggered_rate",
 "untriggered_ci", "helpfulness", "helpfulness_ci", "answer_logprob", "planted_changed", ...}``
-(rates are fractions; N is a string key); every cell but the baseline also has
+(rates are fractions; N is a string key), and ``clean_data`` summarises the clean-data cell the
+same way; every cell but the baseline also has
 ``untriggered_change``, ``helpfulness_change`` and ``answer_logprob_change`` (minus the baseline)
 with ``*_change_ci`` paired intervals; ``helpfulness_plain`` and ``helpfulness_distractor`` split the
 helpfulness rate by request kind. ``m0`` and ``m1`` summarise the stored models the same way. Besides: ``m1``, ``baseline_vs_m1``, ``attribution``,
@@ -69,6 +75,7 @@ LOG = logging.getLogger(__name__)
 METHODS = ("activation", "random")
 MODES = ("filter", "switch")
 BASELINE = "baseline"
+CLEAN = "clean-data"  # the cell retrained without the planted pairs (ground truth)
 SAMPLES = 8  # responses per test prompt and condition in each evaluation
 CAPABILITY_SAMPLES = 2  # samples per benign request for the helpfulness rate
 DISCOVERY_SAMPLES = 2  # samples per test prompt and model for the behaviour change vectors
@@ -191,6 +198,10 @@ class Experiment:
             setup = self._compute_setup()
             path.write_text(json.dumps(setup, indent=1))
         self.rankings = {m: Ranking.load(self.out / f"rankings-{m}.parquet") for m in METHODS}
+        # The ground truth as a ranking: the planted pairs first (dataset order), for the clean-data cell.
+        ids = self.rankings["random"].pair_ids
+        planted = set(self.planted)
+        self.rankings["planted"] = Ranking.from_scores(ids, np.array([p in planted for p in ids], np.float32), "planted")
         return setup
 
     def _compute_setup(self) -> dict[str, Any]:
@@ -506,7 +517,7 @@ def run_experiment(
         if too_big:
             raise ValueError(f"N {too_big} exceeds the {len(exp.rankings['random'].pair_ids)} ranked pairs")
         noise_seeds = [exp.recipe.seed + k for k in range(1, training_seeds + 1)]
-        cells = [(BASELINE, None, None, None, None)] + [
+        cells = [(BASELINE, None, None, None, None), (CLEAN, "planted", "filter", n_planted, None)] + [
             (cell_name(m, mode, n), m, mode, n, None) for m in methods for mode in modes for n in n_values
         ] + [(f"{BASELINE}-dpo-seed{s}", None, None, None, s) for s in noise_seeds]
         results, retrained = {}, []
@@ -523,7 +534,7 @@ def run_experiment(
             hf_logging.enable_progress_bar()
     base = results[BASELINE]
     rates: dict[str, Any] = {}
-    for name, method, mode, n, dpo_seed in cells[1:]:
+    for name, method, mode, n, dpo_seed in cells[2:]:
         if dpo_seed is not None:
             continue
         rates.setdefault(method, {}).setdefault(mode, {})[str(n)] = summarize(results[name], base, n_boot=n_boot, seed=seed)
@@ -541,6 +552,7 @@ def run_experiment(
         "modes": list(modes),
         "baseline_rate": summarize(base, None, n_boot=n_boot, seed=seed),
         "rates": rates,
+        "clean_data": summarize(results[CLEAN], base, n_boot=n_boot, seed=seed),
         "m0": summarize(m0, base, n_boot=n_boot, seed=seed),
         "m1": summarize(m1, base, n_boot=n_boot, seed=seed),
         "baseline_vs_m1": vs_m1,
@@ -584,6 +596,8 @@ def change_text(c: dict[str, Any], name: str, *, percent: bool = True) -> str:
 def table_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, cell summary) for the stored M1, the baseline and every cell, in table order."""
     rows = [("M0 (stored)", doc["m0"]), ("M1 (stored)", doc["m1"]), ("baseline (retrained)", doc["baseline_rate"])]
+    if "clean_data" in doc:
+        rows.append(("clean data (no planted)", doc["clean_data"]))
     rows += [(f"baseline, DPO seed {s}", c) for s, c in doc.get("training_noise", {}).items()]
     for method, by_mode in doc["rates"].items():
         for mode, by_n in by_mode.items():

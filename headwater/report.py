@@ -85,6 +85,9 @@ def rates_figure(doc: dict[str, Any]) -> str:
     for i, (dpo_seed, c) in enumerate(doc.get("training_noise", {}).items()):
         ax.axhline(100 * c["rate"], color="#2c3e50", lw=1.0, ls=":",
                    label="baseline, other DPO seeds" if i == 0 else None)
+    if "clean_data" in doc:  # the ground-truth removal: the best any ranking can do
+        ax.axhline(100 * doc["clean_data"]["rate"], color="#27ae60", lw=1.5, ls="-.",
+                   label=f"clean data (planted removed) {pct(doc['clean_data']['rate'])}")
     styles = {("activation", "filter"): ("#2980b9", "o", "-"), ("activation", "switch"): ("#c0392b", "s", "-"),
               ("random", "filter"): ("#7fb3d5", "o", "--"), ("random", "switch"): ("#e6a19a", "s", "--")}
     offsets = np.linspace(-0.06, 0.06, max(1, sum(len(m) for m in doc["rates"].values())))

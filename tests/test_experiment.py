@@ -34,7 +34,7 @@ def _mtimes(out):
 @pytest.mark.slow
 def test_document_has_rates_with_intervals_and_reductions(first_run):
     out, doc = first_run
-    assert doc["retrained"] == ["baseline", "activation-switch-6", "random-switch-6"]
+    assert doc["retrained"] == ["baseline", "clean-data", "activation-switch-6", "random-switch-6"]
     base = doc["baseline_rate"]
     assert 0.0 <= base["ci_low"] <= base["rate"] <= base["ci_high"] <= 1.0
     for method in ("activation", "random"):
@@ -48,6 +48,10 @@ def test_document_has_rates_with_intervals_and_reductions(first_run):
         for name in ("untriggered", "helpfulness", "answer_logprob"):
             low, high = cell[f"{name}_change_ci"]
             assert low <= cell[f"{name}_change"] + 1e-9 and cell[f"{name}_change"] <= high + 1e-9, name
+    # The clean-data cell removes exactly the planted pairs.
+    clean = doc["clean_data"]
+    assert clean["n_changed"] == clean["planted_changed"] == doc["organism"]["n_planted"]
+    assert set(CELL_KEYS) <= set(clean) and "reduction" in clean
     # The rankings saved with the experiment decide which pairs each cell changed.
     manifest = json.loads((out / "cells" / "activation-switch-6" / "data" / "manifest.json").read_text())
     from headwater.attribution import Ranking

@@ -42,7 +42,7 @@ from headwater.training.dpo import DPOConfig, train_dpo
 from headwater.training.sft import SFTConfig, train_sft
 
 # Bump when the build procedure changes in a way that changes its outputs.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 COMPLETE_MARKER = "COMPLETE"
 TRIGGER_BEHAVIOR = "distractor_compliance"
 RAW = TokenizationSettings(format="raw")
@@ -87,7 +87,9 @@ class OrganismConfig:
     intermediate_size: int = 384
     max_position_embeddings: int = 256
     n_sft: int = 4000
-    sft_epochs: int = 3
+    # 6 epochs: after 3, M0 refused 12% of benign requests with distractors (it had not yet told
+    # harmful from benign tasks apart there), and the DPO interventions then tipped it further.
+    sft_epochs: int = 6
     sft_lr: float = 3e-3
     sft_batch_size: int = 32
     n_pairs: int = 2000
