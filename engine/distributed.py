@@ -69,6 +69,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def sum_and_max(total: float, longest: float) -> tuple[float, float]:
+    """(sum of ``total``, max of ``longest``) over all ranks; the values themselves in one process.
+
+    Runs two all-reduces on the CPU (gloo) or the current CUDA device (NCCL): every rank must call it.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return total, longest
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    values = torch.tensor([total, longest], dtype=torch.float64, device=device)
+    summed, maxed = values[:1].clone(), values[1:].clone()
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
+    return float(summed.item()), float(maxed.item())
+
+
 def shutdown() -> None:
     """Leave the process group if this process joined one."""
     if dist.is_available() and dist.is_initialized():

@@ -454,6 +454,12 @@ class Engine:
             return store
 
         mine = list(range(rank.rank, n_shards, rank.world_size))
+        if not mine:
+            LOG.warning(
+                "rank %d of %d has no shard to encode (%d pairs in %d shard(s) of %d): lower shard_pairs "
+                "(--shard-pairs) to at most %d to keep every rank busy",
+                rank.rank, rank.world_size, n, n_shards, shard_pairs, max(1, -(-n // rank.world_size)),
+            )
         pending, resumed = self._split_resumable(root, mine, n, shard_pairs, resume)
         resumed_pairs = sum(r.stop - r.start for r in resumed)
         my_pairs = sum(min(n, (i + 1) * shard_pairs) - i * shard_pairs for i in mine)
@@ -483,6 +489,10 @@ class Engine:
         stats["seconds"] = time.perf_counter() - compute_started
 
         distributed.barrier()  # every rank's shards are on disk
+        # The run's throughput: every rank's pairs and tokens over the slowest rank's compute time.
+        stats["rank_pairs"], stats["rank_seconds"] = stats["pairs"], stats["seconds"]
+        stats["pairs"], stats["seconds"] = distributed.sum_and_max(stats["pairs"], stats["seconds"])
+        stats["tokens"], _ = distributed.sum_and_max(stats["tokens"], 0.0)
         if rank.is_main:
             all_records = self._collect_records(root, n_shards, resumed + records, rank.world_size > 1)
             loader_skipped = skipped_rows if skipped_rows is not None else getattr(dataset, "skipped", [])
@@ -505,8 +515,10 @@ class Engine:
         self, store: VectorStore, n: int, seconds: float, stats: dict[str, Any], n_shards: int, n_resumed: int,
         rank: distributed.Rank,
     ) -> dict[str, Any]:
-        """Counts from the manifest; throughput of the pairs this process computed in this call."""
+        """Counts from the manifest; throughput of the pairs computed in this call, by all ranks
+        (over the slowest rank's compute time) and by this process (``rank_pairs_per_second``)."""
         compute = stats.get("seconds", 0.0)
+        rank_compute = stats.get("rank_seconds", compute)
         return {
             "out": str(store.root),
             "layer": self.layer,
@@ -520,8 +532,12 @@ class Engine:
             "prompt_sharing": self.prompt_sharing,
             "world_size": rank.world_size,
             "seconds": round(seconds, 3),
+            "pairs_computed": int(stats.get("pairs", 0)),  # encoded in this call, all ranks
             "pairs_per_second": round(stats["pairs"] / compute, 2) if compute > 0 else None,
             "tokens_per_second": round(stats["tokens"] / compute, 1) if compute > 0 else None,
+            "rank_pairs_per_second": (
+                round(stats.get("rank_pairs", stats.get("pairs", 0)) / rank_compute, 2) if rank_compute > 0 else None
+            ),
         }
 
     def _split_resumable(

@@ -115,9 +115,29 @@ def test_two_torchrun_ranks_give_the_vectors_of_one_process(setup):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["world_size"] == 2 and summary["n_encoded"] == N_PAIRS
+    # Rank 0 reports the run's throughput: the pairs of both ranks, not only its own.
+    assert summary["pairs_computed"] == N_PAIRS
     store = VectorStore.open(out)
     assert store.manifest["world_size"] == 2 and store.pair_ids == reference.pair_ids
     assert not list(out.glob("shard-*.json")) and not (out / "run.json").exists()  # one manifest, no leftovers
     assert torch.equal(store.vectors(), reference.vectors())  # the same batches, bit for bit
     same_keys = {k: v for k, v in store.manifest.items() if k not in ("shards", "world_size")}
     assert same_keys == {k: v for k, v in reference.manifest.items() if k not in ("shards", "world_size")}
+
+
+def test_a_rank_without_a_shard_is_named(setup):
+    root, model_dir, data, _ = setup
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    assert torchrun is not None, "torchrun (installed with torch) is needed"
+    out = root / "one_shard_two_ranks"
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "headwater", "encode", "--model", str(model_dir),
+         "--data", str(data), "--layer", str(LAYER), "--out", str(out), "--shard-pairs", str(N_PAIRS),
+         "--max-tokens-per-batch", "96", "--no-progress"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"rank 1 of 2 has no shard to encode ({N_PAIRS} pairs in 1 shard(s) of {N_PAIRS})" in result.stderr
+    assert f"--shard-pairs) to at most {N_PAIRS // 2}" in result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["n_encoded"] == summary["pairs_computed"] == N_PAIRS
