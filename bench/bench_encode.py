@@ -29,6 +29,17 @@ that noise, serve large buffers from huge-page maps that go back to the system w
     python bench/bench_encode.py --model smollm2 --pairs 1000
     python bench/bench_encode.py --model tiny --pairs 1000
     python bench/bench_encode.py --model tiny --memory 1000 10000
+
+On a GPU (``--device cuda``), ``--model llama1b`` is a 1B-class model built from Llama-3.2-1B's
+architecture (16 blocks of 2048, 32 heads with 8 KV heads, SwiGLU 8192, 128k vocabulary) with
+random weights, read at block 10, tokenised with SmolLM2's tokenizer (throughput does not depend
+on the weights or on which ids are used). Both sides report their model FLOP utilisation: the
+forward FLOPs each needs (the reference: every block, the final norm and the LM head, both sides
+in full; the engine: blocks 1..ℓ over prompt + chosen + rejected, the attention it needs) per
+second, over the device's dense bf16 peak (``--peak-tflops``; known for H100/H200/A100)::
+
+    python bench/bench_encode.py --device cuda --model smollm2 --pairs 2000 --block 1000
+    python bench/bench_encode.py --device cuda --model llama1b --pairs 2000 --block 1000 --max-tokens-per-batch 65536
 """
 from __future__ import annotations
 
@@ -99,12 +110,77 @@ def tiny_organism(seed: int = 0) -> tuple[Any, Any]:
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
-def load(name: str, dtype: str) -> tuple[Any, Any, str]:
+def llama_1b(seed: int = 0) -> tuple[Any, Any]:
+    """Llama-3.2-1B's architecture with random weights, and SmolLM2's tokenizer (its ids < 49,152
+    are valid in the 128,256-token vocabulary)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def load(name: str, dtype: str, device: str = "cpu") -> tuple[Any, Any, str]:
     if name == "tiny":
         model, tokenizer = tiny_organism()
-        return model.to(getattr(torch, dtype)), tokenizer, "tiny organism-sized Llama (4 x 192, 2k vocab)"
-    model, tokenizer = load_model(smollm2_path(), dtype=dtype)  # type: ignore[arg-type]
+        return model.to(device, getattr(torch, dtype)), tokenizer, "tiny organism-sized Llama (4 x 192, 2k vocab)"
+    if name == "llama1b":
+        model, tokenizer = llama_1b()
+        return model.to(device, getattr(torch, dtype)), tokenizer, "Llama-3.2-1B architecture, random weights (16 x 2048, 128k vocab)"
+    model, tokenizer = load_model(smollm2_path(), dtype=dtype, device=device)  # type: ignore[arg-type]
     return model, tokenizer, "SmolLM2-135M-Instruct (30 x 576, 49k vocab)"
+
+
+# Dense bf16 peak (TFLOP/s, no sparsity) by device name, for the FLOP utilisation.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.5, "H100": 989.4,
+                    "A100": 312.0}
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    if given is not None:
+        return given
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def forward_flops(model: Any, encoded: list[Any], layer: int, *, reference: bool) -> float:
+    """Forward FLOPs (2 per multiply-add) of one side of the comparison over ``encoded`` pairs.
+
+    Linear layers: 2 × (parameters of a block's matrices) per token per block; attention:
+    4 × heads × head_dim per (query, key) pair the causal mask allows, per block. The reference
+    runs every block and the LM head over prompt + response for each side; the engine runs
+    blocks 1..ℓ over prompt + chosen + rejected once, where a rejected token attends to the
+    prompt and to the rejected tokens before it.
+    """
+    config = model.config
+    blocks = model.model.layers
+    block_params = sum(p.numel() for n, p in blocks[0].named_parameters() if p.dim() == 2)
+    head = config.vocab_size * config.hidden_size
+    width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    total = 0.0
+    for chosen, rejected in encoded:
+        p, c, r = chosen.prompt_length, chosen.response_length, rejected.response_length
+        if reference:
+            for t in (p + c, p + r):
+                total += 2 * t * (block_params * len(blocks) + head) + 4 * width * len(blocks) * t * (t + 1) / 2
+        else:
+            tokens = p + c + r
+            keys = (p + c) * (p + c + 1) / 2 + r * p + r * (r + 1) / 2
+            total += layer * (2 * tokens * block_params + 4 * width * keys)
+    return total
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 @torch.inference_mode()
@@ -112,17 +188,18 @@ def reference_recipe(model: Any, tokenizer: Any, pairs: list[PreferencePair], la
                      settings: TokenizationSettings) -> torch.Tensor:
     """[N, d] float32 datapoint vectors, the papers' way (see the module docstring)."""
     out = []
+    device = next(model.parameters()).device
     for pair in pairs:
         sides = []
         for enc in encode_pair(tokenizer, pair, settings):
-            hidden = model(torch.tensor([enc.input_ids]), output_hidden_states=True).hidden_states[layer]
+            hidden = model(torch.tensor([enc.input_ids], device=device), output_hidden_states=True).hidden_states[layer]
             sides.append(hidden[0, enc.prompt_length :].float().mean(0))
         out.append(sides[0] - sides[1])
-    return torch.stack(out)
+    return torch.stack(out).cpu()
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
-    model, tokenizer, described = load(args.model, args.dtype)
+    model, tokenizer, described = load(args.model, args.dtype, args.device)
     layer = resolve_layer(model, args.layer)
     settings = TokenizationSettings()
     pairs = synthetic_pairs(args.pairs, seed=args.seed)
@@ -134,17 +211,21 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         engine.encode_pairs(warm, Path(tmp) / "warm", progress=False)
 
-    n_tokens = sum(len(c.input_ids) + len(r.input_ids) for c, r in (encode_pair(tokenizer, p, settings) for p in pairs))
+    encoded = [encode_pair(tokenizer, p, settings) for p in pairs]
+    n_tokens = sum(len(c.input_ids) + len(r.input_ids) for c, r in encoded)
     t_ref = t_eng = 0.0
     ref_vectors, eng_vectors = [], []
     blocks = [pairs[i : i + args.block] for i in range(0, len(pairs), args.block)]
     with tempfile.TemporaryDirectory() as tmp:
         for number, block in enumerate(blocks):
+            synchronize(args.device)
             start = time.perf_counter()
             ref_vectors.append(reference_recipe(model, tokenizer, block, layer, settings))
+            synchronize(args.device)
             t_ref += time.perf_counter() - start
             start = time.perf_counter()
             store = engine.encode_pairs(block, Path(tmp) / f"block{number}", progress=False, shard_pairs=args.shard_pairs)
+            synchronize(args.device)
             t_eng += time.perf_counter() - start
             eng_vectors.append(store.vectors(torch.float32))
             print(f"  block {number + 1}/{len(blocks)}: reference {t_ref:.1f} s, engine {t_eng:.1f} s so far", flush=True)
@@ -152,7 +233,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     eng = torch.cat(eng_vectors)
     diff = (eng - ref).abs().max().item()
     cosine = torch.nn.functional.cosine_similarity(eng.double(), ref.double(), dim=1)
+    flops_ref = forward_flops(model, encoded, layer, reference=True)
+    flops_eng = forward_flops(model, encoded, layer, reference=False)
+    peak = peak_tflops(args.device, args.peak_tflops)
     return {
+        "device": torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu",
         "model": described,
         "dtype": args.dtype,
         "layer": layer,
@@ -171,6 +256,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "max_abs_diff": diff,
         "max_abs_diff_rel_to_max_entry": diff / ref.abs().max().item(),
         "min_cosine": cosine.min().item(),
+        "reference_tflops_per_s": round(flops_ref / t_ref / 1e12, 3),
+        "engine_tflops_per_s": round(flops_eng / t_eng / 1e12, 3),
+        "peak_tflops": peak,
+        "reference_flop_utilisation": round(flops_ref / t_ref / 1e12 / peak, 4) if peak else None,
+        "engine_flop_utilisation": round(flops_eng / t_eng / 1e12 / peak, 4) if peak else None,
     }
 
 
@@ -227,7 +317,10 @@ def print_memory_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--model", choices=["tiny", "smollm2", "llama1b"], default="tiny")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense bf16 peak for the FLOP utilisation (default: known GPUs)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="default: float32 for tiny, bfloat16 (the checkpoint's and the paper's) for smollm2")
     parser.add_argument("--pairs", type=int, default=1000)
