@@ -101,19 +101,24 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(setup):
     assert _files(out) == _files(reference.root)  # manifest, ids and every shard byte for byte
 
 
-def test_two_torchrun_ranks_give_the_vectors_of_one_process(setup):
-    root, model_dir, data, reference = setup
+def _torchrun_encode(model_dir: Path, data: Path, out: Path, shard_pairs: int) -> tuple[subprocess.CompletedProcess, dict]:
+    """``headwater encode`` under torchrun with two CPU ranks; (the finished process, rank 0's summary)."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun is not None, "torchrun (installed with torch) is needed"
-    out = root / "two_ranks"
     result = subprocess.run(
         [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "headwater", "encode", "--model", str(model_dir),
-         "--data", str(data), "--layer", str(LAYER), "--out", str(out), "--shard-pairs", str(SHARD_PAIRS),
+         "--data", str(data), "--layer", str(LAYER), "--out", str(out), "--shard-pairs", str(shard_pairs),
          "--max-tokens-per-batch", "96", "--no-progress"],
         capture_output=True, text=True, env=_env(), timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    return result, json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_two_torchrun_ranks_give_the_vectors_of_one_process(setup):
+    root, model_dir, data, reference = setup
+    out = root / "two_ranks"
+    _, summary = _torchrun_encode(model_dir, data, out, SHARD_PAIRS)
     assert summary["world_size"] == 2 and summary["n_encoded"] == N_PAIRS
     # Rank 0 reports the run's throughput: the pairs of both ranks, not only its own.
     assert summary["pairs_computed"] == N_PAIRS
@@ -127,17 +132,7 @@ def test_two_torchrun_ranks_give_the_vectors_of_one_process(setup):
 
 def test_a_rank_without_a_shard_is_named(setup):
     root, model_dir, data, _ = setup
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    assert torchrun is not None, "torchrun (installed with torch) is needed"
-    out = root / "one_shard_two_ranks"
-    result = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "headwater", "encode", "--model", str(model_dir),
-         "--data", str(data), "--layer", str(LAYER), "--out", str(out), "--shard-pairs", str(N_PAIRS),
-         "--max-tokens-per-batch", "96", "--no-progress"],
-        capture_output=True, text=True, env=_env(), timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, summary = _torchrun_encode(model_dir, data, root / "one_shard_two_ranks", N_PAIRS)
     assert f"rank 1 of 2 has no shard to encode ({N_PAIRS} pairs in 1 shard(s) of {N_PAIRS})" in result.stderr
     assert f"--shard-pairs) to at most {N_PAIRS // 2}" in result.stderr
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["n_encoded"] == summary["pairs_computed"] == N_PAIRS
