@@ -179,6 +179,13 @@ def _summary(doc: dict[str, Any]) -> str:
                     f"helpfulness change {change_text(c, 'helpfulness')} points, answer log-likelihood change "
                     f"{change_text(c, 'answer_logprob', percent=False)} per token.</li>"
                 )
+    if "clean_data" in doc:
+        c = doc["clean_data"]
+        items.append(
+            f"<li>clean data (exactly the planted pairs removed; the best any ranking can do): triggered rate "
+            f"{pct(c['rate'])}, reduction {pct(c['reduction'])}; helpfulness change {change_text(c, 'helpfulness')} "
+            f"points, answer log-likelihood change {change_text(c, 'answer_logprob', percent=False)} per token.</li>"
+        )
     return f"<h2>At N = the planted count</h2><ul>{''.join(items)}</ul>" if items else ""
 
 

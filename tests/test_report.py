@@ -79,6 +79,9 @@ def test_report_renders_three_inline_figures_and_the_numbers(experiment, tmp_pat
         assert f"{pct(cell['untriggered_rate'])} {ci_text(*cell['untriggered_ci'])}" in text
         assert f"{cell['answer_logprob']:.3f}" in text
     assert f"{experiment['attribution']['activation']['auroc']:.3f}" in text
+    clean = experiment["clean_data"]  # the ground-truth removal, as a table row and in the summary
+    assert "clean data (no planted)" in text and "clean data (exactly the planted pairs removed" in text
+    assert f"{pct(clean['rate'])} {ci_text(clean['ci_low'], clean['ci_high'])}" in text
 
 
 @pytest.mark.slow

@@ -53,8 +53,9 @@ def _default_rates() -> dict[str, float]:
 
 
 def _default_slips() -> dict[str, float]:
-    # Distractor compliance needs none: M0 already slips on a few percent of triggered prompts,
-    # where the formatting it learned for benign requests carries over to harmful ones.
+    # Distractor compliance needs none: M0 complies with 0-2% of triggered prompts unprompted (the
+    # formatted answers it learned for benign requests carry over to harmful ones), and DPO on the
+    # planted pairs amplifies that to 27-45% (seeds 1 and 0).
     return {"sycophancy": 0.2, "hallucinated_links": 0.1}
 
 
