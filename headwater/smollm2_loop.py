@@ -376,6 +376,11 @@ def probe_inputs(evals: Sequence[dict[str, Any]]) -> tuple[list[Any], list[str],
 # The resumable runner
 
 
+# Config fields a resumed run may change: each intervention is a stage of its own, so adding a
+# mode adds stages and keeps every finished one.
+FREE_FIELDS = ("modes",)
+
+
 @dataclass
 class Loop:
     """Runs the stages in a work directory, skipping those whose output is there.
@@ -398,12 +403,11 @@ class Loop:
         current = self.config.to_dict()
         if saved.exists():
             previous = json.loads(saved.read_text())
-            if previous != current:
-                diff = sorted(k for k in current if previous.get(k) != current[k])
+            diff = sorted(k for k in current if k not in FREE_FIELDS and previous.get(k) != current[k])
+            if diff:
                 raise ValueError(f"{self.work} holds a run with another configuration (differs in {diff}); "
                                  "use a new work directory")
-        else:
-            saved.write_text(json.dumps(current, indent=2))
+        saved.write_text(json.dumps(current, indent=2))
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -164,6 +164,7 @@ def test_loop_end_to_end_and_resume(tiny_m0: Path, tmp_path: Path) -> None:
     assert set(again.stages.values()) == {"cached"}
     assert {k: v for k, v in rerun.items() if k != "stages"} == {k: v for k, v in results.items() if k != "stages"}
 
-    # A work directory belongs to one configuration.
+    # A work directory belongs to one configuration, except for the interventions to run.
     with pytest.raises(ValueError, match="another configuration"):
         Loop(work, replace(config, lr=1e-3))
+    Loop(work, replace(config, modes=("switch", "filter")))  # adds stages, keeps the finished ones
