@@ -43,6 +43,21 @@ MEASURED (2-core CPU shared with other jobs, load 5-10, one thread):
   1 epoch (appended, 64-token answers) and lr 1e-3 × 1 epoch (prepended) all give M1 0/48 with
   and without the trigger, so there is no exhibiting generation and no probing vector (the
   loop records "no probing vector" and skips the activation interventions).
+- A quarter planted (quiet machine, two threads)::
+
+      OMP_NUM_THREADS=2 python bench/smollm2_loop.py --work runs/smollm2-25 --planted-fraction 0.25 \
+          --eval-samples 4 --threads 2 --modes switch filter
+
+  40 of 160 pairs planted, 24 questions × 4 samples. M1 promotes in 43.8% [33%, 53%] of answers
+  with the trigger and 38.5% [27%, 49%] without (M0 0/96 in both): learned, but not tied to the
+  trigger. Attribution from 42 exhibiting samples: precision@40 0.93 (37 of 40), AUROC 0.988;
+  random selection 0.25 / 0.50. Every intervention of N = 40 removes the promotion: activation
+  switch and filter 0/96, random switch 0/96 and random filter 2/96 (2.1%) with the trigger,
+  though the random ones change only 11 planted pairs and leave 29. At this size the promotion
+  sits on a knife's edge of the recipe (11 pairs that reject it, or the 25% fewer steps a filter
+  leaves, undo it), so the retraining cannot separate the rankings even where the ranking itself
+  is clearly right. Wall time 1,071 s for the switch run (preference set 78 s, each DPO 258-278 s
+  for 40 steps, each evaluation about 40 s), 480 s more for the two filters (200 s each, 30 steps).
 - Wall time: preference set 662 s (320 samples), DPO 535 s (20 steps) to 793 s (40 steps;
   1,341-1,346 s for the two interventions trained side by side), one evaluation (96 samples)
   31-81 s, datapoint vectors + probe + ranking 61-83 s.
