@@ -338,6 +338,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     args.dtype = args.dtype or ("float32" if args.model == "tiny" else "bfloat16")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -59,6 +59,10 @@ def main() -> None:
 
     print(f"{described}, {args.dtype}, layer {engine.layer}, mode {args.mode}, {len(encoded)} pairs in "
           f"{len(batches)} batches, {torch.get_num_threads()} threads")
+    if args.mode == "packed":  # one row of prompt + chosen + rejected per pair
+        widths = [sum(lengths[k][i] for k in range(3)) for i in range(len(encoded))]
+        padded = sum(max(widths[i] for i in b) * len(b) for b in batches)
+        print(f"padding: {padded} token slots for {sum(widths)} tokens ({padded / sum(widths) - 1:.1%} waste)")
     run(batches[:1])  # warm-up
     start = time.perf_counter()
     eager = run(batches)

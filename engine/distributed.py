@@ -69,19 +69,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-def sum_and_max(total: float, longest: float) -> tuple[float, float]:
-    """(sum of ``total``, max of ``longest``) over all ranks; the values themselves in one process.
+def sum_and_max(sums: list[float], maxes: list[float]) -> tuple[list[float], list[float]]:
+    """Each of ``sums`` summed and each of ``maxes`` maximised over all ranks (unchanged in one process).
 
-    Runs two all-reduces on the CPU (gloo) or the current CUDA device (NCCL): every rank must call it.
+    Two all-reduces on the CPU (gloo) or the current CUDA device (NCCL): every rank must call it.
     """
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return total, longest
+        return list(sums), list(maxes)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    values = torch.tensor([total, longest], dtype=torch.float64, device=device)
-    summed, maxed = values[:1].clone(), values[1:].clone()
+    summed = torch.tensor(sums, dtype=torch.float64, device=device)
+    maxed = torch.tensor(maxes, dtype=torch.float64, device=device)
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)
     dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
-    return float(summed.item()), float(maxed.item())
+    return summed.tolist(), maxed.tolist()
 
 
 def shutdown() -> None:

@@ -491,8 +491,9 @@ class Engine:
         distributed.barrier()  # every rank's shards are on disk
         # The run's throughput: every rank's pairs and tokens over the slowest rank's compute time.
         stats["rank_pairs"], stats["rank_seconds"] = stats["pairs"], stats["seconds"]
-        stats["pairs"], stats["seconds"] = distributed.sum_and_max(stats["pairs"], stats["seconds"])
-        stats["tokens"], _ = distributed.sum_and_max(stats["tokens"], 0.0)
+        (stats["pairs"], stats["tokens"]), (stats["seconds"],) = distributed.sum_and_max(
+            [stats["pairs"], stats["tokens"]], [stats["seconds"]]
+        )
         if rank.is_main:
             all_records = self._collect_records(root, n_shards, resumed + records, rank.world_size > 1)
             loader_skipped = skipped_rows if skipped_rows is not None else getattr(dataset, "skipped", [])
@@ -518,7 +519,7 @@ class Engine:
         """Counts from the manifest; throughput of the pairs computed in this call, by all ranks
         (over the slowest rank's compute time) and by this process (``rank_pairs_per_second``)."""
         compute = stats.get("seconds", 0.0)
-        rank_compute = stats.get("rank_seconds", compute)
+        rank_compute = stats.get("rank_seconds", 0.0)
         return {
             "out": str(store.root),
             "layer": self.layer,
@@ -535,9 +536,7 @@ class Engine:
             "pairs_computed": int(stats.get("pairs", 0)),  # encoded in this call, all ranks
             "pairs_per_second": round(stats["pairs"] / compute, 2) if compute > 0 else None,
             "tokens_per_second": round(stats["tokens"] / compute, 1) if compute > 0 else None,
-            "rank_pairs_per_second": (
-                round(stats.get("rank_pairs", stats.get("pairs", 0)) / rank_compute, 2) if rank_compute > 0 else None
-            ),
+            "rank_pairs_per_second": round(stats["rank_pairs"] / rank_compute, 2) if rank_compute > 0 else None,
         }
 
     def _split_resumable(

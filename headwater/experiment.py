@@ -517,9 +517,10 @@ def run_experiment(
         if too_big:
             raise ValueError(f"N {too_big} exceeds the {len(exp.rankings['random'].pair_ids)} ranked pairs")
         noise_seeds = [exp.recipe.seed + k for k in range(1, training_seeds + 1)]
-        cells = [(BASELINE, None, None, None, None), (CLEAN, "planted", "filter", n_planted, None)] + [
-            (cell_name(m, mode, n), m, mode, n, None) for m in methods for mode in modes for n in n_values
-        ] + [(f"{BASELINE}-dpo-seed{s}", None, None, None, s) for s in noise_seeds]
+        interventions = [(cell_name(m, mode, n), m, mode, n, None) for m in methods for mode in modes for n in n_values]
+        cells = [(BASELINE, None, None, None, None), (CLEAN, "planted", "filter", n_planted, None)] + interventions + [
+            (f"{BASELINE}-dpo-seed{s}", None, None, None, s) for s in noise_seeds
+        ]
         results, retrained = {}, []
         for i, (name, method, mode, n, dpo_seed) in enumerate(cells, start=1):
             LOG.info("cell %d/%d: %s", i, len(cells), name)
@@ -534,9 +535,7 @@ def run_experiment(
             hf_logging.enable_progress_bar()
     base = results[BASELINE]
     rates: dict[str, Any] = {}
-    for name, method, mode, n, dpo_seed in cells[2:]:
-        if dpo_seed is not None:
-            continue
+    for name, method, mode, n, _ in interventions:
         rates.setdefault(method, {}).setdefault(mode, {})[str(n)] = summarize(results[name], base, n_boot=n_boot, seed=seed)
     return {
         "behavior": exp.behavior,
