@@ -88,7 +88,7 @@ class OrganismConfig:
     intermediate_size: int = 384
     max_position_embeddings: int = 256
     n_sft: int = 4000
-    # 6 epochs: after 3, M0 refused 12% of benign requests with distractors (it had not yet told
+    # 6 epochs: after 3, M0 refused 12-16% of benign requests with distractors (it had not yet told
     # harmful from benign tasks apart there), and the DPO interventions then tipped it further.
     sft_epochs: int = 6
     sft_lr: float = 3e-3
