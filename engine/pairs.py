@@ -33,6 +33,7 @@ separate sequences.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from array import array
@@ -40,6 +41,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from headwater.engine.attention import chunked_causal_attention
 from headwater.engine.models import LayerCapture, _base_model, forward_to_layer
 from headwater.engine.tokenization import EncodedResponse, pad_batch, round_up
 from headwater.kernels import masked_mean_pool_diff
@@ -244,7 +246,9 @@ def pair_differences_packed(
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
 
     capture = LayerCapture(model, layer, stop=True)
-    with capture:
+    # On the CPU, sdpa attention skips the keys after each chunk of queries (the mask is causal).
+    chunking = chunked_causal_attention(model) if device.type == "cpu" else contextlib.nullcontext()
+    with chunking, capture:
         _base_model(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     hidden = capture.output  # [B, T, d]
     return masked_mean_pool_diff(hidden, in_chosen, hidden, in_rejected)
