@@ -6,8 +6,11 @@ sequence at a time, the prompt recomputed for each side; the response tokens of
 ``hidden_states[ℓ]`` are averaged and chosen − rejected is taken.
 
 The engine: Engine.encode_pairs into a vector store (stop after block ℓ, token-budget batches
-with length bucketing, prompt encoded once through the KV cache, pooling in the forward's
-device, a writer thread for the shards).
+with length bucketing, the prompt encoded once in a packed ``prompt + chosen + rejected`` row,
+attention in query chunks, pooling on the forward's device, a writer thread for the shards). On
+the CPU the engine raises glibc's malloc thresholds (``headwater.engine.allocator``); the
+setting is process-wide, so the reference, which runs in the same process after the engine is
+built, gets it too. ``--untuned-allocator`` leaves glibc's defaults for both.
 
 Both run in one process on the same pairs, interleaved block by block so that a change in the
 machine's load hits both; the pairs/s ratio is measured in that one run. The vectors of the two
@@ -19,12 +22,16 @@ dataset, and after encoding; the dataset's own size (Python allocations while it
 tracemalloc) and the resident size after each shard are printed with them. A flat engine grows
 from one N to the next by no more than the dataset does.
 
-glibc keeps freed activation buffers in its heap, where batches of many shapes fragment it: the
-peak of two identical runs can differ by tens of MiB (hundreds on SmolLM2). To compare N without
-that noise, serve large buffers from huge-page maps that go back to the system when freed::
+The engine keeps freed activation buffers in glibc's heap (faster: no page faults on every
+batch), where batches of many shapes fragment it: the peak grows until the batch shapes of a full
+shard have all been seen, then stays. A 1,000-pair run with 4,096-pair shards never fills a
+shard, so compare N at the same shard size (``--shard-pairs 1000``). To see glibc's defaults, or
+to take the allocator's noise out of the comparison with huge-page maps that go back to the
+system when freed::
 
+    python bench/bench_encode.py --model tiny --memory 1000 10000 20000 --threads 1 --shard-pairs 1000
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=4194304 \
-        python bench/bench_encode.py --model tiny --memory 1000 10000 20000 --threads 1
+        python bench/bench_encode.py --model tiny --memory 1000 10000 20000 --threads 1 --untuned-allocator
 
     python bench/bench_encode.py --model smollm2 --pairs 1000
     python bench/bench_encode.py --model tiny --pairs 1000
@@ -204,7 +211,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     settings = TokenizationSettings()
     pairs = synthetic_pairs(args.pairs, seed=args.seed)
     engine = Engine(model, tokenizer, layer=layer, settings=settings, max_tokens_per_batch=args.max_tokens_per_batch,
-                    pad_multiple=args.pad_multiple)
+                    pad_multiple=args.pad_multiple, tune_allocator=not args.untuned_allocator)
     # warm-up (first-call allocations, the shared-prompt check) on other pairs
     warm = synthetic_pairs(8, seed=args.seed + 1)
     reference_recipe(model, tokenizer, warm[:2], layer, settings)
@@ -282,7 +289,7 @@ def memory_child(args: argparse.Namespace, n: int) -> dict[str, Any]:
     dataset_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     engine = Engine(model, tokenizer, layer=args.layer, max_tokens_per_batch=args.max_tokens_per_batch,
-                    pad_multiple=args.pad_multiple)
+                    pad_multiple=args.pad_multiple, tune_allocator=not args.untuned_allocator)
     _ = engine.share_prompt
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     per_shard: list[float | None] = []
@@ -335,6 +342,8 @@ def main() -> None:
     parser.add_argument("--memory", type=int, nargs="*", default=None, metavar="N",
                         help="peak host memory of the engine alone at each N pairs, each in a fresh process")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--untuned-allocator", action="store_true",
+                        help="keep glibc's malloc defaults (Engine(tune_allocator=False)); needed for GLIBC_TUNABLES to hold")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     args.dtype = args.dtype or ("float32" if args.model == "tiny" else "bfloat16")
@@ -352,6 +361,7 @@ def main() -> None:
         "transformers": __import__("transformers").__version__,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "engine_tunes_allocator": not args.untuned_allocator,
     }
     results: dict[str, Any] = {"machine": machine, "command": " ".join(sys.argv)}
     if args.memory is not None:
@@ -360,6 +370,8 @@ def main() -> None:
             child = [sys.executable, __file__, "--model", args.model, "--dtype", args.dtype, "--memory-child", str(n),
                      "--shard-pairs", str(args.shard_pairs), "--max-tokens-per-batch", str(args.max_tokens_per_batch),
                      "--pad-multiple", str(args.pad_multiple)]
+            if args.untuned_allocator:
+                child.append("--untuned-allocator")
             if args.threads:
                 child += ["--threads", str(args.threads)]
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]

@@ -14,7 +14,8 @@ How a run flows (one process; under torchrun each rank does this for its own sha
     dataset positions [0, N) cut into shards of ``shard_pairs``
       tokenise shard j+1 (a worker thread)  ──┐
       shard j: batches by token budget with two-key length bucketing
-        → forward to block ℓ with the prompt cached once per pair (pairs.py)
+        → forward to block ℓ with the prompt computed once per pair (pairs.py; packed rows
+          attend in query chunks on the CPU, attention.py)
         → masked mean pool and chosen − rejected on the device
         → pooled [b, d] to the host (asynchronous on CUDA)
       writer thread: assembles shard j, writes .npy + checksum + record, atomically
@@ -28,9 +29,10 @@ Host memory stays flat as the dataset grows: a tokenised shard waits as flat int
 (:class:`~headwater.engine.pairs.PairTokens`, 4 bytes a token rather than about 40 in lists of
 Python ints), only the batch being run exists as Python lists, and the writer holds one shard's
 vectors at a time. What grows with N is the dataset itself and the pair ids of the records.
-The peak also depends on the C allocator: glibc keeps freed activation buffers in a heap that
-batches of many shapes fragment, so two identical runs can differ in their peak
-(bench/bench_encode.py shows how to serve large buffers from maps returned when freed).
+The peak also depends on the C allocator. On the CPU the engine has glibc keep freed activation
+buffers in its heap (allocator.py: no page faults on every batch, 8-12% more pairs/s), where
+batches of many shapes fragment it: the peak grows over the first shards' batch shapes (about
+30 MiB on the tiny model), then stays (bench/bench_encode.py, ``--memory``).
 """
 from __future__ import annotations
 

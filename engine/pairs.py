@@ -17,7 +17,8 @@ different order, so equal within floating-point tolerance):
     Each row is ``p + c + r`` tokens and rows are bucketed by that one length, so padding stays
     small (about 3% on 1,000 pairs with an 8k budget, against 25% for the KV-cache layout below
     where the two sides of a pair must share a padded width). Needs the ``sdpa`` or ``eager``
-    attention of transformers (they take a ready 4-D mask).
+    attention of transformers (they take a ready 4-D mask); on the CPU, ``sdpa`` runs in query
+    chunks that skip the keys a causal mask hides (:mod:`headwater.engine.attention`).
 ``"kv_cache"``: the prompts of a batch run once, right-padded, [B, P], up to block ℓ, keeping
     the keys and values of blocks 1..ℓ; the cache is duplicated along the batch (chosen rows, then
     rejected rows) and the response tokens run against it, [2B, S], at positions ``p_i + j``, with
