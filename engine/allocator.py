@@ -4,10 +4,12 @@ A forward pass on the CPU allocates and frees activation buffers of 5-30 MiB per
 8,192 tokens × 576 float32 values is 19 MiB). glibc serves blocks above its mmap threshold with a
 fresh ``mmap`` and returns them with ``munmap``, so every such buffer is page-faulted in again,
 4 KiB at a time, by the op that first writes it: RMSNorm's float32 casts and the element-wise
-multiplies then run 2-4× slower than on warm memory. Raising the mmap threshold to glibc's
+multiplies then run 1.7-2.2× slower than on warm memory. Raising the mmap threshold to glibc's
 maximum (32 MiB) and the trim threshold to 1 GiB keeps freed blocks in the heap for the next
-batch. On SmolLM2-135M (bf16, two threads) the engine's pairs/s rose by 8-12%
-(``python bench/profile_encode.py``); peak memory is what the largest batch needs either way.
+batch. On SmolLM2-135M (bf16, two threads) the engine's pairs/s rose by 8-13%
+(``python bench/profile_encode.py``). The cost: the kept heap fragments over the first shards'
+batch shapes, so the peak is higher by a bounded amount (28.5 MiB on the tiny model from 1,000
+to 10,000 pairs, then flat; bench/RESULTS.md).
 
 The setting is process-wide and lasts until the process ends; :class:`headwater.engine.Engine`
 applies it once when it runs a model on the CPU (``Engine(..., tune_allocator=False)`` opts
