@@ -8,6 +8,13 @@ the engine's compute without tokenisation and shard writes.
     python bench/profile_encode.py --threads 2                  # packed rows (the default mode)
     python bench/profile_encode.py --threads 2 --mode kv_cache
     python bench/profile_encode.py --threads 2 --compile        # also time torch.compile'd blocks
+    python bench/profile_encode.py --threads 2 --untuned-allocator --whole-row-attention --profile-batches 0
+                                                                # without the engine's two CPU measures
+
+`--untuned-allocator` builds the engine with ``tune_allocator=False`` (glibc's malloc defaults;
+the setting is process-wide, so compare fresh processes); `--whole-row-attention` runs packed
+rows through plain sdpa instead of query chunks (it swaps ``headwater.engine.pairs``'s chunking
+context for a no-op). `--profile-batches 0` prints the pairs/s only.
 
 `--compile` compiles blocks 1..ℓ with `torch.compile(dynamic=True)` after the eager timing and
 reports the compile time, the compiled pairs/s and the smallest cosine against the eager vectors.
@@ -15,6 +22,7 @@ reports the compile time, the compiled pairs/s and the smallest cosine against t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -24,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encode import load, synthetic_pairs  # noqa: E402
 
+import headwater.engine.pairs as pairs_module  # noqa: E402
 from headwater.engine import Engine  # noqa: E402
 from headwater.engine.models import decoder_blocks  # noqa: E402
 from headwater.engine.pairs import FORWARDS, MODES, pair_batches  # noqa: E402
@@ -40,13 +49,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--profile-batches", type=int, default=4)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd decoder blocks")
+    parser.add_argument("--untuned-allocator", action="store_true", help="Engine(tune_allocator=False)")
+    parser.add_argument("--whole-row-attention", action="store_true",
+                        help="plain sdpa over whole packed rows instead of query chunks")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     model, tokenizer, described = load(args.model, args.dtype)
     engine = Engine(model, tokenizer, max_tokens_per_batch=args.max_tokens_per_batch,
-                    share_prompt=False if args.mode == "separate" else args.mode)
+                    share_prompt=False if args.mode == "separate" else args.mode,
+                    tune_allocator=not args.untuned_allocator)
+    if args.whole_row_attention:
+        pairs_module.chunked_causal_attention = lambda model: contextlib.nullcontext()
     encoded = [encode_pair(tokenizer, p, TokenizationSettings()) for p in synthetic_pairs(args.pairs)]
     lengths = ([c.prompt_length for c, _ in encoded], [c.response_length for c, _ in encoded],
                [r.response_length for _, r in encoded])
@@ -58,7 +73,9 @@ def main() -> None:
                                   pad_token_id=engine.pad_token_id) for b in selected])
 
     print(f"{described}, {args.dtype}, layer {engine.layer}, mode {args.mode}, {len(encoded)} pairs in "
-          f"{len(batches)} batches, {torch.get_num_threads()} threads")
+          f"{len(batches)} batches, {torch.get_num_threads()} threads, allocator "
+          f"{'untuned' if args.untuned_allocator else 'tuned'}, attention "
+          f"{'whole rows' if args.whole_row_attention else 'query chunks'}")
     if args.mode == "packed":  # one row of prompt + chosen + rejected per pair
         widths = [sum(lengths[k][i] for k in range(3)) for i in range(len(encoded))]
         padded = sum(max(widths[i] for i in b) * len(b) for b in batches)
@@ -69,11 +86,12 @@ def main() -> None:
     seconds = time.perf_counter() - start
     print(f"eager: {len(encoded) / seconds:.2f} pairs/s ({seconds:.1f} s)")
 
-    from torch.profiler import ProfilerActivity, profile
+    if args.profile_batches > 0:
+        from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run(batches[: args.profile_batches])
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(batches[: args.profile_batches])
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     if args.compile:
         start = time.perf_counter()

@@ -6,8 +6,9 @@ fresh ``mmap`` and returns them with ``munmap``, so every such buffer is page-fa
 4 KiB at a time, by the op that first writes it: RMSNorm's float32 casts and the element-wise
 multiplies then run 1.7-2.2× slower than on warm memory. Raising the mmap threshold to glibc's
 maximum (32 MiB) and the trim threshold to 1 GiB keeps freed blocks in the heap for the next
-batch. On SmolLM2-135M (bf16, two threads) the engine's pairs/s rose by 8-13%
-(``python bench/profile_encode.py``). The cost: the kept heap fragments over the first shards'
+batch. On SmolLM2-135M (bf16, two threads) the engine's pairs/s rose by 1-5% alone and 2-11%
+with the chunked attention, of the size of the machine's noise
+(``python bench/profile_encode.py --profile-batches 0`` with and without ``--untuned-allocator``). The cost: the kept heap fragments over the first shards'
 batch shapes, so the peak is higher by a bounded amount (28.5 MiB on the tiny model from 1,000
 to 10,000 pairs, then flat; bench/RESULTS.md).
 

@@ -30,7 +30,7 @@ Host memory stays flat as the dataset grows: a tokenised shard waits as flat int
 Python ints), only the batch being run exists as Python lists, and the writer holds one shard's
 vectors at a time. What grows with N is the dataset itself and the pair ids of the records.
 The peak also depends on the C allocator. On the CPU the engine has glibc keep freed activation
-buffers in its heap (allocator.py: no page faults on every batch, 8-13% more pairs/s), where
+buffers in its heap (allocator.py: no page faults on every batch, 1-5% more pairs/s), where
 batches of many shapes fragment it: the peak grows over the first shards' batch shapes (about
 30 MiB on the tiny model), then stays (bench/bench_encode.py, ``--memory``).
 """
@@ -210,8 +210,8 @@ class Engine:
             requires that one; ``False`` runs the two sides as separate sequences.
         model_name: what the manifest records as the model (default: the config's name or path).
         tune_allocator: on the CPU, raise glibc's malloc thresholds so that freed activation
-            buffers are reused instead of page-faulted in again for every op (8-13% more
-            pairs/s; process-wide, see :mod:`headwater.engine.allocator`).
+            buffers are reused instead of page-faulted in again for every op (1-5% more
+            pairs/s measured; process-wide, see :mod:`headwater.engine.allocator`).
     """
 
     def __init__(

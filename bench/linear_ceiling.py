@@ -1,0 +1,67 @@
+"""The fastest the engine could run on this machine if only its linear layers cost time.
+
+Times ``torch.nn.functional.linear`` at the engine's batch shape ([tokens, d] bf16 against each
+of a Llama-style block's seven weight matrices: q, k, v, o, gate, up, down) and turns the rate
+into a ceiling on pairs/s: the linear layers of blocks 1..ℓ over the average packed pair
+(prompt + chosen + rejected tokens), with attention, norms, rotary, SwiGLU and padding free.
+Divided by the reference recipe's pairs/s (``bench_encode.py``), it bounds the engine's ratio.
+
+    python bench/linear_ceiling.py --threads 2                      # SmolLM2-135M, layer 19
+    python bench/linear_ceiling.py --threads 2 --tokens 1024 2048 4096 8192
+
+Defaults are SmolLM2-135M's shapes (d 576, 9 heads / 3 KV heads of 64, SwiGLU 1536, ℓ = 19) and
+the 139.4 tokens of ``bench_encode.py``'s average packed pair. The malloc thresholds are raised
+as the engine raises them.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from headwater.engine.allocator import keep_freed_memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, default=576)
+    parser.add_argument("--q-width", type=int, default=576, help="heads × head_dim")
+    parser.add_argument("--kv-width", type=int, default=192, help="KV heads × head_dim")
+    parser.add_argument("--intermediate", type=int, default=1536)
+    parser.add_argument("--layer", type=int, default=19, help="blocks the engine runs")
+    parser.add_argument("--tokens-per-pair", type=float, default=139.4, help="p + c + r of the average pair")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[8192], help="rows of one batch")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    d, i = args.hidden, args.intermediate
+    shapes = {"q": (args.q_width, d), "k": (args.kv_width, d), "v": (args.kv_width, d), "o": (d, args.q_width),
+              "gate": (i, d), "up": (i, d), "down": (d, i)}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16")
+    for n in args.tokens:
+        block_seconds = block_flops = 0.0
+        rates = []
+        for name, (out_features, in_features) in shapes.items():
+            x = torch.randn(n, in_features, dtype=torch.bfloat16)
+            weight = torch.randn(out_features, in_features, dtype=torch.bfloat16)
+            for _ in range(3):  # warm-up
+                torch.nn.functional.linear(x, weight)
+            start = time.perf_counter()
+            for _ in range(args.reps):
+                torch.nn.functional.linear(x, weight)
+            seconds = (time.perf_counter() - start) / args.reps
+            flops = 2.0 * n * out_features * in_features
+            block_seconds += seconds
+            block_flops += flops
+            rates.append(f"{name} {flops / seconds / 1e9:.0f}")
+        per_pair = block_seconds / n * args.tokens_per_pair * args.layer
+        print(f"{n} tokens: {block_flops / block_seconds / 1e9:.0f} GFLOP/s over one block ({', '.join(rates)}); "
+              f"linear layers of {args.layer} blocks: {per_pair * 1e3:.1f} ms a pair, ceiling {1 / per_pair:.2f} pairs/s")
+
+
+if __name__ == "__main__":
+    main()
