@@ -14,7 +14,8 @@ import time
 import torch
 
 from headwater.kernels import _dispatch
-from headwater.kernels.topk import _empty_result, _merge_torch, _tile_topk_torch
+from headwater.kernels.topk import _tile_topk_torch
+from headwater.kernels.topk_merge import empty_result, merge_topk
 
 
 def main(q: int = 256, n_total: int = 200_000, tile: int = 16_384, k: int = 10) -> None:
@@ -26,14 +27,14 @@ def main(q: int = 256, n_total: int = 200_000, tile: int = 16_384, k: int = 10) 
     invs = [torch.rand(t.shape[1], generator=g) + 0.5 for t, _ in tiles]
 
     def with_torch():
-        run_s, run_i = _empty_result(q, k, torch.device("cpu"))
+        run_s, run_i = empty_result(q, k, torch.device("cpu"))
         for (raw, offset), inv in zip(tiles, invs):
             new_s, new_i = _tile_topk_torch(raw * inv, offset, k)
-            run_s, run_i = _merge_torch(run_s, run_i, new_s, new_i, k)
+            run_s, run_i = merge_topk(run_s, run_i, new_s, new_i, k)
         return run_i
 
     def with_cpp():
-        heap_s, heap_i = _empty_result(q, k, torch.device("cpu"))
+        heap_s, heap_i = empty_result(q, k, torch.device("cpu"))
         for (raw, offset), inv in zip(tiles, invs):
             ext.topk_merge_tile(raw.numpy(), inv.numpy(), offset, heap_s.numpy(), heap_i.numpy())
         ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())

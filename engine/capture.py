@@ -132,7 +132,7 @@ def pair_activations(
         raise ValueError(f"no pair could be encoded; reasons: {enc.skipped[:5]}")
     flat = [e for chosen_rejected in enc.encoded for e in chosen_rejected]  # c0, r0, c1, r1, ...
     pooled = pool_responses(
-        model, flat, layer, pad_token_id=_pad_id(tokenizer), max_tokens_per_batch=max_tokens_per_batch,
+        model, flat, layer, pad_token_id=pad_token_id_of(tokenizer), max_tokens_per_batch=max_tokens_per_batch,
         progress=progress,
     )
     return PairActivations(pooled[0::2], pooled[1::2], enc.kept, enc.skipped, enc.n_truncated)
@@ -162,11 +162,11 @@ def response_activations(
         except ValueError as err:
             raise type(err)(f"response {i}: {err}") from None
     return pool_responses(
-        model, encoded, layer, pad_token_id=_pad_id(tokenizer), max_tokens_per_batch=max_tokens_per_batch
+        model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer), max_tokens_per_batch=max_tokens_per_batch
     )
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_token_id_of(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("the tokenizer has neither a pad nor an EOS token to pad batches with")

@@ -51,7 +51,7 @@ from torch import nn
 
 from headwater.engine import distributed
 from headwater.engine.allocator import keep_freed_memory
-from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, _pad_id, response_activations
+from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_activations
 from headwater.engine.models import load_model, resolve_layer
 from headwater.engine.pairs import FORWARDS, EncodedPair, PairTokens, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import (
@@ -249,7 +249,7 @@ class Engine:
         self.settings = settings
         self.max_tokens_per_batch = max_tokens_per_batch
         self.pad_multiple = pad_multiple
-        self.pad_token_id = _pad_id(tokenizer)
+        self.pad_token_id = pad_token_id_of(tokenizer)
         self.model_name = model_name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
         self.fingerprint = model_fingerprint(model)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

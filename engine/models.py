@@ -297,7 +297,7 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     Raises:
         LayerError: no such list, or several candidates.
     """
-    base = _base_model(model)
+    base = base_model(model)
     for owner in (base, model):
         for dotted in _BLOCK_PATHS:
             found = _get_dotted(owner, dotted)
@@ -361,7 +361,7 @@ def resolve_layer(model: nn.Module, layer: int | None) -> int:
     return layer if layer > 0 else n_layers + 1 + layer
 
 
-def _base_model(model: nn.Module) -> nn.Module:
+def base_model(model: nn.Module) -> nn.Module:
     """The transformer without its LM head (``model.model``, ``model.transformer``, ...)."""
     base = getattr(model, "base_model", None)
     return base if isinstance(base, nn.Module) else model
@@ -486,7 +486,7 @@ def forward_to_layer(
 
     capture = LayerCapture(model, layer, stop=True)
     with torch.no_grad(), capture:
-        _base_model(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        base_model(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     if capture.output is None:
         raise RuntimeError(f"decoder block {capture.layer} of {type(model).__name__} did not run")
     return capture.output

@@ -43,7 +43,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from headwater.engine.attention import chunked_causal_attention
-from headwater.engine.models import LayerCapture, _base_model, forward_to_layer
+from headwater.engine.models import LayerCapture, base_model, forward_to_layer
 from headwater.engine.tokenization import EncodedResponse, pad_batch, round_up
 from headwater.kernels import masked_mean_pool_diff
 
@@ -250,7 +250,7 @@ def pair_differences_packed(
     # On the CPU, sdpa attention skips the keys after each chunk of queries (the mask is causal).
     chunking = chunked_causal_attention(model) if device.type == "cpu" else contextlib.nullcontext()
     with chunking, capture:
-        _base_model(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        base_model(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     hidden = capture.output  # [B, T, d]
     return masked_mean_pool_diff(hidden, in_chosen, hidden, in_rejected)
 
@@ -267,7 +267,7 @@ def pair_differences_kv_cache(
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    base = _base_model(model)
+    base = base_model(model)
     n = len(pairs)
     prompt_lengths = [chosen.prompt_length for chosen, _ in pairs]
     if min(prompt_lengths) < 1:
@@ -353,7 +353,7 @@ def check_mode(model: Any, layer: int, mode: str, *, pad_token_id: int) -> tuple
     Runs ``mode`` and separate sequences on three synthetic pairs: every vector must be finite and
     its cosine with its separate twin above 0.999 (0.99 in half precision).
     """
-    base = _base_model(model)
+    base = base_model(model)
     params = inspect.signature(base.forward).parameters
     needed = ("position_ids",) if mode == "packed" else ("past_key_values", "position_ids")
     missing = [name for name in needed if name not in params]

@@ -23,8 +23,6 @@ import torch
 
 LOG = logging.getLogger("headwater.kernels")
 
-BACKENDS = ("auto", "triton", "cpp", "torch")
-
 _logged: set[tuple[str, str, str]] = set()
 _extension: ModuleType | None = None
 _extension_error: str | None = None

@@ -67,12 +67,17 @@ from headwater.kernels.similarity import (
     normalize_rows,
     tile_rows_for,
 )
+from headwater.kernels.topk_merge import (
+    MISSING_INDEX,
+    MISSING_SCORE,
+    empty_result,
+    merge_topk,
+    sort_by_score_then_index,
+)
 
-MISSING_SCORE = float("-inf")
 # Up to this many queries the C++ backend computes scores and key norms itself in one pass over
 # the keys (bandwidth bound); above it, BLAS (torch matmul) computes the score tile.
 FEW_QUERIES = 8
-MISSING_INDEX = -1
 BF16_UNIT_ROUNDOFF = 2.0**-8
 
 
@@ -114,28 +119,6 @@ def _check_k(k: Any) -> int:
     return k
 
 
-def _empty_result(q: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    scores = torch.full((q, k), MISSING_SCORE, dtype=torch.float32, device=device)
-    indices = torch.full((q, k), MISSING_INDEX, dtype=torch.int64, device=device)
-    return scores, indices
-
-
-def _sort_by_score_then_index(
-    scores: torch.Tensor, indices: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows reordered by (score descending, index ascending); missing slots (-inf, -1) go last.
-
-    Two passes: sort by index, then a *stable* sort by score keeps equal scores in index order.
-    """
-    by_index = torch.where(indices < 0, torch.iinfo(torch.int64).max, indices)
-    by_index, order = torch.sort(by_index, dim=1)
-    scores = scores.gather(1, order)
-    scores, order = torch.sort(scores, dim=1, descending=True, stable=True)
-    indices = by_index.gather(1, order)
-    indices = torch.where(indices == torch.iinfo(torch.int64).max, MISSING_INDEX, indices)
-    return scores, indices
-
-
 # ----------------------------------------------------------------------------------------------
 # torch reference: the oracle
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +142,7 @@ def cosine_topk_reference(
     scores, order = torch.sort(s, dim=1, descending=True, stable=True)
     scores, indices = scores[:, :k], order[:, :k]
     indices = torch.where(torch.isneginf(scores), MISSING_INDEX, indices)
-    out_s, out_i = _empty_result(xq.shape[0], k, xq.device)
+    out_s, out_i = empty_result(xq.shape[0], k, xq.device)
     out_s[:, : scores.shape[1]] = scores
     out_i[:, : indices.shape[1]] = indices
     return out_s, out_i
@@ -186,16 +169,7 @@ def _tile_topk_torch(
         stable_values, stable_local = torch.sort(scores[tied], dim=1, descending=True, stable=True)
         values[tied] = stable_values[:, :kk]
         local[tied] = stable_local[:, :kk]
-    return _sort_by_score_then_index(values, local + offset)
-
-
-def _merge_torch(
-    run_s: torch.Tensor, run_i: torch.Tensor, new_s: torch.Tensor, new_i: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    scores, indices = _sort_by_score_then_index(
-        torch.cat([run_s, new_s], dim=1), torch.cat([run_i, new_i], dim=1)
-    )
-    return scores[:, :k].contiguous(), indices[:, :k].contiguous()
+    return sort_by_score_then_index(values, local + offset)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,14 +211,17 @@ def cosine_topk(
     if chosen == "triton" and k > 0 and q > 0:
         from headwater.kernels import topk_triton  # imports triton only when used
 
-        # the Triton path sizes its own tiles: keys already on the device are one tile (a view)
-        return topk_triton.cosine_topk_triton(xq, keys, k, tile_rows=tile_rows)
+        if k <= topk_triton.MAX_K:
+            # the Triton path sizes its own tiles: keys already on the device are one tile (a view)
+            return topk_triton.cosine_topk_triton(xq, keys, k, tile_rows=tile_rows)
+        _dispatch.log_once("cosine_topk", "torch", f"k={k} exceeds the Triton kernel's MAX_K={topk_triton.MAX_K}")
+        return _cosine_topk_torch(xq, keys, k, tile_rows or topk_triton.HOST_TILE_ROWS)
     tile_rows = tile_rows or tile_rows_for(d, q)
     if k == 0 or q == 0:
         # Still walk the key source so that malformed input is reported the same way.
         for _ in iter_key_blocks(keys, d, tile_rows):
             pass
-        return _empty_result(q, k, xq.device)
+        return empty_result(q, k, xq.device)
     if chosen == "cpp":
         return _cosine_topk_cpp(xq, keys, k, tile_rows)
     return _cosine_topk_torch(xq, keys, k, tile_rows)
@@ -259,7 +236,7 @@ def _cosine_topk_torch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, d = xq.shape
     xq_hat = normalize_rows(xq, "queries")
-    run_s, run_i = _empty_result(q, k, xq.device)
+    run_s, run_i = empty_result(q, k, xq.device)
     chunks = _query_chunks(q)
     for tile, offset in iter_key_blocks(keys, d, tile_rows):
         tile32 = tile.to(xq.device, non_blocking=True).to(torch.float32)
@@ -267,7 +244,7 @@ def _cosine_topk_torch(
         for start, stop in chunks:
             scores = (xq_hat[start:stop] @ tile32.T) * inv[None, :]  # [q_chunk, n]
             new_s, new_i = _tile_topk_torch(scores, offset, k)
-            run_s[start:stop], run_i[start:stop] = _merge_torch(
+            run_s[start:stop], run_i[start:stop] = merge_topk(
                 run_s[start:stop], run_i[start:stop], new_s, new_i, k
             )
     return run_s, run_i
@@ -295,7 +272,7 @@ def _cosine_topk_cpp(
         screen = native_bf16_matmul() and not few
     if screen:
         return _cosine_topk_screened(ext, xq_hat, keys, k, tile_rows)
-    heap_s, heap_i = _empty_result(q, k, xq.device)
+    heap_s, heap_i = empty_result(q, k, xq.device)
     inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
     if few:
         raw_buffer = torch.empty(q * tile_rows, dtype=torch.float32)
@@ -340,7 +317,7 @@ def _cosine_topk_screened(
     """
     q, d = xq_hat.shape
     eps = screening_margin(d)
-    heap_s, heap_i = _empty_result(q, k, xq_hat.device)
+    heap_s, heap_i = empty_result(q, k, xq_hat.device)
     xq_np = xq_hat.numpy()
     xq_bf16 = xq_hat.to(torch.bfloat16)
     chunks = _query_chunks(q)

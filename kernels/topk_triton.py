@@ -45,6 +45,7 @@ from headwater.kernels.similarity import (
     iter_key_blocks,
     non_finite_rows_error,
 )
+from headwater.kernels.topk_merge import empty_result, merge_topk
 
 MAX_K = 128
 # Key rows moved to the device per tile when keys do not already live there.
@@ -160,11 +161,8 @@ def cosine_topk_triton(
     """Stage 1 kernel per key tile, stage 2 merge in torch; contract of
     :func:`headwater.kernels.cosine_topk`. ``xq`` [Q, d] on a CUDA device (or on the CPU under the
     interpreter); key tiles are moved to that device."""
-    from headwater.kernels.topk import _cosine_topk_torch, _empty_result, _merge_torch
-
     if k > MAX_K:
-        _dispatch.log_once("cosine_topk", "torch", f"k={k} exceeds the Triton kernel's MAX_K={MAX_K}")
-        return _cosine_topk_torch(xq, keys, k, tile_rows or HOST_TILE_ROWS)
+        raise ValueError(f"the Triton top-k kernel keeps at most MAX_K={MAX_K} results, got k={k}")
     device = xq.device
     q, d = xq.shape
     if xq.dtype == torch.float64:
@@ -172,7 +170,7 @@ def cosine_topk_triton(
     if xq.stride(1) != 1:
         xq = xq.contiguous()
     inv_q = inverse_row_norms(xq, "queries").contiguous()
-    run_s, run_i = _empty_result(q, k, device)
+    run_s, run_i = empty_result(q, k, device)
     kp = max(16, triton.next_power_of_2(k))
     block_q, block_n, block_d, num_warps = _settings(q, d, device)
     q_blocks = triton.cdiv(q, block_q)
@@ -211,5 +209,5 @@ def cosine_topk_triton(
             raise non_finite_rows_error("keys", [offset + int(r) for r in bad[:5].tolist()])
         cand_s = out_s[:, :, :k].permute(1, 0, 2).reshape(q, splits * k)  # [Q, splits*k]
         cand_i = out_i[:, :, :k].permute(1, 0, 2).reshape(q, splits * k)
-        run_s, run_i = _merge_torch(run_s, run_i, cand_s, cand_i, k)
+        run_s, run_i = merge_topk(run_s, run_i, cand_s, cand_i, k)
     return run_s, run_i
