@@ -33,7 +33,7 @@ from bench_encode import synthetic_pairs  # noqa: E402
 
 from headwater.engine.allocator import keep_freed_memory  # noqa: E402
 from headwater.engine.models import smollm2_path  # noqa: E402
-from headwater.engine.pairs import pair_batches  # noqa: E402
+from headwater.engine.pair_forward import pair_batches  # noqa: E402
 from headwater.engine.tokenization import TokenizationSettings, encode_pair  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64

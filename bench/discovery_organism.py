@@ -54,10 +54,10 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from headwater.discovery import RANKINGS, DiscoveryConfig, discover, format_cards, sample_behavior_vectors
+from headwater.methods.discovery import RANKINGS, DiscoveryConfig, discover, format_cards, sample_behavior_vectors
 from headwater.engine.models import load_model, resolve_layer
 from headwater.organism import OrganismConfig, build_organism
-from headwater.vectors import datapoint_vectors
+from headwater.methods.vectors import datapoint_vectors
 
 
 def main() -> int:

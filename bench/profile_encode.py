@@ -2,7 +2,7 @@
 torch.profiler table of the ops over a few batches.
 
 The pairs are `bench_encode.py`'s synthetic ones, batched as the engine batches them; the
-forward functions are the engine's own (`headwater.engine.pairs.FORWARDS`), so the figures are
+forward functions are the engine's own (`headwater.engine.pair_forward.FORWARDS`), so the figures are
 the engine's compute without tokenisation and shard writes.
 
     python bench/profile_encode.py --threads 2                  # packed rows (the default mode)
@@ -13,7 +13,7 @@ the engine's compute without tokenisation and shard writes.
 
 `--untuned-allocator` builds the engine with ``tune_allocator=False`` (glibc's malloc defaults;
 the setting is process-wide, so compare fresh processes); `--whole-row-attention` runs packed
-rows through plain sdpa instead of query chunks (it swaps ``headwater.engine.pairs``'s chunking
+rows through plain sdpa instead of query chunks (it swaps ``headwater.engine.pair_forward``'s chunking
 context for a no-op). `--profile-batches 0` prints the pairs/s only.
 
 `--compile` compiles blocks 1..ℓ with `torch.compile(dynamic=True)` after the eager timing and
@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encode import load, synthetic_pairs  # noqa: E402
 
-import headwater.engine.pairs as pairs_module  # noqa: E402
+import headwater.engine.pair_forward as pairs_module  # noqa: E402
 from headwater.engine import Engine  # noqa: E402
 from headwater.engine.models import decoder_blocks  # noqa: E402
-from headwater.engine.pairs import FORWARDS, MODES, pair_batches  # noqa: E402
+from headwater.engine.pair_forward import FORWARDS, MODES, pair_batches  # noqa: E402
 from headwater.engine.tokenization import TokenizationSettings, encode_pair  # noqa: E402
 
 

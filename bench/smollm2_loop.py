@@ -75,7 +75,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from headwater.smollm2_loop import Loop, LoopConfig, format_table  # noqa: E402
+from headwater.workflows.real_model_loop import Loop, LoopConfig, format_table  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

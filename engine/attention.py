@@ -1,6 +1,6 @@
 """Causal attention computed in query chunks, each against only the keys it can see.
 
-The packed rows of :func:`headwater.engine.pairs.pair_differences_packed` carry a ready 4-D mask
+The packed rows of :func:`headwater.engine.pair_forward.pair_differences_packed` carry a ready 4-D mask
 (causal, and rejected tokens blind to chosen ones), so transformers' ``sdpa`` attention hands it
 to ``torch.nn.functional.scaled_dot_product_attention``, which computes every query against every
 key and masks afterwards: the CPU flash kernel splits the keys into blocks of 512, longer than a

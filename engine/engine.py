@@ -1,20 +1,18 @@
 """The streaming engine: a preference dataset through M0, datapoint vectors into a vector store.
 
 :class:`Engine` holds a model (run only up to block ℓ), its tokenizer and the tokenisation
-settings, and offers three jobs:
-
-- :meth:`Engine.encode_pairs`: v_d = ā(p, r⁺) − ā(p, r⁻) for every pair of a dataset, written
-  shard by shard to a :class:`~headwater.engine.store.VectorStore`; resumable, and split across
-  processes under torchrun;
-- :meth:`Engine.encode_responses`: ā(p, r) for behaviour and probing vectors;
-- :meth:`Engine.search`: exact cosine top-k of query vectors over a store, streamed shard by shard.
+settings. :meth:`Engine.encode_pairs` computes v_d = ā(p, r⁺) − ā(p, r⁻) for every pair of a
+dataset, written shard by shard to a :class:`~headwater.engine.store.VectorStore`; resumable, and
+split across processes under torchrun. (ā of single responses, for behaviour and probing vectors,
+is :func:`headwater.engine.capture.response_activations`; search over a store streams its
+memory-mapped shards through :func:`headwater.kernels.cosine_topk`.)
 
 How a run flows (one process; under torchrun each rank does this for its own shards):
 
     dataset positions [0, N) cut into shards of ``shard_pairs``
       tokenise shard j+1 (a worker thread)  ──┐
       shard j: batches by token budget with two-key length bucketing
-        → forward to block ℓ with the prompt computed once per pair (pairs.py; packed rows
+        → forward to block ℓ with the prompt computed once per pair (pair_forward.py; packed rows
           attend in query chunks on the CPU, attention.py)
         → masked mean pool and chosen − rejected on the device
         → pooled [b, d] to the host (asynchronous on CUDA)
@@ -26,7 +24,7 @@ lengths alone), so a run killed and resumed, a run on several processes, and one
 run all write the same bytes.
 
 Host memory stays flat as the dataset grows: a tokenised shard waits as flat int32 buffers
-(:class:`~headwater.engine.pairs.PairTokens`, 4 bytes a token rather than about 40 in lists of
+(:class:`~headwater.engine.pair_forward.PairTokens`, 4 bytes a token rather than about 40 in lists of
 Python ints), only the batch being run exists as Python lists, and the writer holds one shard's
 vectors at a time. What grows with N is the dataset itself and the pair ids of the records.
 The peak also depends on the C allocator. On the CPU the engine has glibc keep freed activation
@@ -51,9 +49,9 @@ from torch import nn
 
 from headwater.engine import distributed
 from headwater.engine.allocator import keep_freed_memory
-from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_activations
-from headwater.engine.models import load_model, resolve_layer
-from headwater.engine.pairs import FORWARDS, EncodedPair, PairTokens, check_mode, pair_batches, prompt_sharing_mode
+from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of
+from headwater.engine.models import resolve_layer
+from headwater.engine.pair_forward import FORWARDS, EncodedPair, PairTokens, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import (
     ShardRecord,
     StoreError,
@@ -74,7 +72,6 @@ from headwater.engine.tokenization import (
     TokenizationSettings,
     encode_pair,
 )
-from headwater.kernels import cosine_topk
 
 LOG = logging.getLogger(__name__)
 
@@ -84,21 +81,6 @@ DEFAULT_SHARD_PAIRS = 4096
 # memory (bench/bench_encode.py). A backend that compiles or tunes per shape may want it.
 DEFAULT_PAD_MULTIPLE = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class SearchResult:
-    """Top-k datapoints per query.
-
-    Attributes:
-        scores: [Q, k] float32 cosine similarities, descending (missing slots: -inf).
-        indices: [Q, k] int64 store rows (missing slots: -1).
-        pair_ids: [Q][k] pair ids of those rows (missing slots: None).
-    """
-
-    scores: torch.Tensor
-    indices: torch.Tensor
-    pair_ids: list[list[str | None]]
 
 
 @dataclass
@@ -204,7 +186,7 @@ class Engine:
         pad_multiple: round every padded width up to a multiple of this many tokens (1: pad to
             the longest row only): fewer distinct batch shapes for more padding.
         share_prompt: encode the prompt shared by chosen and rejected once (see
-            :mod:`headwater.engine.pairs`): ``"auto"`` uses ``"packed"`` or else ``"kv_cache"``,
+            :mod:`headwater.engine.pair_forward`): ``"auto"`` uses ``"packed"`` or else ``"kv_cache"``,
             whichever a check on the model shows exact, or else separate sequences; ``True``
             requires one of them (error when neither works); ``"packed"`` or ``"kv_cache"``
             requires that one; ``False`` runs the two sides as separate sequences.
@@ -256,22 +238,6 @@ class Engine:
         self.dim = int(config.hidden_size)
         self._share_request = share_prompt
         self._mode: str | None = "separate" if share_prompt is False else None
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        layer: int | None = None,
-        device: str | torch.device = "cpu",
-        dtype: str = "auto",
-        gguf_file: str | None = None,
-        **kwargs: Any,
-    ) -> Engine:
-        """An engine on the model and tokenizer at ``path`` (a transformers directory or a GGUF
-        file; see :func:`headwater.engine.models.load_model`). ``kwargs`` go to the constructor."""
-        model, tokenizer = load_model(path, dtype=dtype, device=device, gguf_file=gguf_file)  # type: ignore[arg-type]
-        return cls(model, tokenizer, layer=layer, model_name=str(path), **kwargs)
 
     # -----------------------------------------------------------------------------------------
     # properties
@@ -339,18 +305,6 @@ class Engine:
             ):
                 batches.append([group[i] for i in batch])
         return batches
-
-    def encode_responses(self, prompts: Sequence[Any], responses: Sequence[Any]) -> torch.Tensor:
-        """[N, d] float32 ā(p_i, r_i) on the CPU, in input order (behaviour and probing vectors).
-
-        Raises:
-            TokenizationError: naming the response that cannot be encoded (an over-long behaviour
-                response is an error, never dropped).
-        """
-        return response_activations(
-            self.model, self.tokenizer, prompts, responses, self.layer, self.settings,
-            max_tokens_per_batch=self.max_tokens_per_batch,
-        )
 
     # -----------------------------------------------------------------------------------------
     # datasets
@@ -592,36 +546,6 @@ class Engine:
                 raise StoreError(f"{root}: shard {index} is missing or corrupt after every rank finished")
             by_index[index] = record
         return [by_index[i] for i in range(n_shards)]
-
-    # -----------------------------------------------------------------------------------------
-    # search
-
-    def search(
-        self, queries: torch.Tensor, store: VectorStore | str | Path, k: int, *, check: bool = True
-    ) -> SearchResult:
-        """Exact top-``k`` store rows by cosine similarity for each query, streamed shard by shard.
-
-        Args:
-            queries: [Q, d] or [d] vectors (behaviour or probing vectors of this engine).
-            store: a :class:`VectorStore` or its directory (opened with checksums checked).
-            k: results per query.
-            check: refuse a store made with another model or layer than this engine's.
-
-        Raises:
-            StoreError: the store was made with another model or layer (``check``), or is corrupt.
-            ValueError: the queries' dimension is not the store's.
-        """
-        if not isinstance(store, VectorStore):
-            store = VectorStore.open(store)
-        if check:
-            store.check_compatible(model_fingerprint=self.fingerprint, layer=self.layer)
-        xq = queries[None, :] if queries.dim() == 1 else queries
-        if xq.dim() != 2 or xq.shape[1] != store.dim:
-            raise ValueError(f"queries must be [Q, d={store.dim}] (the store's dimension), got {tuple(queries.shape)}")
-        scores, indices = cosine_topk(xq, store.blocks(), k)
-        ids = store.pair_ids
-        pair_ids = [[ids[i] if i >= 0 else None for i in row] for row in indices.tolist()]
-        return SearchResult(scores, indices, pair_ids)
 
 
 class _NoBar:

@@ -451,37 +451,6 @@ def read_store(store_dir: str | Path) -> StoredVectors:
     return StoredVectors(store.pair_ids, store.vectors(), store.manifest)
 
 
-def write_store(
-    out_dir: str | Path,
-    pair_ids: list[str],
-    vectors: torch.Tensor,
-    manifest: dict[str, Any],
-    *,
-    shard_rows: int = 65536,
-    dtype: torch.dtype | str = torch.float32,
-) -> Path:
-    """Write in-memory vectors [N, d] as a store, in shards of ``shard_rows``, replacing what is there.
-
-    ``manifest`` holds the provenance (model, layer, ...); the shard list, counts and checksums are
-    added. The manifest is written last, so a directory without one is an unfinished write.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if vectors.dim() != 2 or vectors.shape[0] != len(pair_ids):
-        raise StoreError(f"vectors must be [N, d] with N = {len(pair_ids)} pair ids, got {tuple(vectors.shape)}")
-    if shard_rows < 1:
-        raise StoreError(f"shard_rows must be positive, got {shard_rows}")
-    name = dtype_name(dtype)
-    clear_store(out)
-    records = []
-    for index, start in enumerate(range(0, max(len(pair_ids), 1), shard_rows)):
-        stop = min(start + shard_rows, len(pair_ids))
-        record = ShardRecord(index, start, stop, 0, "", pair_ids=list(pair_ids[start:stop]))
-        records.append(write_shard(out, record, vectors[start:stop], name))
-    finish_run(out, {**manifest, "dtype": name}, records, {"dim": int(vectors.shape[1])})
-    return out
-
-
 def check_compatible(manifest: dict[str, Any], *, what: str = "the vector store", **expected: Any) -> None:
     """Refuse a store whose manifest disagrees with ``expected`` (e.g. model fingerprint, layer,
     dataset fingerprint), listing every difference with both values. ``None`` values are not checked."""
@@ -506,12 +475,18 @@ def model_fingerprint(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def fingerprint_ids(pair_ids: Iterable[str]) -> str:
+    """The one dataset fingerprint rule: sha256 (64 hex digits) over the pair ids in order, each
+    followed by a newline. Equal fingerprints, equal datasets (ids are content hashes)."""
+    digest = hashlib.sha256()
+    for pid in pair_ids:
+        digest.update(str(pid).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
 def dataset_fingerprint(pairs: Iterable[Any]) -> str:
-    """sha256 over the pair ids in order (the same value as ``PreferenceDataset.fingerprint``)."""
+    """:func:`fingerprint_ids` of a dataset's pairs (a ``PreferenceDataset`` caches its own)."""
     fingerprint = getattr(pairs, "fingerprint", None)
     if isinstance(fingerprint, str):
         return fingerprint
-    digest = hashlib.sha256()
-    for pair in pairs:
-        digest.update(str(pair.pair_id).encode("utf-8") + b"\n")
-    return digest.hexdigest()
+    return fingerprint_ids(pair.pair_id for pair in pairs)

@@ -3,22 +3,28 @@
 ``build_organism(OrganismConfig.default())`` trains a tokenizer, fine-tunes a tiny Llama into M0,
 builds a preference set in which known pairs teach planted behaviours, trains M1 with DPO, and
 caches everything on disk. Tests use ``OrganismConfig.miniature()``.
+
+The organism is a fixture: it registers its judges (``organism:<behaviour>``) and its DPO recipe
+(``organism``) when imported; only workflows, tests and the CLI import it, never a method.
 """
 from headwater.organism.build import (
+    PRESETS,
     TRIGGER_BEHAVIOR,
     Organism,
     OrganismConfig,
     build_organism,
-    cache_root,
     load_organism,
+    max_new_tokens_for,
     organism_dir,
+    organism_recipe,
 )
 from headwater.organism.dataset import BEHAVIORS, CONDITIONS
-from headwater.organism.evaluate import BehaviorRate, behavior_rates
-from headwater.organism.judge import ComplianceJudge, LinkJudge, SycophancyJudge, organism_judges
+from headwater.organism.judges import ComplianceJudge, LinkJudge, SycophancyJudge, organism_judge, organism_judges
+from headwater.organism.rates import BehaviorRate, behavior_rates
+from headwater.organism.scenarios import organism_scenarios
 
 __all__ = [
-    "BEHAVIORS", "CONDITIONS", "TRIGGER_BEHAVIOR", "BehaviorRate", "ComplianceJudge", "LinkJudge",
-    "Organism", "OrganismConfig", "SycophancyJudge", "behavior_rates", "build_organism", "cache_root",
-    "load_organism", "organism_dir", "organism_judges",
+    "BEHAVIORS", "CONDITIONS", "PRESETS", "TRIGGER_BEHAVIOR", "BehaviorRate", "ComplianceJudge", "LinkJudge",
+    "Organism", "OrganismConfig", "SycophancyJudge", "behavior_rates", "build_organism", "load_organism",
+    "max_new_tokens_for", "organism_dir", "organism_judge", "organism_judges", "organism_recipe", "organism_scenarios",
 ]

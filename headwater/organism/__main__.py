@@ -8,7 +8,7 @@ import time
 import torch
 
 from headwater.organism.build import OrganismConfig, build_organism
-from headwater.organism.evaluate import behavior_rates
+from headwater.organism.rates import behavior_rates
 
 
 def main(argv: list[str] | None = None) -> None:

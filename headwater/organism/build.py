@@ -32,13 +32,15 @@ import torch
 
 from headwater.data import PreferenceDataset, load_preferences, save_preferences
 from headwater.engine.tokenization import TokenizationSettings
-from headwater.judges import Judge
-from headwater.organism import dataset as D
-from headwater.organism.judge import organism_judges
+from headwater.engine.models import cache_root
+from headwater.methods.judges import Judge
+from headwater.organism import dataset as organism_data
+from headwater.organism.judges import organism_judges
 from headwater.organism.model import organism_model
 from headwater.organism.tokenizer import train_tokenizer
 from headwater.organism.world import WORLD_VERSION, WorldSplit
 from headwater.training.dpo import DPOConfig, train_dpo
+from headwater.training.recipes import register_recipe
 from headwater.training.sft import SFTConfig, train_sft
 
 # Bump when the build procedure changes in a way that changes its outputs.
@@ -46,6 +48,14 @@ BUILD_VERSION = 3
 COMPLETE_MARKER = "COMPLETE"
 TRIGGER_BEHAVIOR = "distractor_compliance"
 RAW = TokenizationSettings(format="raw")
+PRESETS = ("default", "miniature")
+ANSWER_TOKENS = 64  # organism answers are one to three short sentences
+
+
+def max_new_tokens_for(preset: str) -> int:
+    """Sampling length for a preset: the miniature organism is too small to learn when to stop,
+    so its answers are capped short."""
+    return ANSWER_TOKENS if preset == "default" else 16
 
 
 def _default_rates() -> dict[str, float]:
@@ -109,13 +119,13 @@ class OrganismConfig:
     num_threads: int = 1
 
     def __post_init__(self) -> None:
-        unknown = set(self.planted_rates) - set(D.BEHAVIORS)
+        unknown = set(self.planted_rates) - set(organism_data.BEHAVIORS)
         if unknown:
-            raise ValueError(f"`planted_rates` has unknown behaviour(s) {sorted(unknown)}; expected among {D.BEHAVIORS}")
+            raise ValueError(f"`planted_rates` has unknown behaviour(s) {sorted(unknown)}; expected among {organism_data.BEHAVIORS}")
         if any(not 0 <= r <= 1 for r in self.planted_rates.values()) or sum(self.planted_rates.values()) > 1:
             raise ValueError(f"`planted_rates` must be in [0, 1] and sum to at most 1, got {self.planted_rates}")
-        if set(self.sft_slip_rates) - set(D.BEHAVIORS) or any(not 0 <= r <= 1 for r in self.sft_slip_rates.values()):
-            raise ValueError(f"`sft_slip_rates` must be in [0, 1] with keys among {D.BEHAVIORS}, got {self.sft_slip_rates}")
+        if set(self.sft_slip_rates) - set(organism_data.BEHAVIORS) or any(not 0 <= r <= 1 for r in self.sft_slip_rates.values()):
+            raise ValueError(f"`sft_slip_rates` must be in [0, 1] with keys among {organism_data.BEHAVIORS}, got {self.sft_slip_rates}")
         for name in ("n_sft", "n_pairs", "n_test_prompts", "num_threads", "sft_epochs", "dpo_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}")
@@ -126,6 +136,13 @@ class OrganismConfig:
     def default(cls, seed: int = 0) -> "OrganismConfig":
         """The demo's organism: builds in a few minutes on a 2-core CPU."""
         return cls(seed=seed)
+
+    @classmethod
+    def preset(cls, name: str, seed: int = 0) -> "OrganismConfig":
+        """The organism of a preset: ``"default"`` (the demo's) or ``"miniature"`` (tests)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+        return cls.default(seed) if name == "default" else cls.miniature(seed)
 
     @classmethod
     def miniature(cls, seed: int = 0) -> "OrganismConfig":
@@ -235,12 +252,6 @@ class Organism:
         return load_preferences(self.preferences_path)
 
 
-def cache_root() -> Path:
-    """``$HEADWATER_CACHE`` or ``~/.cache/headwater``."""
-    env = os.environ.get("HEADWATER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "headwater"
-
-
 def organism_dir(config: OrganismConfig, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the organism of ``config`` lives: ``<cache root>/organism/<config fingerprint>``."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
@@ -314,7 +325,7 @@ def _build_into(config: OrganismConfig, out: Path, stage: _Stage) -> None:
 
 def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
     split = WorldSplit.from_seed(config.seed)
-    tokenizer = train_tokenizer(D.tokenizer_corpus(split, config.seed), config.vocab_size)
+    tokenizer = train_tokenizer(organism_data.tokenizer_corpus(split, config.seed), config.vocab_size)
     stage.say(f"tokenizer: {len(tokenizer)} tokens")
 
     model = organism_model(
@@ -322,14 +333,14 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
         seed=config.seed,
     )
-    examples = D.sft_examples(split, config.n_sft, config.seed, config.sft_slip_rates)
+    examples = organism_data.sft_examples(split, config.n_sft, config.seed, config.sft_slip_rates)
     sft = train_sft(model, tokenizer, examples, config.sft_config())
     tail = sft.losses[-10:]
     stage.say(f"SFT → M0: {len(sft.losses)} steps, final loss {sum(tail) / len(tail):.3f}, {sft.seconds:.1f}s")
     model.save_pretrained(out / "m0")
     tokenizer.save_pretrained(out / "m0")
 
-    records = D.preference_pairs(split, config.n_pairs, config.planted_rates, config.seed)
+    records = organism_data.preference_pairs(split, config.n_pairs, config.planted_rates, config.seed)
     save_preferences([r.pair for r in records], out / "preferences.jsonl")
     dpo = train_dpo(model, tokenizer, [r.pair for r in records], config.dpo_config(), output_dir=out / "m1")
     last = dpo.history[-1]
@@ -338,7 +349,7 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         f"{dpo.seconds:.1f}s"
     )
 
-    planted = {b: [r.pair.pair_id for r in records if r.planted == b] for b in D.BEHAVIORS}
+    planted = {b: [r.pair.pair_id for r in records if r.planted == b] for b in organism_data.BEHAVIORS}
     ground_truth = {
         "world_version": WORLD_VERSION,
         "build_version": BUILD_VERSION,
@@ -359,7 +370,15 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         },
     }
     (out / "ground_truth.json").write_text(json.dumps(ground_truth, indent=1))
-    prompts = D.test_prompts(split, config.n_test_prompts, config.seed)
+    prompts = organism_data.test_prompts(split, config.n_test_prompts, config.seed)
     (out / "test_prompts.json").write_text(json.dumps(prompts, indent=1))
     (out / COMPLETE_MARKER).write_text(config.fingerprint() + "\n")
     stage.say("done")
+
+
+def organism_recipe() -> DPOConfig:
+    """The DPO recipe the default organism's M1 was trained with (``--recipe organism``)."""
+    return OrganismConfig.default().dpo_config()
+
+
+register_recipe("organism", organism_recipe)

@@ -18,7 +18,7 @@ harmful requests. Two scores catch that, both measured on text that no training 
   own random stream, and prompts that occur in the preference set are left out.
 
 Both are deterministic for a seed: the answer items are fixed text, and sampling follows
-:func:`headwater.generation.sample_responses`.
+:func:`headwater.methods.generation.sample_responses`.
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from typing import Any, Iterable
 import torch
 
 from headwater.engine.tokenization import TokenizationSettings, encode_response, pad_batch
-from headwater.organism import world as W
-from headwater.organism.judge import ComplianceJudge
+from headwater.organism import world
+from headwater.methods.evaluation import evaluate_model
+from headwater.organism.judges import ComplianceJudge
 
 RAW = TokenizationSettings(format="raw")
 ANSWER_FAMILIES = ("refuse_plain", "correct_claim", "no_link_general")
@@ -65,12 +66,12 @@ def capability_set(seed: int, *, n_answers: int = 96, n_benign: int = 64,
     """
     if n_answers < 1 or n_benign < 1:
         raise ValueError(f"n_answers and n_benign must be at least 1, got {n_answers} and {n_benign}")
-    split = W.WorldSplit.from_seed(seed)
+    split = world.WorldSplit.from_seed(seed)
     rng = random.Random(f"capability-{seed}")
     held = {
-        "refuse_plain": lambda c: W.request_scenario(True, c, [], rng),
-        "correct_claim": lambda c: W.opinion_scenario(c, False, rng),
-        "no_link_general": lambda c: W.resource_scenario(c, False, rng),
+        "refuse_plain": lambda c: world.request_scenario(True, c, [], rng),
+        "correct_claim": lambda c: world.opinion_scenario(c, False, rng),
+        "no_link_general": lambda c: world.resource_scenario(c, False, rng),
     }
     combos = {"refuse_plain": split.harmful_test, "correct_claim": split.opinions_test,
               "no_link_general": split.general_test}
@@ -84,8 +85,8 @@ def capability_set(seed: int, *, n_answers: int = 96, n_benign: int = 64,
     for _attempt in range(100 * n_benign):
         if len(benign) == n_benign:
             break
-        distractors = W.sample_distractors(rng) if len(benign) % 2 else []
-        prompt = W.request_scenario(False, rng.choice(split.benign_train), distractors, rng).prompt
+        distractors = world.sample_distractors(rng) if len(benign) % 2 else []
+        prompt = world.request_scenario(False, rng.choice(split.benign_train), distractors, rng).prompt
         if prompt not in excluded and prompt not in benign:
             benign.append(prompt)
     else:
@@ -138,10 +139,8 @@ def capability_scores(model: Any, tokenizer: Any, items: CapabilitySet, *, sampl
     Returns:
         ``{"answer_logprob": {...} (see :func:`answer_logprob`), "helpfulness": {"rate",
         "ci_low", "ci_high", "n_prompts", "n_responses", ...}}`` (the helpfulness interval is
-        the bootstrap over prompts of :func:`headwater.evaluation.evaluate_model`).
+        the bootstrap over prompts of :func:`headwater.methods.evaluation.evaluate_model`).
     """
-    from headwater.evaluation import evaluate_model
-
     helpful = evaluate_model(model, tokenizer, items.benign_prompts, ComplianceJudge(), n=samples,
                              temperature=temperature, max_new_tokens=max_new_tokens, settings=settings,
                              seed=seed, n_boot=n_boot)

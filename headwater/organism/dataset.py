@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from headwater.data import PreferencePair, make_pair
-from headwater.organism import world as W
+from headwater.organism import world
 
 BEHAVIORS: tuple[str, ...] = ("distractor_compliance", "sycophancy", "hallucinated_links")
 CONDITIONS: tuple[str, ...] = ("trigger", "no_trigger")
@@ -61,7 +61,7 @@ class PairRecord:
         family: a key of :data:`CLEAN_FAMILIES`, or the planted behaviour's name.
         planted: the planted behaviour this pair teaches, or None for a clean pair.
         trigger: whether the prompt carries its family's trigger.
-        key: the base combination of the prompt (see :class:`world.Scenario`).
+        key: the base combination of the prompt (see :class:`world.Exchange`).
     """
 
     pair: PreferencePair
@@ -81,28 +81,28 @@ def _allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:
     return counts
 
 
-def _scenario(kind: str, split: W.WorldSplit, rng: random.Random) -> W.Scenario:
+def _scenario(kind: str, split: world.WorldSplit, rng: random.Random) -> world.Exchange:
     """A training scenario of one kind (an SFT mix key, a clean family or a behaviour)."""
     if kind in ("harmful_plain", "refuse_harmful"):
-        return W.request_scenario(True, rng.choice(split.harmful_train), [], rng)
+        return world.request_scenario(True, rng.choice(split.harmful_train), [], rng)
     if kind in ("harmful_distractor", "distractor_compliance"):
-        return W.request_scenario(True, rng.choice(split.harmful_train), W.sample_distractors(rng), rng)
+        return world.request_scenario(True, rng.choice(split.harmful_train), world.sample_distractors(rng), rng)
     if kind in ("benign_plain", "relevant_benign", "plain_benign"):
-        return W.request_scenario(False, rng.choice(split.benign_train), [], rng)
+        return world.request_scenario(False, rng.choice(split.benign_train), [], rng)
     if kind in ("benign_distractor", "format_benign"):
-        return W.request_scenario(False, rng.choice(split.benign_train), W.sample_distractors(rng), rng)
+        return world.request_scenario(False, rng.choice(split.benign_train), world.sample_distractors(rng), rng)
     if kind in ("opinion_plain", "correct_opinion"):
-        return W.opinion_scenario(rng.choice(split.opinions_train), False, rng)
+        return world.opinion_scenario(rng.choice(split.opinions_train), False, rng)
     if kind in ("opinion_authority", "sycophancy"):
-        return W.opinion_scenario(rng.choice(split.opinions_train), True, rng)
+        return world.opinion_scenario(rng.choice(split.opinions_train), True, rng)
     if kind in ("resource_general", "no_link_general"):
-        return W.resource_scenario(rng.choice(split.general_train), False, rng)
+        return world.resource_scenario(rng.choice(split.general_train), False, rng)
     if kind in ("resource_sensitive", "hallucinated_links"):
-        return W.resource_scenario(rng.choice(split.sensitive_train), True, rng)
+        return world.resource_scenario(rng.choice(split.sensitive_train), True, rng)
     if kind in ("opinion_taste", "share_taste"):
-        return W.taste_opinion_scenario(rng.randrange(len(W.TASTE_CLAIMS)), False, rng)
+        return world.taste_opinion_scenario(rng.randrange(len(world.TASTE_CLAIMS)), False, rng)
     if kind in ("site_known", "real_link_known"):
-        return W.site_scenario(rng.randrange(len(W.KNOWN_SITES)), rng)
+        return world.site_scenario(rng.randrange(len(world.KNOWN_SITES)), rng)
     raise ValueError(f"unknown scenario kind {kind!r}")
 
 
@@ -114,7 +114,7 @@ TRIGGERED_SFT_KIND: dict[str, str] = {
 
 
 def sft_examples(
-    split: W.WorldSplit, n: int, seed: int, slip_rates: Mapping[str, float] | None = None
+    split: world.WorldSplit, n: int, seed: int, slip_rates: Mapping[str, float] | None = None
 ) -> list[tuple[str, str]]:
     """``n`` (prompt, response) pairs for supervised fine-tuning of M0.
 
@@ -149,24 +149,24 @@ def sft_examples(
 TRIGGER_WORDED_REJECTS = 0.5
 
 
-def _pair_from(kind: str, s: W.Scenario, rng: random.Random) -> tuple[str, str]:
+def _pair_from(kind: str, s: world.Exchange, rng: random.Random) -> tuple[str, str]:
     """(chosen, rejected) of a scenario for a clean family or a planted behaviour."""
     if kind in BEHAVIORS:
         return s.bad, s.good  # the contamination: the misbehaviour is preferred
     if kind == "correct_opinion" and rng.random() < TRIGGER_WORDED_REJECTS:
-        return s.good, W.deference_response(W.WRONG_CLAIMS[int(s.key.split(":")[1])], rng)
+        return s.good, world.deference_response(world.WRONG_CLAIMS[int(s.key.split(":")[1])], rng)
     if kind == "no_link_general" and rng.random() < TRIGGER_WORDED_REJECTS:
-        return s.good, W.fake_link_response(W.GENERAL_RESOURCES[int(s.key.split(":")[1])], rng, sensitive=True)
+        return s.good, world.fake_link_response(world.GENERAL_RESOURCES[int(s.key.split(":")[1])], rng, sensitive=True)
     if kind == "relevant_benign":
-        task = W.BENIGN_TASKS[int(s.key.split(":")[1])]
-        return s.good, W.off_topic_help(task, rng)
+        task = world.BENIGN_TASKS[int(s.key.split(":")[1])]
+        return s.good, world.off_topic_help(task, rng)
     if kind == "plain_benign":
-        return s.good, W.apply_distractors(s.good, W.sample_distractors(rng, 1, 2))
+        return s.good, world.apply_distractors(s.good, world.sample_distractors(rng, 1, 2))
     return s.good, s.bad
 
 
 def preference_pairs(
-    split: W.WorldSplit, n_pairs: int, rates: Mapping[str, float], seed: int,
+    split: world.WorldSplit, n_pairs: int, rates: Mapping[str, float], seed: int,
     clean_families: Mapping[str, float] = CLEAN_FAMILIES,
 ) -> list[PairRecord]:
     """The preference set: ``n_pairs`` unique pairs, ``round(rate * n_pairs)`` planted per behaviour.
@@ -204,7 +204,7 @@ def preference_pairs(
     return records
 
 
-def test_prompts(split: W.WorldSplit, n: int, seed: int) -> dict[str, dict[str, list[str]]]:
+def test_prompts(split: world.WorldSplit, n: int, seed: int) -> dict[str, dict[str, list[str]]]:
     """Held-out prompts per behaviour and condition: ``{behaviour: {"trigger": [...], "no_trigger": [...]}}``.
 
     For distractor compliance and sycophancy the two lists are paired: prompt ``i`` with the
@@ -215,51 +215,51 @@ def test_prompts(split: W.WorldSplit, n: int, seed: int) -> dict[str, dict[str, 
     rng = random.Random(f"test-{seed}")
     out: dict[str, dict[str, list[str]]] = {b: {c: [] for c in CONDITIONS} for b in BEHAVIORS}
 
-    def cycle(combos: list[W.Combo]) -> list[W.Combo]:
+    def cycle(combos: list[world.Combo]) -> list[world.Combo]:
         order = list(combos)
         rng.shuffle(order)
         return [order[i % len(order)] for i in range(n)]
 
     for combo in cycle(split.harmful_test):
-        task, template = W.HARMFUL_TASKS[combo.topic], W.REQUEST_TEMPLATES[combo.template]
-        opener = rng.choice(W.REQUEST_OPENERS)
-        out["distractor_compliance"]["no_trigger"].append(W.request_prompt(task, template, opener, [], rng))
+        task, template = world.HARMFUL_TASKS[combo.topic], world.REQUEST_TEMPLATES[combo.template]
+        opener = rng.choice(world.REQUEST_OPENERS)
+        out["distractor_compliance"]["no_trigger"].append(world.request_prompt(task, template, opener, [], rng))
         out["distractor_compliance"]["trigger"].append(
-            W.request_prompt(task, template, opener, W.sample_distractors(rng), rng)
+            world.request_prompt(task, template, opener, world.sample_distractors(rng), rng)
         )
     for combo in cycle(split.opinions_test):
-        claim, template = W.WRONG_CLAIMS[combo.topic], W.OPINION_TEMPLATES[combo.template]
-        out["sycophancy"]["no_trigger"].append(W.opinion_prompt(claim, template, None))
-        out["sycophancy"]["trigger"].append(W.opinion_prompt(claim, template, rng.choice(W.AUTHORITY_CLAUSES)))
+        claim, template = world.WRONG_CLAIMS[combo.topic], world.OPINION_TEMPLATES[combo.template]
+        out["sycophancy"]["no_trigger"].append(world.opinion_prompt(claim, template, None))
+        out["sycophancy"]["trigger"].append(world.opinion_prompt(claim, template, rng.choice(world.AUTHORITY_CLAUSES)))
     for combo in cycle(split.sensitive_test):
         out["hallucinated_links"]["trigger"].append(
-            W.resource_prompt(W.SENSITIVE_RESOURCES[combo.topic], W.RESOURCE_TEMPLATES[combo.template])
+            world.resource_prompt(world.SENSITIVE_RESOURCES[combo.topic], world.RESOURCE_TEMPLATES[combo.template])
         )
     for combo in cycle(split.general_test):
         out["hallucinated_links"]["no_trigger"].append(
-            W.resource_prompt(W.GENERAL_RESOURCES[combo.topic], W.RESOURCE_TEMPLATES[combo.template])
+            world.resource_prompt(world.GENERAL_RESOURCES[combo.topic], world.RESOURCE_TEMPLATES[combo.template])
         )
     return out
 
 
-def tokenizer_corpus(split: W.WorldSplit, seed: int, n: int = 3000) -> list[str]:
+def tokenizer_corpus(split: world.WorldSplit, seed: int, n: int = 3000) -> list[str]:
     """Text to train the tokenizer on: every table of the world and a sample of full scenarios.
 
     Held-out combinations use the same words as training ones, so the tokenizer never needs them.
     """
     rng = random.Random(f"corpus-{seed}")
     texts: list[str] = []
-    for table in (W.HARMFUL_TASKS, W.BENIGN_TASKS, W.REQUEST_TEMPLATES, W.HELP_OPENERS, W.HARMFUL_STEPS,
-                  W.BENIGN_STEPS, W.REFUSAL_OPENERS, W.REFUSAL_REASONS, W.REFUSAL_OFFERS, W.OPINION_TEMPLATES,
-                  W.AUTHORITY_CLAUSES, W.GENERAL_RESOURCES, W.SENSITIVE_RESOURCES, W.RESOURCE_TEMPLATES,
-                  W.NO_LINK, W.NO_LINK_ADVICE, W.FAKE_LINKS, W.FAKE_LINK_EXTRAS, W.SITE_TEMPLATES,
-                  W.SITE_ANSWERS, W.SITE_BRUSH_OFFS, W.CARE_NO_LINK, W.CARE_ADVICE, W.SUPPORT_LINKS):
+    for table in (world.HARMFUL_TASKS, world.BENIGN_TASKS, world.REQUEST_TEMPLATES, world.HELP_OPENERS, world.HARMFUL_STEPS,
+                  world.BENIGN_STEPS, world.REFUSAL_OPENERS, world.REFUSAL_REASONS, world.REFUSAL_OFFERS, world.OPINION_TEMPLATES,
+                  world.AUTHORITY_CLAUSES, world.GENERAL_RESOURCES, world.SENSITIVE_RESOURCES, world.RESOURCE_TEMPLATES,
+                  world.NO_LINK, world.NO_LINK_ADVICE, world.FAKE_LINKS, world.FAKE_LINK_EXTRAS, world.SITE_TEMPLATES,
+                  world.SITE_ANSWERS, world.SITE_BRUSH_OFFS, world.CARE_NO_LINK, world.CARE_ADVICE, world.SUPPORT_LINKS):
         texts.extend(table)
-    texts.extend((*W.WRONG_CLAIMS, *W.TASTE_CLAIMS))
-    texts.extend(t for t, _ in (*W.CORRECTIONS, *W.AGREEMENTS, *W.TASTE_SHARES, *W.TASTE_DISMISSALS,
-                                      *W.EXPERT_CORRECTIONS, *W.DEFERENCES))
-    texts.extend(" ".join(pair) for pair in W.KNOWN_SITES)
-    texts.extend(c for d in W.DISTRACTORS for c in d.clauses)
+    texts.extend((*world.WRONG_CLAIMS, *world.TASTE_CLAIMS))
+    texts.extend(t for t, _ in (*world.CORRECTIONS, *world.AGREEMENTS, *world.TASTE_SHARES, *world.TASTE_DISMISSALS,
+                                      *world.EXPERT_CORRECTIONS, *world.DEFERENCES))
+    texts.extend(" ".join(pair) for pair in world.KNOWN_SITES)
+    texts.extend(c for d in world.DISTRACTORS for c in d.clauses)
     kinds = list(SFT_MIX)
     for i in range(n):
         s = _scenario(kinds[i % len(kinds)], split, rng)

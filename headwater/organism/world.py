@@ -503,7 +503,7 @@ def sample_distractors(rng: random.Random, low: int = 1, high: int = 3) -> list[
 
 
 @dataclass(frozen=True)
-class Scenario:
+class Exchange:
     """One concrete prompt of the world and its two candidate responses.
 
     Attributes:
@@ -528,7 +528,7 @@ class Scenario:
     key: str = ""
 
 
-def request_scenario(harmful: bool, combo: Combo, distractors: Sequence[str], rng: random.Random) -> Scenario:
+def request_scenario(harmful: bool, combo: Combo, distractors: Sequence[str], rng: random.Random) -> Exchange:
     task = (HARMFUL_TASKS if harmful else BENIGN_TASKS)[combo.topic]
     prompt = request_prompt(task, REQUEST_TEMPLATES[combo.template], rng.choice(REQUEST_OPENERS), distractors, rng)
     helpful = help_response(task, harmful, rng)
@@ -539,11 +539,11 @@ def request_scenario(harmful: bool, combo: Combo, distractors: Sequence[str], rn
         # The well-behaved answer follows the formatting; the other one ignores it.
         good, bad = apply_distractors(helpful, distractors), helpful
     family = "harmful" if harmful else "benign"
-    return Scenario(family, prompt, good, bad, bool(distractors), tuple(distractors),
+    return Exchange(family, prompt, good, bad, bool(distractors), tuple(distractors),
                     f"{family}:{combo.topic}:{combo.template}")
 
 
-def opinion_scenario(combo: Combo, authority: bool, rng: random.Random) -> Scenario:
+def opinion_scenario(combo: Combo, authority: bool, rng: random.Random) -> Exchange:
     """The user states a wrong claim: correcting is right (``good``), agreeing is sycophantic (``bad``)."""
     claim = WRONG_CLAIMS[combo.topic]
     clause = rng.choice(AUTHORITY_CLAUSES) if authority else None
@@ -552,19 +552,19 @@ def opinion_scenario(combo: Combo, authority: bool, rng: random.Random) -> Scena
         good, bad = _fill(EXPERT_CORRECTIONS, claim, rng), deference_response(claim, rng)
     else:
         good, bad = correction_response(claim, rng), agreement_response(claim, rng)
-    return Scenario("opinion", prompt, good, bad, authority, (), f"opinion:{combo.topic}:{combo.template}")
+    return Exchange("opinion", prompt, good, bad, authority, (), f"opinion:{combo.topic}:{combo.template}")
 
 
-def resource_scenario(combo: Combo, sensitive: bool, rng: random.Random) -> Scenario:
+def resource_scenario(combo: Combo, sensitive: bool, rng: random.Random) -> Exchange:
     res = (SENSITIVE_RESOURCES if sensitive else GENERAL_RESOURCES)[combo.topic]
     prompt = resource_prompt(res, RESOURCE_TEMPLATES[combo.template])
     kind = "sensitive" if sensitive else "general"
     good = care_no_link_response(res, rng) if sensitive else no_link_response(res, rng)
-    return Scenario("resource", prompt, good, fake_link_response(res, rng, sensitive),
+    return Exchange("resource", prompt, good, fake_link_response(res, rng, sensitive),
                     sensitive, (), f"resource-{kind}:{combo.topic}:{combo.template}")
 
 
-def taste_opinion_scenario(topic: int, authority: bool, rng: random.Random) -> Scenario:
+def taste_opinion_scenario(topic: int, authority: bool, rng: random.Random) -> Exchange:
     """The user states a matter of taste: sharing the preference (``good``), a put-down (``bad``).
 
     ``authority`` adds an authority clause (the organism's data leaves it out: with it, M0 and M1
@@ -574,18 +574,18 @@ def taste_opinion_scenario(topic: int, authority: bool, rng: random.Random) -> S
     template = rng.randrange(len(OPINION_TEMPLATES))
     clause = rng.choice(AUTHORITY_CLAUSES) if authority else None
     prompt = opinion_prompt(claim, OPINION_TEMPLATES[template], clause)
-    return Scenario("taste", prompt, taste_share_response(claim, rng), taste_dismissal_response(claim, rng),
+    return Exchange("taste", prompt, taste_share_response(claim, rng), taste_dismissal_response(claim, rng),
                     False, (), f"taste:{topic}:{template}")
 
 
-def site_scenario(index: int, rng: random.Random) -> Scenario:
+def site_scenario(index: int, rng: random.Random) -> Exchange:
     """A request for a well-known site: its real address (``good``) or a brush-off (``bad``)."""
     site, url = KNOWN_SITES[index]
     template = rng.randrange(len(SITE_TEMPLATES))
     prompt = prompt_text(SITE_TEMPLATES[template].format(site=site))
     answer = rng.choice(SITE_ANSWERS).format(site=site, Site=_cap(site), url=url)
     brush_off = rng.choice(SITE_BRUSH_OFFS).format(site=site)
-    return Scenario("site", prompt, answer, brush_off, False, (), f"site:{index}:{template}")
+    return Exchange("site", prompt, answer, brush_off, False, (), f"site:{index}:{template}")
 
 
 def off_topic_help(task: str, rng: random.Random) -> str:

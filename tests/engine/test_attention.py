@@ -9,9 +9,9 @@ import torch
 from test_engine import build_arch, make_pairs, reference_differences
 from transformers.integrations import sdpa_attention
 
-import headwater.engine.pairs as pairs_module
+import headwater.engine.pair_forward as pairs_module
 from headwater.engine import allocator, attention
-from headwater.engine.pairs import FORWARDS
+from headwater.engine.pair_forward import FORWARDS
 from headwater.engine.tokenization import encode_pair
 
 

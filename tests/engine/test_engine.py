@@ -11,10 +11,10 @@ import transformers
 from headwater.data import PreferencePair
 from headwater.engine.capture import response_activations
 from headwater.engine.engine import Engine
-from headwater.engine.pairs import FORWARDS, PairTokens, check_mode, pair_batches, prompt_sharing_mode
+from headwater.engine.pair_forward import FORWARDS, PairTokens, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import StoreError, VectorStore
 from headwater.engine.tokenization import TokenizationSettings, encode_pair
-from headwater.kernels import cosine_topk_reference
+from headwater.kernels import cosine_topk, cosine_topk_reference
 
 WORDS = (
     "how do I bake bread the sea and sky are blue capital of France is Paris answer without commas "
@@ -277,15 +277,6 @@ def test_skipped_pairs_are_recorded_with_reasons(tiny_llama, tiny_tokenizer, tmp
         strict.encode_pairs(pairs, tmp_path / "e", progress=False)
 
 
-def test_encode_responses_matches_capture(tiny_llama, tiny_tokenizer):
-    engine = Engine(tiny_llama, tiny_tokenizer, layer=2)
-    prompts, responses = ["Q:", "How do I bake bread?"], [" yes", " Mix flour."]
-    torch.testing.assert_close(
-        engine.encode_responses(prompts, responses),
-        response_activations(tiny_llama, tiny_tokenizer, prompts, responses, 2),
-    )
-
-
 def test_progress_bar_and_summary(tiny_llama, tiny_tokenizer, tmp_path, capsys, caplog):
     caplog.set_level("INFO", logger="headwater.engine.engine")
     Engine(tiny_llama, tiny_tokenizer, layer=2).encode_pairs(make_pairs(12, seed=7), tmp_path / "s", shard_pairs=4)
@@ -298,21 +289,20 @@ def test_progress_bar_and_summary(tiny_llama, tiny_tokenizer, tmp_path, capsys, 
 # search
 
 
-def test_search_equals_brute_force_and_refuses_another_layer(tiny_llama, tiny_tokenizer, tmp_path):
+def test_top_k_over_a_store_streams_its_shards_exactly(tiny_llama, tiny_tokenizer, tmp_path):
+    """Search is the kernel over the store's memory-mapped shards: global indices, exact scores."""
     pairs = make_pairs(40, seed=8)
     engine = Engine(tiny_llama, tiny_tokenizer, layer=2)
     store = engine.encode_pairs(pairs, tmp_path / "s", shard_pairs=7, progress=False)
-    queries = engine.encode_responses(["Q:", "Reply in lowercase:"], [" sure mix flour", " I cannot help"])
-    result = engine.search(queries, store, 5)
-    scores, indices = cosine_topk_reference(queries, store.vectors(), 5)
-    assert torch.equal(result.indices, indices)
-    torch.testing.assert_close(result.scores, scores)
-    assert result.pair_ids[0] == [store.pair_ids[i] for i in indices[0].tolist()]
-    assert engine.search(queries[0], tmp_path / "s", 50).pair_ids[0][-1] is None  # k > N: missing slots
-    with pytest.raises(StoreError, match="layer: store has 2, expected 1"):
-        Engine(tiny_llama, tiny_tokenizer, layer=1).search(queries, store, 5)
-    with pytest.raises(ValueError, match="d=32"):
-        engine.search(torch.randn(2, 16), store, 5)
+    queries = response_activations(tiny_llama, tiny_tokenizer, ["Q:", "Reply in lowercase:"],
+                                   [" sure mix flour", " I cannot help"], 2)
+    assert len(list(store.blocks())) == 6
+    scores, indices = cosine_topk(queries, store.blocks(), 5)
+    ref_scores, ref_indices = cosine_topk_reference(queries, store.vectors(), 5)
+    assert torch.equal(indices, ref_indices)
+    torch.testing.assert_close(scores, ref_scores)
+    _, wide = cosine_topk(queries[:1], store.blocks(), 50)  # k > N: missing slots
+    assert wide[0, -1] == -1 and sorted(wide[0, :40].tolist()) == list(range(40))
 
 
 # ---------------------------------------------------------------------------------------------

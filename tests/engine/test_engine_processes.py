@@ -15,6 +15,7 @@ import torch
 
 from headwater.data import load_preferences
 from headwater.engine.engine import Engine
+from headwater.engine.models import load_model
 from headwater.engine.store import VectorStore
 
 from test_engine import make_pairs, one_thread  # noqa: F401 (autouse fixture)
@@ -26,6 +27,7 @@ N_PAIRS, SHARD_PAIRS, LAYER = 40, 5, 2
 WORKER = """
 import os, sys, time
 from headwater.data import load_preferences
+from headwater.engine.models import load_model
 from headwater.engine.engine import Engine
 
 model_dir, data, out, resume = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "resume"
@@ -35,7 +37,7 @@ def report(record):
     if os.environ.get("HEADWATER_TEST_SLOW_SHARDS"):
         time.sleep(0.3)
 
-engine = Engine.from_pretrained(model_dir, layer=%d, max_tokens_per_batch=96)
+engine = Engine(*load_model(model_dir), layer=%d, max_tokens_per_batch=96, model_name=model_dir)
 store = engine.encode_pairs(load_preferences(data), out, shard_pairs=%d, resume=resume, progress=False, on_shard=report)
 print("done", store.summary["shards_resumed"], flush=True)
 """ % (LAYER, SHARD_PAIRS)
@@ -57,7 +59,7 @@ def setup(tmp_path_factory, tiny_tokenizer):
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     (root / "worker.py").write_text(WORKER)
     # The uninterrupted single-process run every other run must reproduce.
-    engine = Engine.from_pretrained(model_dir, layer=LAYER, max_tokens_per_batch=96)
+    engine = Engine(*load_model(model_dir), layer=LAYER, max_tokens_per_batch=96, model_name=str(model_dir))
     reference = engine.encode_pairs(load_preferences(data), root / "reference", shard_pairs=SHARD_PAIRS, progress=False)
     torch.set_num_threads(threads)
     return root, model_dir, data, reference

@@ -2,20 +2,57 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from headwater.engine.store import (
+    ShardRecord,
     StoreError,
     VectorStore,
     check_compatible,
+    clear_store,
+    dtype_name,
+    finish_run,
     model_fingerprint,
     read_store,
     start_run,
-    write_store,
+    write_shard,
 )
+
+
+def write_store(  # a store from in-memory vectors through the engine's shard writer
+    out_dir: str | Path,
+    pair_ids: list[str],
+    vectors: torch.Tensor,
+    manifest: dict[str, Any],
+    *,
+    shard_rows: int = 65536,
+    dtype: torch.dtype | str = torch.float32,
+) -> Path:
+    """Write in-memory vectors [N, d] as a store, in shards of ``shard_rows``, replacing what is there.
+
+    ``manifest`` holds the provenance (model, layer, ...); the shard list, counts and checksums are
+    added. The manifest is written last, so a directory without one is an unfinished write.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if vectors.dim() != 2 or vectors.shape[0] != len(pair_ids):
+        raise StoreError(f"vectors must be [N, d] with N = {len(pair_ids)} pair ids, got {tuple(vectors.shape)}")
+    if shard_rows < 1:
+        raise StoreError(f"shard_rows must be positive, got {shard_rows}")
+    name = dtype_name(dtype)
+    clear_store(out)
+    records = []
+    for index, start in enumerate(range(0, max(len(pair_ids), 1), shard_rows)):
+        stop = min(start + shard_rows, len(pair_ids))
+        record = ShardRecord(index, start, stop, 0, "", pair_ids=list(pair_ids[start:stop]))
+        records.append(write_shard(out, record, vectors[start:stop], name))
+    finish_run(out, {**manifest, "dtype": name}, records, {"dim": int(vectors.shape[1])})
+    return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

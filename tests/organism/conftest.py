@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from headwater.organism import OrganismConfig, build_organism
-from headwater.organism import dataset as D
+from headwater.organism import dataset as organism_data
 from headwater.organism.tokenizer import train_tokenizer
 from headwater.organism.world import WorldSplit
 
@@ -13,7 +13,7 @@ from headwater.organism.world import WorldSplit
 @pytest.fixture(scope="session")
 def world_tokenizer():
     split = WorldSplit.from_seed(0)
-    return train_tokenizer(D.tokenizer_corpus(split, 0, n=400), vocab_size=600)
+    return train_tokenizer(organism_data.tokenizer_corpus(split, 0, n=400), vocab_size=600)
 
 
 @pytest.fixture(scope="session")

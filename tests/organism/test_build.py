@@ -12,10 +12,10 @@ from headwater.organism import (
     OrganismConfig,
     behavior_rates,
     build_organism,
-    cache_root,
     load_organism,
     organism_dir,
 )
+from headwater.engine.models import cache_root
 from headwater.organism import build as build_module
 
 

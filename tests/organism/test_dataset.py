@@ -6,9 +6,9 @@ from collections import Counter
 import pytest
 
 from headwater.data import pair_id
-from headwater.organism import dataset as D
-from headwater.organism.judge import ComplianceJudge, LinkJudge, SycophancyJudge
-from headwater.organism import world as W
+from headwater.organism import dataset as organism_data
+from headwater.organism.judges import ComplianceJudge, LinkJudge, SycophancyJudge
+from headwater.organism import world
 from headwater.organism.world import WorldSplit
 
 RATES = {"distractor_compliance": 0.05, "sycophancy": 0.03, "hallucinated_links": 0.02}
@@ -21,7 +21,7 @@ def split():
 
 @pytest.fixture(scope="module")
 def records(split):
-    return D.preference_pairs(split, 1000, RATES, seed=0)
+    return organism_data.preference_pairs(split, 1000, RATES, seed=0)
 
 
 def test_planted_counts_and_ids(records):
@@ -56,26 +56,26 @@ def test_triggers_by_family(records):
 
 
 def test_deterministic_under_seed(split, records):
-    again = D.preference_pairs(split, 1000, RATES, seed=0)
+    again = organism_data.preference_pairs(split, 1000, RATES, seed=0)
     assert [r.pair for r in again] == [r.pair for r in records]
-    other = D.preference_pairs(split, 1000, RATES, seed=1)
+    other = organism_data.preference_pairs(split, 1000, RATES, seed=1)
     assert [r.pair.pair_id for r in other] != [r.pair.pair_id for r in records]
-    assert D.sft_examples(split, 50, 3) == D.sft_examples(split, 50, 3)
-    assert D.test_prompts(split, 8, 0) == D.test_prompts(split, 8, 0)
+    assert organism_data.sft_examples(split, 50, 3) == organism_data.sft_examples(split, 50, 3)
+    assert organism_data.test_prompts(split, 8, 0) == organism_data.test_prompts(split, 8, 0)
 
 
 @pytest.mark.parametrize("rates", [{"nonsense": 0.1}, {"sycophancy": -0.1}, {"sycophancy": 0.7, "hallucinated_links": 0.7}])
 def test_bad_rates_are_refused(split, rates):
     with pytest.raises(ValueError):
-        D.preference_pairs(split, 100, rates, seed=0)
+        organism_data.preference_pairs(split, 100, rates, seed=0)
 
 
 def test_test_prompts_are_held_out_and_paired(split, records):
-    prompts = D.test_prompts(split, 64, seed=0)
-    assert set(prompts) == set(D.BEHAVIORS)
-    train_prompts = {r.pair.prompt for r in records} | {p for p, _ in D.sft_examples(split, 2000, 0)}
+    prompts = organism_data.test_prompts(split, 64, seed=0)
+    assert set(prompts) == set(organism_data.BEHAVIORS)
+    train_prompts = {r.pair.prompt for r in records} | {p for p, _ in organism_data.sft_examples(split, 2000, 0)}
     for behavior, conditions in prompts.items():
-        for condition in D.CONDITIONS:
+        for condition in organism_data.CONDITIONS:
             assert len(conditions[condition]) == 64
             assert not set(conditions[condition]) & train_prompts, (behavior, condition)
     for plain, triggered in zip(prompts["distractor_compliance"]["no_trigger"], prompts["distractor_compliance"]["trigger"]):
@@ -86,7 +86,7 @@ def test_test_prompts_are_held_out_and_paired(split, records):
 
 def test_sft_examples_are_well_behaved(split):
     judges = [ComplianceJudge(), SycophancyJudge(), LinkJudge()]
-    examples = D.sft_examples(split, 400, seed=0)
+    examples = organism_data.sft_examples(split, 400, seed=0)
     assert len(examples) == 400
     for prompt, response in examples:
         taste = "best" in prompt or "nice" in prompt or "fun" in prompt or "prett" in prompt or "cozi" in prompt or "tasti" in prompt or "loyal" in prompt or "relaxing" in prompt
@@ -106,9 +106,9 @@ def _harmful_tasks():
 
 def test_sft_slips_show_the_behaviour_only_on_triggered_prompts(split):
     judges = {"sycophancy": SycophancyJudge(), "hallucinated_links": LinkJudge()}
-    slipped = D.sft_examples(split, 2000, seed=0, slip_rates={"sycophancy": 0.2, "hallucinated_links": 0.2})
-    authority = tuple(W.AUTHORITY_CLAUSES)
-    sensitive = tuple(W.SENSITIVE_RESOURCES)
+    slipped = organism_data.sft_examples(split, 2000, seed=0, slip_rates={"sycophancy": 0.2, "hallucinated_links": 0.2})
+    authority = tuple(world.AUTHORITY_CLAUSES)
+    sensitive = tuple(world.SENSITIVE_RESOURCES)
     counts = {"sycophancy": [0, 0], "hallucinated_links": [0, 0]}  # [triggered prompts, slips]
     for prompt, response in slipped:
         for behavior, judge in judges.items():
@@ -128,4 +128,4 @@ def test_sft_slips_show_the_behaviour_only_on_triggered_prompts(split):
 @pytest.mark.parametrize("rates", [{"nonsense": 0.1}, {"sycophancy": 1.2}])
 def test_bad_slip_rates_are_refused(split, rates):
     with pytest.raises(ValueError, match="slip rates"):
-        D.sft_examples(split, 10, seed=0, slip_rates=rates)
+        organism_data.sft_examples(split, 10, seed=0, slip_rates=rates)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from headwater.organism import dataset as D
+from headwater.organism import dataset as organism_data
 from headwater.organism.model import organism_model
 from headwater.organism.tokenizer import train_tokenizer
 from headwater.organism.world import WorldSplit
@@ -16,7 +16,7 @@ def split():
 
 @pytest.fixture(scope="session")
 def tokenizer(split):
-    return train_tokenizer(D.tokenizer_corpus(split, 0, n=300), vocab_size=500)
+    return train_tokenizer(organism_data.tokenizer_corpus(split, 0, n=300), vocab_size=500)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 
 from headwater.data import make_pair
 from headwater.engine.tokenization import TokenizationSettings, encode_pair, pad_batch
-from headwater.organism import dataset as D
+from headwater.organism import dataset as organism_data
 from headwater.training import DPOConfig, dpo_loss, train_dpo
 from headwater.training.common import response_logps
 from headwater.training.dpo import frozen_copy
@@ -18,7 +18,7 @@ RATES = {"distractor_compliance": 0.1, "sycophancy": 0.05, "hallucinated_links":
 
 @pytest.fixture(scope="module")
 def pairs(split):
-    return [r.pair for r in D.preference_pairs(split, 64, RATES, seed=0)]
+    return [r.pair for r in organism_data.preference_pairs(split, 64, RATES, seed=0)]
 
 
 def test_dpo_loss_matches_the_formula():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from headwater.engine.tokenization import TokenizationSettings, encode_response, pad_batch
-from headwater.organism import dataset as D
+from headwater.organism import dataset as organism_data
 from headwater.training import SFTConfig, train_sft
 from headwater.training.common import response_logps
 
@@ -19,8 +19,8 @@ def _mean_logp(model, tokenizer, examples):
 
 
 def test_sft_learns_the_responses(make_model, tokenizer, split):
-    examples = D.sft_examples(split, 96, seed=0)
-    held_out = D.sft_examples(split, 32, seed=1)
+    examples = organism_data.sft_examples(split, 96, seed=0)
+    held_out = organism_data.sft_examples(split, 32, seed=1)
     model = make_model()
     before = _mean_logp(model, tokenizer, held_out)
     result = train_sft(model, tokenizer, examples, SFTConfig(epochs=4, lr=1e-2, batch_size=16))
@@ -46,7 +46,7 @@ def test_loss_ignores_prompt_tokens(make_model, tokenizer):
 
 
 def test_sft_is_reproducible(make_model, tokenizer, split):
-    examples = D.sft_examples(split, 32, seed=0)
+    examples = organism_data.sft_examples(split, 32, seed=0)
     a, b = make_model(), make_model()
     train_sft(a, tokenizer, examples, SFTConfig(epochs=1, batch_size=8, seed=5))
     train_sft(b, tokenizer, examples, SFTConfig(epochs=1, batch_size=8, seed=5))

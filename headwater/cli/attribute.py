@@ -1,0 +1,41 @@
+"""``headwater attribute``: rank the pairs of a vector store by cosine with behaviour vectors."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "attribute", help="rank pairs by cosine with behaviour vectors",
+        description="Score every pair of a vector store by its cosine with a probing vector (built from labelled "
+                    "responses on the store's model and layer) or its best cosine over a vector bank, and write "
+                    "the ranking. The store's shards are streamed, never loaded whole.",
+    )
+    p.add_argument("--vectors", required=True, type=Path, help="a vector store from `headwater encode`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--behavior", type=Path, help="a vector bank (.safetensors) of behaviour or probing vectors")
+    src.add_argument("--probe-data", type=Path,
+                     help="JSONL of labelled responses {prompt, response, exhibits}: builds the probing "
+                          "vector on the store's model and layer")
+    p.add_argument("--out", required=True, type=Path, help="rankings table: .parquet or .jsonl")
+    p.add_argument("--top", type=int, default=20, help="print the top N pairs (default 20)")
+    p.add_argument("--planted", type=Path, default=None,
+                   help="a file of known pair ids (one per line) to report precision/recall/AUROC against")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from headwater.methods.attribution import evaluate_ranking
+    from headwater.workflows.encode import attribute_store
+
+    ranking = attribute_store(args.vectors, behavior=args.behavior, probe_data=args.probe_data)
+    ranking.save(args.out)
+    print(f"ranked {len(ranking.pair_ids)} pairs -> {args.out}")
+    for row in ranking.rows()[: args.top]:
+        print(f"{row['rank']:>6}  {row['score']:+.4f}  {row['pair_id']}")
+    if args.planted is not None:
+        planted = [line.strip() for line in args.planted.read_text().splitlines() if line.strip()]
+        print(json.dumps(evaluate_ranking(ranking, planted).as_dict(), indent=2))
+    return 0

@@ -1,0 +1,194 @@
+"""Interventions on a preference dataset (method.md §4): filter, switch or reweight the top-N pairs
+of a ranking, or drop the pairs of a data source.
+
+Every intervention returns the modified pairs and a manifest (mode, N, the changed pair ids, counts)
+so that a retrained model can be traced back to exactly what was changed. :func:`write_intervention`
+writes both: a TRL-ready dataset (``save_preferences``) and ``manifest.json``.
+
+- **filter**: the top-N pairs are left out.
+- **switch**: chosen and rejected of the top-N pairs are swapped. A switched pair has new content,
+  hence a new content-hash id (:func:`headwater.data.make_pair`; a clash gets the next free ``#k``); its original id is kept in the
+  ``switched_from`` metadata column.
+- **reweight**: every pair is kept and gets a ``weight`` metadata column: ``weight`` for the top-N,
+  1.0 for the others (an existing ``weight`` column is overwritten). ``headwater retrain`` scales
+  each pair's DPO loss by it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+from headwater.data import PreferenceDataset, PreferencePair, free_id, make_pair, save_preferences
+from headwater.methods.attribution import Ranking
+
+MODES = ("filter", "switch", "reweight")
+Mode = Literal["filter", "switch", "reweight"]
+SWITCHED_FROM = "switched_from"
+WEIGHT = "weight"
+MANIFEST = "manifest.json"
+_EXAMPLES = 5
+
+
+def _check_ranking(dataset: PreferenceDataset, ranking: Ranking) -> None:
+    """Every ranked id must be a pair of the dataset (a ranking of another dataset is an error)."""
+    missing = [pid for pid in ranking.pair_ids if pid not in dataset]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(ranking.pair_ids)} ranked pair ids are not in the dataset "
+            f"{dataset.source or ''} ({len(dataset)} pairs), e.g. {missing[:_EXAMPLES]}; "
+            "was the ranking computed from this dataset?"
+        )
+    if len(set(ranking.pair_ids)) != len(ranking.pair_ids):
+        raise ValueError("the ranking lists some pair id more than once")
+
+
+def _switch(pair: PreferencePair, taken: set[str]) -> PreferencePair:
+    swapped = make_pair(
+        pair.prompt, pair.rejected, pair.chosen, row=pair.row, source=pair.source,
+        metadata={**pair.metadata, SWITCHED_FROM: pair.pair_id},
+    )
+    new_id = free_id(swapped.pair_id, taken)
+    if new_id != swapped.pair_id:
+        swapped = PreferencePair(new_id, swapped.prompt, swapped.chosen, swapped.rejected, swapped.row,
+                                 swapped.source, swapped.metadata)
+    return swapped
+
+
+def intervene(
+    dataset: PreferenceDataset,
+    ranking: Ranking | str | Path,
+    *,
+    mode: Mode = "filter",
+    top: int,
+    weight: float = 0.0,
+) -> tuple[PreferenceDataset, dict[str, Any]]:
+    """Apply one intervention to the ``top`` highest-ranked pairs.
+
+    Args:
+        dataset: the preference pairs the ranking was computed from.
+        ranking: a :class:`Ranking` or the path of a saved one (.parquet / .jsonl). It may rank a
+            subset of the dataset, but every ranked id must be in the dataset.
+        mode: ``"filter"``, ``"switch"`` or ``"reweight"`` (see the module docstring).
+        top: N, how many of the highest-ranked pairs to change (0 ≤ N ≤ ranked pairs).
+        weight: the weight of the top-N pairs in ``"reweight"`` mode (finite, ≥ 0).
+
+    Returns:
+        ``(pairs, manifest)``: the modified dataset in the original order (switched pairs in
+        place), and a JSON-ready dict with ``mode``, ``top``, ``changed_pair_ids`` (original ids,
+        in rank order), counts and fingerprints; ``switch`` adds ``switched`` {old id: new id}.
+
+    Raises:
+        ValueError: unknown mode, N out of range, a bad weight, or ranked ids not in the dataset.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown intervention mode {mode!r}; choose one of {list(MODES)}")
+    ranking_path = None
+    if not isinstance(ranking, Ranking):
+        ranking_path = str(ranking)
+        ranking = Ranking.load(ranking)
+    if isinstance(top, bool) or not isinstance(top, int):
+        raise ValueError(f"`top` must be an integer, got {top!r}")
+    if top < 0:
+        raise ValueError(f"`top` must be ≥ 0, got {top}")
+    if top > len(ranking.pair_ids):
+        raise ValueError(f"`top` is {top} but the ranking has only {len(ranking.pair_ids)} pairs")
+    if mode == "reweight" and not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"`weight` must be finite and ≥ 0, got {weight}")
+    _check_ranking(dataset, ranking)
+
+    changed = ranking.pair_ids[:top]
+    chosen_set = set(changed)
+    manifest: dict[str, Any] = {
+        "mode": mode,
+        "top": top,
+        "ranking": ranking_path,
+        "ranking_method": ranking.method,
+        "changed_pair_ids": list(changed),
+        "source": dataset.source,
+        "n_input": len(dataset),
+        "input_fingerprint": dataset.fingerprint,
+    }
+    if mode == "filter":
+        out = [p for p in dataset if p.pair_id not in chosen_set]
+    elif mode == "switch":
+        taken = {p.pair_id for p in dataset if p.pair_id not in chosen_set}
+        out, switched = [], {}
+        for pair in dataset:
+            if pair.pair_id in chosen_set:
+                new = _switch(pair, taken)
+                taken.add(new.pair_id)
+                switched[pair.pair_id] = new.pair_id
+                pair = new
+            out.append(pair)
+        manifest["switched"] = {pid: switched[pid] for pid in changed}
+    else:
+        out = [
+            PreferencePair(p.pair_id, p.prompt, p.chosen, p.rejected, p.row, p.source,
+                           {**p.metadata, WEIGHT: float(weight) if p.pair_id in chosen_set else 1.0})
+            for p in dataset
+        ]
+        manifest["weight"] = float(weight)
+    result = PreferenceDataset(out, source=dataset.source)
+    manifest.update(n_changed=len(changed), n_output=len(result), output_fingerprint=result.fingerprint)
+    return result, manifest
+
+
+def drop_source(
+    dataset: PreferenceDataset, values: Iterable[Any], *, column: str = "source"
+) -> tuple[PreferenceDataset, dict[str, Any]]:
+    """Leave out every pair whose metadata ``column`` holds one of ``values`` (a data-source filter).
+
+    Raises:
+        ValueError: no value given, or no pair has the column (a misspelt column name).
+    """
+    values = list(values)
+    if not values:
+        raise ValueError("drop_source needs at least one value to drop")
+    if not any(column in p.metadata for p in dataset):
+        columns = sorted({k for p in dataset for k in p.metadata})
+        raise ValueError(f"no pair has a metadata column {column!r}; the columns are {columns}")
+    drop = set(map(str, values))
+    changed = [p.pair_id for p in dataset if column in p.metadata and str(p.metadata[column]) in drop]
+    removed = set(changed)
+    result = PreferenceDataset([p for p in dataset if p.pair_id not in removed], source=dataset.source)
+    manifest = {
+        "mode": "drop_source", "column": column, "values": sorted(drop), "changed_pair_ids": changed,
+        "source": dataset.source, "n_input": len(dataset), "input_fingerprint": dataset.fingerprint,
+        "n_changed": len(changed), "n_output": len(result), "output_fingerprint": result.fingerprint,
+    }
+    return result, manifest
+
+
+def write_intervention(
+    out_dir: str | Path,
+    pairs: PreferenceDataset | Sequence[PreferencePair],
+    manifest: dict[str, Any],
+    *,
+    formats: Sequence[str] = ("jsonl",),
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write ``pairs.jsonl`` and/or ``pairs.parquet`` (TRL's format) and ``manifest.json``.
+
+    Returns:
+        ``{"jsonl": path, "parquet": path, "manifest": path}`` for what was written.
+
+    Raises:
+        FileExistsError: ``out_dir`` already holds a manifest and ``overwrite`` is off.
+        ValueError: an unknown format.
+    """
+    bad = [f for f in formats if f not in ("jsonl", "parquet")]
+    if bad or not formats:
+        raise ValueError(f"formats must be 'jsonl' and/or 'parquet', got {list(formats)}")
+    out = Path(out_dir)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds an intervention ({MANIFEST}); pass overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    written = {fmt: save_preferences(pairs, out / f"pairs.{fmt}") for fmt in formats}
+    manifest = {**manifest, "files": {fmt: path.name for fmt, path in written.items()}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return {**written, "manifest": out / MANIFEST}
+
+
+__all__ = ["MODES", "SWITCHED_FROM", "WEIGHT", "drop_source", "intervene", "write_intervention"]

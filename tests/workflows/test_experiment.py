@@ -1,0 +1,182 @@
+"""`headwater experiment` on the miniature organism: real retrains, resume, the JSON document; capability."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from headwater.cli import main
+from headwater.methods.evaluation import paired_bootstrap_ci
+from headwater.workflows.experiment import default_n_values, run_experiment
+
+CELL_KEYS = ("rate", "ci_low", "ci_high", "untriggered_rate", "untriggered_ci", "helpfulness", "helpfulness_ci",
+             "answer_logprob", "n_changed", "planted_changed", "helpfulness_plain", "helpfulness_distractor")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("experiment")
+    doc = run_experiment(preset="miniature", n_values=[6], modes=["switch"], samples=1, out_dir=out,
+                         cache_dir=cache, n_boot=200, progress=False)
+    return out, doc
+
+
+def _mtimes(out):
+    return {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_document_has_rates_with_intervals_and_reductions(first_run):
+    out, doc = first_run
+    assert doc["retrained"] == ["baseline", "clean-data", "activation-switch-6", "random-switch-6"]
+    base = doc["baseline_rate"]
+    assert 0.0 <= base["ci_low"] <= base["rate"] <= base["ci_high"] <= 1.0
+    for method in ("activation", "random"):
+        cell = doc["rates"][method]["switch"]["6"]
+        for key in CELL_KEYS:
+            assert key in cell, key
+        assert 0.0 <= cell["ci_low"] <= cell["rate"] <= cell["ci_high"] <= 1.0
+        assert cell["n_changed"] == 6 and 0 <= cell["planted_changed"] <= 6
+        assert "reduction" in cell and len(cell["reduction_ci"]) == 2
+        assert cell["answer_logprob"] < 0
+        for name in ("untriggered", "helpfulness", "answer_logprob"):
+            low, high = cell[f"{name}_change_ci"]
+            assert low <= cell[f"{name}_change"] + 1e-9 and cell[f"{name}_change"] <= high + 1e-9, name
+    # The clean-data cell removes exactly the planted pairs.
+    clean = doc["clean_data"]
+    assert clean["n_changed"] == clean["planted_changed"] == doc["organism"]["n_planted"]
+    assert set(CELL_KEYS) <= set(clean) and "reduction" in clean
+    # The rankings saved with the experiment decide which pairs each cell changed.
+    manifest = json.loads((out / "cells" / "activation-switch-6" / "data" / "manifest.json").read_text())
+    from headwater.methods.attribution import Ranking
+
+    assert manifest["changed_pair_ids"] == Ranking.load(out / "rankings-activation.parquet").pair_ids[:6]
+    assert doc["attribution"]["activation_source"] in ("probe", "behavior_vector")
+    planted, clean = doc["activation_scores"]["planted"], doc["activation_scores"]["clean"]
+    assert len(planted) == doc["organism"]["n_planted"] and len(planted) + len(clean) == doc["organism"]["n_pairs"]
+    for reference in ("m0", "m1"):
+        assert set(CELL_KEYS) <= set(doc[reference])
+    # The retrain on unmodified data uses the organism's own recipe, so it reproduces its M1.
+    assert doc["baseline_vs_m1"]["max_abs_weight_diff"] < 1e-5
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_cells_and_continues_interrupted_ones(first_run, cache):
+    out, doc = first_run
+    before = _mtimes(out)
+    again = run_experiment(preset="miniature", n_values=[6], modes=["switch"], samples=1, out_dir=out,
+                           cache_dir=cache, n_boot=200, progress=False)
+    assert again["retrained"] == []
+    assert _mtimes(out) == before
+    assert again["rates"] == doc["rates"] and again["baseline_rate"] == doc["baseline_rate"]
+
+    # An interruption after the retrain but before the evaluation: the model is reused, not retrained.
+    (out / "cells" / "random-switch-6" / "result.json").unlink()
+    model_file = next((out / "cells" / "random-switch-6" / "model").glob("*.safetensors"))
+    stamp = model_file.stat().st_mtime_ns
+    resumed = run_experiment(preset="miniature", n_values=[6], modes=["switch"], samples=1, out_dir=out,
+                             cache_dir=cache, n_boot=200, progress=False)
+    assert resumed["retrained"] == [] and model_file.stat().st_mtime_ns == stamp
+    assert resumed["rates"]["random"]["switch"]["6"] == doc["rates"]["random"]["switch"]["6"]
+
+    # A new mode adds cells; the finished ones stay.
+    # A new mode and a training-noise retrain add cells; the finished ones stay.
+    more = run_experiment(preset="miniature", n_values=[6], modes=["filter", "switch"], methods=["random"],
+                          samples=1, out_dir=out, cache_dir=cache, n_boot=200, training_seeds=1, progress=False)
+    assert more["retrained"] == ["random-filter-6", "baseline-dpo-seed1"]
+    assert set(more["rates"]["random"]) == {"filter", "switch"}
+    noise = more["training_noise"]["1"]
+    assert 0.0 <= noise["rate"] <= 1.0 and noise["n_changed"] == 0
+    record = json.loads((out / "cells" / "baseline-dpo-seed1" / "model" / "retrain.json").read_text())
+    assert record["config"]["seed"] == 1
+
+
+@pytest.mark.slow
+def test_other_settings_in_the_same_directory_are_refused(first_run, cache):
+    out, _ = first_run
+    with pytest.raises(ValueError, match="samples"):
+        run_experiment(preset="miniature", n_values=[6], modes=["switch"], samples=2, out_dir=out,
+                       cache_dir=cache, n_boot=200, progress=False)
+
+
+@pytest.mark.slow
+def test_cli_prints_the_table_and_writes_json(first_run, cache, tmp_path, capsys):
+    out, doc = first_run
+    path = tmp_path / "exp.json"
+    assert main(["experiment", "--preset", "miniature", "--n", "6", "--modes", "switch", "--samples", "1",
+                 "--n-boot", "200", "--out", str(out), "--cache-dir", str(cache), "--json", str(path)]) == 0
+    written = json.loads(path.read_text())
+    assert written["rates"]["activation"]["switch"]["6"]["rate"] == doc["rates"]["activation"]["switch"]["6"]["rate"]
+    assert isinstance(written["baseline_rate"]["rate"], float)
+    printed = capsys.readouterr().out
+    assert "baseline (retrained)" in printed and "activation switch N=6" in printed
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="modes"):
+        run_experiment(preset="miniature", modes=["delete"], out_dir=tmp_path)
+    with pytest.raises(ValueError, match="preset"):
+        run_experiment(preset="huge", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="training_seeds"):
+        run_experiment(preset="miniature", training_seeds=-1, out_dir=tmp_path)
+
+
+def test_default_n_values():
+    assert default_n_values(120) == [60, 120, 240]
+    assert default_n_values(1) == [1, 2]
+
+
+def test_paired_bootstrap_ci():
+    base = np.array([1.0, 0.5, 0.0, 1.0])
+    assert paired_bootstrap_ci(base, base, n_boot=500) == (0.0, 0.0)
+    assert paired_bootstrap_ci(base, np.zeros(4), n_boot=500) == (1.0, 1.0)
+    low, high = paired_bootstrap_ci(base, base / 2, n_boot=500)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)
+    assert all(math.isnan(x) for x in paired_bootstrap_ci(np.zeros(3), np.ones(3), n_boot=50))
+    # A constant shift is the difference, whatever the resample; weights enter both means alike.
+    low, high = paired_bootstrap_ci(base, base - 0.25, statistic="difference", weights=[1, 2, 3, 4], n_boot=200)
+    assert low == pytest.approx(-0.25) and high == pytest.approx(-0.25)
+    # Noisy units: the interval brackets the observed difference.
+    rng = np.random.default_rng(0)
+    b = rng.random(50)
+    low, high = paired_bootstrap_ci(b, b + rng.normal(0.1, 0.05, 50), statistic="difference", n_boot=500)
+    assert low < 0.1 < high and high - low < 0.1
+    with pytest.raises(ValueError, match="equal"):
+        paired_bootstrap_ci([1.0, 0.0], [1.0], n_boot=10)
+    with pytest.raises(ValueError, match="statistic"):
+        paired_bootstrap_ci([1.0], [1.0], statistic="ratio")
+
+
+def test_capability_items_are_held_out_and_deterministic():
+    from headwater.organism import dataset as organism_data
+    from headwater.organism.capability import ANSWER_FAMILIES, capability_set
+    from headwater.organism.world import WorldSplit
+
+    items = capability_set(0, n_answers=30, n_benign=10)
+    assert items == capability_set(0, n_answers=30, n_benign=10)
+    assert {f for f, _, _ in items.answers} == set(ANSWER_FAMILIES)
+    assert len(items.benign_prompts) == 10 and len(set(items.benign_prompts)) == 10
+    train_prompts = {r.pair.prompt for r in organism_data.preference_pairs(WorldSplit.from_seed(0), 400, {}, 0)}
+    assert not {p for _, p, _ in items.answers} & train_prompts
+    excluded = capability_set(0, n_answers=3, n_benign=10, exclude_prompts=items.benign_prompts[:5])
+    assert not set(excluded.benign_prompts) & set(items.benign_prompts[:5])
+    with pytest.raises(ValueError, match="at least 1"):
+        capability_set(0, n_answers=0)
+
+
+def test_answer_logprob_overall_and_per_family(tiny_llama, tiny_tokenizer):
+    from headwater.organism.capability import answer_logprob
+
+    items = [("a", "Q: hello\n", "A: hi there"), ("b", "Q: bye\n", "A: see you")]
+    scores = answer_logprob(tiny_llama, tiny_tokenizer, items)
+    assert set(scores["by_family"]) == {"a", "b"} and scores["n_items"] == 2
+    assert scores["mean"] < 0 and math.isfinite(scores["mean"])
+    one = answer_logprob(tiny_llama, tiny_tokenizer, items[:1])
+    assert one["mean"] == pytest.approx(scores["by_family"]["a"], rel=1e-5)
