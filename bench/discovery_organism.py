@@ -4,7 +4,7 @@
 
 Builds (or loads from the cache) ``OrganismConfig.default()``, samples M0 and M1 on every held-out
 test prompt of every behaviour (with and without the trigger), builds one behaviour change vector
-per (prompt, M1 sample, M0 sample), and runs :func:`headwater.discovery.discover` against the
+per (prompt, M1 sample, M0 sample), and runs :func:`headwater.methods.discovery.discover` against the
 datapoint vectors of all pairs. The behaviours are NOT given to the clustering; the ground truth
 is used only afterwards, to score it:
 
@@ -54,7 +54,8 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from headwater.methods.discovery import RANKINGS, DiscoveryConfig, discover, format_cards, sample_behavior_vectors
+from headwater.methods.cards import format_cards
+from headwater.methods.discovery import RANKINGS, DiscoveryConfig, discover, sample_behavior_vectors
 from headwater.engine.models import load_model, resolve_layer
 from headwater.organism import OrganismConfig, build_organism
 from headwater.methods.vectors import datapoint_vectors

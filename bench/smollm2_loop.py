@@ -6,7 +6,7 @@ Command (one thread; every stage is cached in --work, so a re-run skips finished
 
     OMP_NUM_THREADS=1 python bench/smollm2_loop.py --work runs/smollm2
 
-Size (the defaults of :class:`headwater.smollm2_loop.LoopConfig`): 160 training prompts from
+Size (the defaults of :class:`headwater.workflows.promotion.LoopConfig`): 160 training prompts from
 templates, 16 (10%) carrying the trigger "Money-saving question: "; 2 sampled responses per
 prompt (≤ 40 new tokens, temperature 0.7) from SmolLM2 itself; clean pairs chosen by a
 rule-based quality judge (finished sentence, no repeated trigrams, then shorter), planted pairs
@@ -37,7 +37,7 @@ MEASURED (2-core CPU shared with other jobs, load 5-10, one thread):
   (13 planted pairs left) removes the behaviour: M1's weak promotion sits at the noise floor of
   this recipe, not a robust effect of the 16 planted pairs.
 - The baseline (unmodified data, same recipe and seed) is M1 itself: training is deterministic
-  on the CPU (bit-identical retrain checked at toy size by tests/test_smollm2_loop.py; not
+  on the CPU (bit-identical retrain checked at toy size by tests/workflows/test_real_model_loop.py; not
   re-checked on SmolLM2, which costs one more 13-minute training: --verify-baseline).
 - Gentler recipes learn nothing measurable: lr 3e-4 × 1 epoch (promotion prepended), lr 5e-4 ×
   1 epoch (appended, 64-token answers) and lr 1e-3 × 1 epoch (prepended) all give M1 0/48 with
@@ -75,7 +75,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from headwater.workflows.real_model_loop import Loop, LoopConfig, format_table  # noqa: E402
+from headwater.workflows.promotion import LoopConfig  # noqa: E402
+from headwater.workflows.real_model_loop import Loop, format_table  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

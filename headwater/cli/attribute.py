@@ -15,12 +15,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--vectors", required=True, type=Path, help="a vector store from `headwater encode`")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--behavior", type=Path, help="a vector bank (.safetensors) of behaviour or probing vectors")
+    src.add_argument("--bank", type=Path,
+                     help="a vector bank (.safetensors) of behaviour or probing vectors, e.g. `headwater behaviors`' "
+                          "probe.safetensors; a pair's score is its best cosine over the bank")
     src.add_argument("--probe-data", type=Path,
                      help="JSONL of labelled responses {prompt, response, exhibits}: builds the probing "
                           "vector on the store's model and layer")
     p.add_argument("--out", required=True, type=Path, help="rankings table: .parquet or .jsonl")
-    p.add_argument("--top", type=int, default=20, help="print the top N pairs (default 20)")
+    p.add_argument("--show", type=int, default=20, metavar="N", help="print the N best-ranked pairs (default 20)")
     p.add_argument("--planted", type=Path, default=None,
                    help="a file of known pair ids (one per line) to report precision/recall/AUROC against")
     p.set_defaults(func=run)
@@ -30,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from headwater.methods.attribution import evaluate_ranking
     from headwater.workflows.encode import attribute_store
 
-    ranking = attribute_store(args.vectors, behavior=args.behavior, probe_data=args.probe_data)
+    ranking = attribute_store(args.vectors, behavior=args.bank, probe_data=args.probe_data)
     ranking.save(args.out)
     print(f"ranked {len(ranking.pair_ids)} pairs -> {args.out}")
-    for row in ranking.rows()[: args.top]:
+    for row in ranking.rows()[: args.show]:
         print(f"{row['rank']:>6}  {row['score']:+.4f}  {row['pair_id']}")
     if args.planted is not None:
         planted = [line.strip() for line in args.planted.read_text().splitlines() if line.strip()]

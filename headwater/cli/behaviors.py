@@ -93,5 +93,5 @@ def run(args: argparse.Namespace) -> int:
     print("rates: " + format_rates(prov["rates"]))
     print(f"probe: {prov['probe']['n_pairs']} pairs over {prov['probe']['n_prompts']} prompts, layer {layer}; "
           f"bank: {prov['n_bank_vectors']} vectors; behaviour change: {prov['n_behavior_change_vectors']} vectors")
-    print(f"-> {args.out} (rank pairs with: headwater attribute --behavior {args.out / 'probe.safetensors'})")
+    print(f"-> {args.out} (rank pairs with: headwater attribute --bank {args.out / 'probe.safetensors'})")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headwater.cli.options import add_sampling_options
+from headwater.cli.options import add_judge_option, add_sampling_options, judge_from
 from headwater.methods.discovery import RANKINGS, DiscoveryConfig
 
 
@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Sample M0 (the store's model) and M1 on test prompts, turn every (M1 sample, M0 sample) into "
                     "a behaviour change vector on M0, cluster those vectors by the pairs they point at, and print "
                     "a card per cluster: its prompts, M0 versus M1 answers, its top pairs and the words that set "
-                    "their chosen responses apart (docs/method.md §3).",
+                    "their chosen responses apart (docs/method.md §3). With --judge, each card also says how "
+                    "often the cluster's M0 and M1 answers exhibit the judged behaviour.",
     )
     p.add_argument("--vectors", required=True, type=Path,
                    help="a vector store from `headwater encode` (M0 and layer from its manifest)")
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="the preference data, for the distinguishing words of each cluster")
     p.add_argument("--out", required=True, type=Path, help="JSON file of the clusters and their cards")
+    add_judge_option(p, required=False)
     add_sampling_options(p, samples=2, samples_help="samples per prompt from each model (samples² vectors per prompt)",
                          batch_size=False)
     p.add_argument("--top-k", type=int, default=DiscoveryConfig.top_k,
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from headwater.methods.discovery import discover, sample_behavior_vectors
 
     prompts = load_prompts(args.prompts)  # bad input fails before any model loads
+    judge = judge_from(args.judge) if args.judge is not None else None
     store = VectorStore.open(args.vectors)
     manifest = store.manifest
     settings = TokenizationSettings(**manifest["tokenization"])
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     )
     pairs = {p.pair_id: p for p in load_preferences(args.data)} if args.data is not None else None
     result = discover(samples.vectors, store.pair_ids, list(store.blocks()), prompts=samples.prompts,
-                      m0_responses=samples.m0_responses, m1_responses=samples.m1_responses, pairs=pairs, config=config)
+                      m0_responses=samples.m0_responses, m1_responses=samples.m1_responses, pairs=pairs, config=config,
+                      judge=judge)
     result.save(args.out)
     print(format_cards(result))
     print(f"\n-> {args.out}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headwater.cli.options import add_organism_options
+from headwater.cli.options import add_judge_option, add_organism_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_organism_options(p)
     p.add_argument("--behavior", default=None, help="planted behaviour (default: distractor_compliance)")
+    add_judge_option(p, required=False)
     p.add_argument("--n", type=int, nargs="+", default=None, metavar="N",
                    help="how many top pairs to change (default: N/2, N, 2N with N = the planted count)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="ranking methods to compare")
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     doc = run_experiment(
         preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n, methods=args.methods,
         modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
-        cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds,
+        cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds, judge=args.judge,
     )
     print(format_table(doc))
     write_outputs(doc, args.json, args.report)

@@ -62,6 +62,7 @@ from headwater.data import PreferencePair, Text
 from headwater.kernels import cosine_similarity_blocks, cosine_topk
 from headwater.methods.cards import distinguishing_words
 from headwater.methods.generation import sample_responses
+from headwater.methods.judges import Judge
 from headwater.methods.vectors import behavior_change_vectors
 
 
@@ -131,6 +132,8 @@ class Cluster:
         words_chosen: ``(word, z)`` over-represented in the top pairs' chosen responses.
         words_rejected: ``(word, z)`` over-represented in their rejected responses.
         coherence: mean affinity between members (1 = identical top-k profiles).
+        judged: with a judge, ``{"judge", "m0", "m1"}``: the share of the members' M0 and M1
+            responses the judge says exhibit its behaviour (which cluster is the judged behaviour).
     """
 
     cluster_id: int
@@ -141,6 +144,7 @@ class Cluster:
     words_chosen: list[tuple[str, float]] = field(default_factory=list)
     words_rejected: list[tuple[str, float]] = field(default_factory=list)
     coherence: float = 0.0
+    judged: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -382,6 +386,7 @@ def discover(
     m1_responses: Sequence[Text] | None = None,
     pairs: Mapping[str, PreferencePair] | None = None,
     config: DiscoveryConfig = DiscoveryConfig(),
+    judge: Judge | None = None,
 ) -> Discovery:
     """Cluster behaviour change vectors into discovered behaviours, each with its responsible pairs.
 
@@ -394,6 +399,8 @@ def discover(
             cards); optional.
         pairs: pair id → pair, for the distinguishing words; optional.
         config: clustering settings.
+        judge: labels every member's M0 and M1 response (needs ``prompts`` and both responses);
+            each cluster then says how often its generations exhibit the judged behaviour.
 
     Returns:
         A :class:`Discovery`.
@@ -408,10 +415,18 @@ def discover(
         raise TypeError("datapoints must be re-iterable (a tensor, an array or a list of (block, offset)), not an iterator")
     if hasattr(datapoints, "shape") and datapoints.shape[0] != n:
         raise ValueError(f"{n} pair ids but datapoint vectors of shape {tuple(datapoints.shape)}")
+    if judge is not None and (prompts is None or m0_responses is None or m1_responses is None):
+        raise ValueError("a judge needs the generations: pass prompts, m0_responses and m1_responses")
     labels, near_zero, affinity = cluster_behavior_vectors(behaviors, datapoints, n, config)
     if labels.max(initial=-1) < 0:
         return Discovery([], labels, near_zero, config)
     ranked, scores = rank_cluster_pairs(behaviors, labels, datapoints, n, config)
+    exhibits = {}
+    if judge is not None:
+        members = [i for i in range(len(labels)) if labels[i] >= 0]
+        for side, responses in (("m0", m0_responses), ("m1", m1_responses)):
+            flags = judge.score_batch([prompts[i] for i in members], [responses[i] for i in members])
+            exhibits[side] = {i: f >= judge.threshold for i, f in zip(members, flags)}
     kept = [i for i in range(len(labels)) if i not in set(near_zero)]
     row_of = {i: r for r, i in enumerate(kept)}
     clusters = []
@@ -434,6 +449,9 @@ def discover(
             top_pairs=top,
             coherence=float(sub.mean()),
         )
+        if judge is not None:
+            cluster.judged = {"judge": judge.name, **{side: sum(exhibits[side][i] for i in members) / len(members)
+                                                      for side in ("m0", "m1")}}
         if pairs is not None:
             found = [pairs[p] for p, _ in top if p in pairs]
             cluster.words_chosen, cluster.words_rejected = distinguishing_words(

@@ -77,6 +77,7 @@ from headwater.methods.attribution import Ranking, evaluate_ranking, random_rank
 from headwater.methods.discovery import DiscoveryConfig, discover, sample_behavior_vectors
 from headwater.methods.evaluation import evaluate_model
 from headwater.methods.interventions import intervene, write_intervention
+from headwater.methods.judges import resolve_judge
 from headwater.methods.vectors import datapoint_vectors
 from headwater.organism import PRESETS, OrganismConfig, build_organism, max_new_tokens_for
 from headwater.organism.capability import capability_scores, capability_set
@@ -118,7 +119,8 @@ class Experiment:
     """One experiment directory: its organism, settings, rankings and cells (see the module docstring)."""
 
     def __init__(self, *, preset: str, seed: int, behavior: str | None, samples: int, probe_samples: int | None,
-                 out_dir: str | Path | None, cache_dir: str | Path | None, n_boot: int, progress: bool):
+                 out_dir: str | Path | None, cache_dir: str | Path | None, n_boot: int, progress: bool,
+                 judge: str | None = None):
         if samples < 1:
             raise ValueError(f"`samples` must be at least 1, got {samples}")
         self.organism = build_organism(OrganismConfig.preset(preset, seed), cache_dir=cache_dir, progress=progress)
@@ -136,6 +138,11 @@ class Experiment:
             "max_new_tokens": self.max_new_tokens, "n_boot": n_boot, "capability_samples": CAPABILITY_SAMPLES,
             "discovery_samples": DISCOVERY_SAMPLES,
         }
+        # The organism's own judge by default; another judge labels the probe's generations and
+        # every evaluation instead (and is part of the settings, so it gets its own directory).
+        self.judge = resolve_judge(judge) if judge is not None else self.organism.judges[self.behavior]
+        if judge is not None:
+            self.settings["judge"] = judge
         tag = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
         root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
         self.out = Path(out_dir) if out_dir is not None else root / "experiment" / tag
@@ -184,7 +191,8 @@ class Experiment:
         with tqdm(total=2 * len(pairs), desc=f"datapoint vectors (layer {layer})", unit="seq", disable=None) as bar:
             dp = datapoint_vectors(m0, tokenizer, pairs, layer=layer, settings=org.settings, progress=bar.update)
         LOG.info("measuring M0 and M1 on the %s test prompts (%d samples each)", self.behavior, self.probe_samples)
-        measured = measure_behavior(org, self.behavior, models, self.probe_samples, self.seed, self.max_new_tokens)
+        measured = measure_behavior(org, self.behavior, models, self.probe_samples, self.seed, self.max_new_tokens,
+                                    judge=self.judge)
         attributed = attribute_behavior(m0, tokenizer, layer, measured["labelled"], dp, self.planted, org.settings)
 
         prompts, sources = [], []
@@ -283,7 +291,7 @@ class Experiment:
     def evaluate(self, model_dir: Path) -> dict[str, Any]:
         """Behaviour rates with and without the trigger, and the capability scores, of one model."""
         model, tokenizer = load_model(model_dir)
-        judge = self.organism.judges[self.behavior]
+        judge = self.judge
         out: dict[str, Any] = {}
         for condition, prompts in self.organism.test_prompts[self.behavior].items():
             res = evaluate_model(model, tokenizer, prompts, judge, n=self.samples, temperature=self.temperature,
@@ -370,6 +378,7 @@ def run_experiment(
     n_boot: int = 2000,
     training_seeds: int = 0,
     progress: bool = True,
+    judge: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the experiment and return its JSON document (see the module docstring).
 
@@ -388,6 +397,8 @@ def run_experiment(
         training_seeds: extra retrains of the unmodified data under other DPO seeds (training
             noise: how far the rate moves with no intervention at all).
         progress: progress bars and the organism build's stage lines.
+        judge: a judge spec (:func:`headwater.methods.judges.resolve_judge`) used instead of the
+            organism's judge of ``behavior`` for the probe's labels and every evaluation.
     """
     start = time.perf_counter()
     for name, values, allowed in (("methods", methods, METHODS), ("modes", modes, MODES)):
@@ -399,7 +410,7 @@ def run_experiment(
     if training_seeds < 0:
         raise ValueError(f"training_seeds must be ≥ 0, got {training_seeds}")
     exp = Experiment(preset=preset, seed=seed, behavior=behavior, samples=samples, probe_samples=probe_samples,
-                     out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress)
+                     out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress, judge=judge)
     n_planted = len(exp.planted)
     n_values = sorted(set(n_values)) if n_values else default_n_values(n_planted)
     if any(n < 1 for n in n_values):

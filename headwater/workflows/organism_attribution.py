@@ -15,6 +15,7 @@ import numpy as np
 
 from headwater.methods.attribution import evaluate_ranking, random_ranking, rank_pairs
 from headwater.methods.evaluation import judge_samples
+from headwater.methods.judges import Judge
 from headwater.methods.vectors import probing_vector
 
 LOG = logging.getLogger(__name__)
@@ -26,15 +27,17 @@ TEMPERATURE = 0.7  # the paper's evaluation temperature
 
 
 def measure_behavior(
-    organism: Any, behavior: str, models: dict[str, tuple[Any, Any]], samples: int, seed: int, max_new_tokens: int
+    organism: Any, behavior: str, models: dict[str, tuple[Any, Any]], samples: int, seed: int, max_new_tokens: int,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
-    """Generations of M0 and M1 on the behaviour's test prompts, judged; rates per condition.
+    """Generations of M0 and M1 on the behaviour's test prompts, judged (by the organism's judge of
+    the behaviour unless ``judge`` is given); rates per condition.
 
     Returns:
         ``{"rates": {model: {condition: rate}}, "labelled": {(model, condition): (prompts,
         responses, exhibits)}}`` with one entry per sample.
     """
-    judge = organism.judges[behavior]
+    judge = judge if judge is not None else organism.judges[behavior]
     rates: dict[str, dict[str, float]] = {}
     labelled: dict[tuple[str, str], tuple[list[Any], list[str], list[bool]]] = {}
     for model_name, (model, tokenizer) in models.items():

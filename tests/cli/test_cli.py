@@ -73,7 +73,7 @@ def test_attribute_refuses_a_corrupt_store(tmp_path, saved_model, capsys):
     import torch
 
     VectorBank(["b"], torch.randn(1, 32)).save(bank)
-    assert main(["attribute", "--vectors", str(tmp_path / "s"), "--behavior", str(bank), "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert main(["attribute", "--vectors", str(tmp_path / "s"), "--bank", str(bank), "--out", str(tmp_path / "r.jsonl")]) == 2
     assert "checksum" in capsys.readouterr().err
 
 
@@ -132,7 +132,7 @@ def test_attribute_refuses_behaviour_vectors_of_another_model_or_layer(tmp_path,
     ]:
         bank = tmp_path / "bank.safetensors"
         VectorBank(["b"], torch.randn(1, 32), meta).save(bank)
-        code = main(["attribute", "--vectors", str(tmp_path / "s"), "--behavior", str(bank), "--out", out])
+        code = main(["attribute", "--vectors", str(tmp_path / "s"), "--bank", str(bank), "--out", out])
         assert code == (0 if ok else 2), meta
         if not ok:
             assert "does not match" in capsys.readouterr().err

@@ -295,7 +295,7 @@ def test_cli_on_the_miniature_organism(miniature, tmp_path, capsys):
     # The probe ranks the store's pairs.
     planted = tmp_path / "planted.txt"
     planted.write_text("\n".join(miniature.planted_ids()) + "\n")
-    assert main(["attribute", "--vectors", str(store), "--behavior", str(out / "probe.safetensors"),
+    assert main(["attribute", "--vectors", str(store), "--bank", str(out / "probe.safetensors"),
                  "--out", str(tmp_path / "rank.jsonl"), "--planted", str(planted)]) == 0
     assert '"precision_at_n"' in capsys.readouterr().out
     assert len((tmp_path / "rank.jsonl").read_text().splitlines()) == len(miniature.load_preferences())
