@@ -55,7 +55,8 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from headwater.methods.cards import format_cards
-from headwater.methods.discovery import RANKINGS, DiscoveryConfig, discover, sample_behavior_vectors
+from headwater.methods.behaviors import sample_behavior_vectors
+from headwater.methods.discovery import RANKINGS, DiscoveryConfig, discover
 from headwater.engine.models import load_model, resolve_layer
 from headwater.organism import OrganismConfig, build_organism
 from headwater.methods.vectors import datapoint_vectors

@@ -31,6 +31,9 @@ The peak also depends on the C allocator. On the CPU the engine has glibc keep f
 buffers in its heap (allocator.py: no page faults on every batch, 1-5% more pairs/s), where
 batches of many shapes fragment it: the peak grows over the first shards' batch shapes (about
 30 MiB on the tiny model), then stays (bench/bench_encode.py, ``--memory``).
+
+(Over 500 lines on purpose: shard planning, the tokenising worker, the writer thread, resuming
+and collecting other ranks' shards are one run's protocol and read best in one place.)
 """
 from __future__ import annotations
 

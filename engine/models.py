@@ -17,6 +17,9 @@ the capture is the raw output of the last block, *before* the final norm; transf
 ``hidden_states`` entry has that norm applied (``model.norm`` for Llama, OLMo 2 and Qwen2,
 ``transformer.ln_f`` for GPT-2). ``hidden_states[0]`` (the embeddings) is not a block and is not
 offered.
+
+(About 500 lines on purpose: loading, GGUF, layer resolution and the capture share the knowledge
+of where each architecture keeps its blocks and norms.)
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from headwater.engine.store import VectorStore
     from headwater.engine.tokenization import TokenizationSettings
     from headwater.methods.cards import format_cards
-    from headwater.methods.discovery import discover, sample_behavior_vectors
+    from headwater.methods.behaviors import sample_behavior_vectors
+    from headwater.methods.discovery import discover
 
     prompts = load_prompts(args.prompts)  # bad input fails before any model loads
     judge = judge_from(args.judge) if args.judge is not None else None

@@ -41,8 +41,10 @@ import torch
 from headwater.data import Scenario, Text, save_scenarios
 from headwater.engine.tokenization import TokenizationSettings
 from headwater.methods.evaluation import judge_samples
+from headwater.methods.generation import sample_responses
 from headwater.methods.judges import Judge
 from headwater.methods.vectors import (
+    behavior_change_vectors,
     FILTER_CONDITIONS,
     ScenarioVerdict,
     VectorBank,
@@ -354,4 +356,52 @@ def build_behaviors(
     )
 
 
-__all__ = ["BehaviorResult", "Generation", "build_behaviors", "check_output_dir", "format_rates"]
+@dataclass
+class BehaviorSamples:
+    """Behaviour change vectors with the generations they came from.
+
+    Attributes:
+        prompts, m0_responses, m1_responses: B aligned entries, one per (prompt, M1 sample, M0 sample).
+        prompt_index: [B] index of each row's prompt in the input prompt list.
+        vectors: [B, d] float32 v_b on M0.
+    """
+
+    prompts: list[Text]
+    m0_responses: list[str]
+    m1_responses: list[str]
+    prompt_index: list[int]
+    vectors: torch.Tensor
+
+
+def sample_behavior_vectors(
+    m0: Any,
+    m1: Any,
+    tokenizer: Any,
+    prompts: Sequence[Text],
+    *,
+    layer: int,
+    settings: Any,
+    samples: int = 2,
+    temperature: float = 0.7,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+) -> BehaviorSamples:
+    """Sample ``samples`` responses from M0 and from M1 per prompt and build every (M1, M0) v_b.
+
+    Each prompt gives ``samples²`` behaviour vectors, one per (M1 sample, M0 sample), all read on
+    M0 at ``layer``.
+    """
+    r0 = sample_responses(m0, tokenizer, prompts, n=samples, temperature=temperature,
+                          max_new_tokens=max_new_tokens, settings=settings, seed=seed)
+    r1 = sample_responses(m1, tokenizer, prompts, n=samples, temperature=temperature,
+                          max_new_tokens=max_new_tokens, settings=settings, seed=seed + 1)
+    rows = [(i, j1, j0) for i in range(len(prompts)) for j1 in range(samples) for j0 in range(samples)]
+    flat_prompts = [prompts[i] for i, _, _ in rows]
+    flat_m0 = [r0[i][j0] for i, _, j0 in rows]
+    flat_m1 = [r1[i][j1] for i, j1, _ in rows]
+    vectors = behavior_change_vectors(m0, tokenizer, flat_prompts, flat_m0, flat_m1, layer=layer, settings=settings)
+    return BehaviorSamples(flat_prompts, flat_m0, flat_m1, [i for i, _, _ in rows], vectors)
+
+
+__all__ = ["BehaviorResult", "BehaviorSamples", "Generation", "build_behaviors", "check_output_dir", "format_rates",
+           "sample_behavior_vectors"]

@@ -44,7 +44,11 @@ The algorithm (deterministic; no random state):
 5. **Describe each cluster** (a card): its test prompts, representative generations (the members
    most typical of the cluster, M0 versus M1), the top pairs with scores, and the words that
    distinguish the top pairs' chosen from their rejected responses: the log-odds ratio with an
-   informative Dirichlet prior (Monroe, Colaresi & Quinn 2008), as a z-score.
+   informative Dirichlet prior (Monroe, Colaresi & Quinn 2008), as a z-score
+   (:mod:`headwater.methods.cards`).
+
+The behaviour change vectors and their generations come from
+:func:`headwater.methods.behaviors.sample_behavior_vectors`.
 
 Clusters are ordered by size, largest first.
 """
@@ -61,9 +65,7 @@ import torch
 from headwater.data import PreferencePair, Text
 from headwater.kernels import cosine_similarity_blocks, cosine_topk
 from headwater.methods.cards import distinguishing_words
-from headwater.methods.generation import sample_responses
 from headwater.methods.judges import Judge
-from headwater.methods.vectors import behavior_change_vectors
 
 
 RANKINGS = ("diffusion", "mean_cosine")
@@ -469,52 +471,5 @@ def _distinct(prompts: Sequence[Text]) -> list[Text]:
     return list(seen.values())
 
 
-@dataclass
-class BehaviorSamples:
-    """Behaviour change vectors with the generations they came from.
-
-    Attributes:
-        prompts, m0_responses, m1_responses: B aligned entries, one per (prompt, M1 sample, M0 sample).
-        prompt_index: [B] index of each row's prompt in the input prompt list.
-        vectors: [B, d] float32 v_b on M0.
-    """
-
-    prompts: list[Text]
-    m0_responses: list[str]
-    m1_responses: list[str]
-    prompt_index: list[int]
-    vectors: torch.Tensor
-
-
-def sample_behavior_vectors(
-    m0: Any,
-    m1: Any,
-    tokenizer: Any,
-    prompts: Sequence[Text],
-    *,
-    layer: int,
-    settings: Any,
-    samples: int = 2,
-    temperature: float = 0.7,
-    max_new_tokens: int = 64,
-    seed: int = 0,
-) -> BehaviorSamples:
-    """Sample ``samples`` responses from M0 and from M1 per prompt and build every (M1, M0) v_b.
-
-    Each prompt gives ``samples²`` behaviour vectors, one per (M1 sample, M0 sample), all read on
-    M0 at ``layer``.
-    """
-    r0 = sample_responses(m0, tokenizer, prompts, n=samples, temperature=temperature,
-                          max_new_tokens=max_new_tokens, settings=settings, seed=seed)
-    r1 = sample_responses(m1, tokenizer, prompts, n=samples, temperature=temperature,
-                          max_new_tokens=max_new_tokens, settings=settings, seed=seed + 1)
-    rows = [(i, j1, j0) for i in range(len(prompts)) for j1 in range(samples) for j0 in range(samples)]
-    flat_prompts = [prompts[i] for i, _, _ in rows]
-    flat_m0 = [r0[i][j0] for i, _, j0 in rows]
-    flat_m1 = [r1[i][j1] for i, j1, _ in rows]
-    vectors = behavior_change_vectors(m0, tokenizer, flat_prompts, flat_m0, flat_m1, layer=layer, settings=settings)
-    return BehaviorSamples(flat_prompts, flat_m0, flat_m1, [i for i, _, _ in rows], vectors)
-
-
-__all__ = ["RANKINGS", "BehaviorSamples", "Cluster", "Discovery", "DiscoveryConfig", "cluster_behavior_vectors",
-           "discover", "rank_cluster_pairs", "sample_behavior_vectors", "sparse_topk_similarity"]
+__all__ = ["RANKINGS", "Cluster", "Discovery", "DiscoveryConfig", "cluster_behavior_vectors", "discover",
+           "rank_cluster_pairs", "sparse_topk_similarity"]

@@ -34,6 +34,8 @@ split (:class:`WorldSplit`), so test prompts are never seen in SFT or DPO.
 
 Prompts are raw text ending in a newline; the response follows directly (the paper's raw
 format, no chat template).
+
+(Long on purpose: most of it is the world's vocabulary, templates and wordings, as data.)
 """
 from __future__ import annotations
 

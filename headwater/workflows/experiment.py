@@ -74,7 +74,8 @@ from tqdm.auto import tqdm
 from headwater.engine.models import cache_root, load_model, resolve_layer
 from headwater.kernels import cosine_similarity_blocks
 from headwater.methods.attribution import Ranking, evaluate_ranking, random_ranking, rank_pairs
-from headwater.methods.discovery import DiscoveryConfig, discover, sample_behavior_vectors
+from headwater.methods.behaviors import sample_behavior_vectors
+from headwater.methods.discovery import DiscoveryConfig, discover
 from headwater.methods.evaluation import evaluate_model
 from headwater.methods.interventions import intervene, write_intervention
 from headwater.methods.judges import resolve_judge

@@ -255,7 +255,7 @@ def miniature(tmp_path_factory):
 
 
 def test_miniature_organism_end_to_end(miniature):
-    from headwater.methods.discovery import sample_behavior_vectors
+    from headwater.methods.behaviors import sample_behavior_vectors
     from headwater.engine.models import load_model, resolve_layer
     from headwater.methods.vectors import datapoint_vectors
 
