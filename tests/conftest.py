@@ -25,3 +25,12 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_tokenizer):
     return build_tiny_llama(tiny_tokenizer)
+
+
+@pytest.fixture()
+def saved_model(tmp_path, tiny_llama, tiny_tokenizer):
+    """The tiny Llama and its tokenizer saved as a transformers model directory."""
+    path = tmp_path / "m0"
+    tiny_llama.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

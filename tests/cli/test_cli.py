@@ -10,14 +10,6 @@ from headwater.cli import main
 from headwater.engine.store import read_store
 
 
-@pytest.fixture()
-def saved_model(tmp_path, tiny_llama, tiny_tokenizer):
-    path = tmp_path / "m0"
-    tiny_llama.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -45,14 +45,6 @@ def miniature(tmp_path_factory):
     return build_organism(OrganismConfig.miniature(), cache_dir=tmp_path_factory.mktemp("organism"), progress=False)
 
 
-@pytest.fixture()
-def saved_model(tmp_path, tiny_llama, tiny_tokenizer):
-    path = tmp_path / "m"
-    tiny_llama.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def _evaluate(saved_model, tmp_path, judge, name):
     (tmp_path / "prompts.txt").write_text("How do I bake bread?\nTell me about the sea.\nWhat is rain?\n")
     out = tmp_path / f"{name}.json"

@@ -1,4 +1,4 @@
-"""headwater.discovery: planted block structure recovered exactly, near-zero vectors dropped,
+"""headwater.methods.discovery: planted block structure recovered exactly, near-zero vectors dropped,
 deterministic output, exact blockwise pieces, the diffusion ranking against a shared direction
 that fools the mean-cosine ranking, and one run on the miniature organism."""
 from __future__ import annotations

@@ -22,11 +22,8 @@ CONFIG = DPOConfig(beta=0.5, lr=1e-2, epochs=2, batch_size=2, warmup_ratio=0.0,
 
 
 @pytest.fixture()
-def m0(tmp_path, tiny_llama, tiny_tokenizer):
-    path = tmp_path / "m0"
-    tiny_llama.save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+def m0(saved_model):
+    return saved_model
 
 
 @pytest.fixture()
