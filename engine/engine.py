@@ -37,6 +37,7 @@ and collecting other ranks' shards are one run's protocol and read best in one p
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -66,6 +67,7 @@ from headwater.engine.store import (
     read_shard_record,
     shard_is_intact,
     start_run,
+    store_lock,
     write_shard,
 )
 from headwater.engine.tokenization import (
@@ -400,8 +402,22 @@ class Engine:
         started = time.perf_counter()
         if shard_pairs < 1:
             raise ValueError(f"shard_pairs must be positive, got {shard_pairs}")
-        store_dtype = dtype_name(store_dtype)
         root = Path(out_dir)
+        # One writer per store: rank 0 holds the lock for the whole run (the other ranks of the
+        # same torchrun write their own shards under it); a second run gets a clear error.
+        with store_lock(root) if distributed.current().is_main else contextlib.nullcontext():
+            return self._encode_pairs(
+                dataset, root, resume=resume, overwrite=overwrite, shard_pairs=shard_pairs, store_dtype=store_dtype,
+                progress=progress, dataset_name=dataset_name, skipped_rows=skipped_rows, on_shard=on_shard,
+                started=started,
+            )
+
+    def _encode_pairs(
+        self, dataset: Sequence[Any], root: Path, *, resume: bool, overwrite: bool, shard_pairs: int,
+        store_dtype: str | torch.dtype, progress: bool, dataset_name: str | None,
+        skipped_rows: Sequence[Any] | None, on_shard: Callable[[ShardRecord], None] | None, started: float,
+    ) -> VectorStore:
+        store_dtype = dtype_name(store_dtype)
         rank = distributed.current()
         n = len(dataset)
         n_shards = max(1, -(-n // shard_pairs))
@@ -466,7 +482,8 @@ class Engine:
             rows = [s._asdict() if hasattr(s, "_asdict") else dict(s) for s in loader_skipped]
             finish_run(root, header, all_records, {"skipped_rows": rows, "world_size": rank.world_size})
         distributed.barrier()
-        store = VectorStore.open(root, verify=False)
+        # Rank 0 reads back every byte it finally wrote against the manifest.
+        store = VectorStore.open(root, verify=rank.is_main)
         seconds = time.perf_counter() - started
         store.summary = self._summary(store, n, seconds, stats, n_shards, len(resumed), rank)
         if rank.is_main:

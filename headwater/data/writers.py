@@ -11,6 +11,7 @@ from typing import Any
 from headwater.data.dataset import PreferenceDataset, pair_to_row
 from headwater.data.pairs import ID_COLUMN, PAIR_COLUMNS, PreferencePair
 from headwater.data.readers import PARQUET_SUFFIXES
+from headwater.engine import atomic
 
 
 def _json_ready(value: Any) -> Any:
@@ -30,7 +31,8 @@ def save_preferences(pairs: Iterable[PreferencePair], path: str | os.PathLike) -
     Columns: ``prompt``, ``chosen``, ``rejected`` (prompt always explicit), every metadata
     column, then ``pair_id``. Loading the file again gives the same ids. A metadata column whose
     values Arrow cannot hold in one column (mixed types) is a ValueError naming the column.
-    NaN metadata values are written as null in JSONL.
+    NaN metadata values are written as null in JSONL. The file is written atomically: a failure
+    (text that is not valid Unicode, a column Arrow cannot hold) leaves ``path`` as it was.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -49,21 +51,28 @@ def save_preferences(pairs: Iterable[PreferencePair], path: str | os.PathLike) -
     for row in rows:  # metadata columns in order of first appearance
         names.extend(key for key in row if key not in names and key != ID_COLUMN)
     names.append(ID_COLUMN)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".jsonl":
-        with path.open("w", encoding="utf-8") as out:
-            for i, row in enumerate(rows):
-                try:
-                    out.write(json.dumps(_json_ready(row), ensure_ascii=False, allow_nan=False) + "\n")
-                except TypeError as error:
-                    where = f"{path}: pair {row[ID_COLUMN]} (position {i})"
-                    raise ValueError(f"{where} is not JSON-serialisable: {error}") from None
+        lines = []
+        for i, row in enumerate(rows):
+            where = f"{path}: pair {row[ID_COLUMN]} (position {i})"
+            try:
+                lines.append((json.dumps(_json_ready(row), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8"))
+            except TypeError as error:
+                raise ValueError(f"{where} is not JSON-serialisable: {error}") from None
+            except UnicodeEncodeError as error:  # a lone surrogate cannot be written as UTF-8
+                raise ValueError(f"{where} holds text that is not valid Unicode ({error.reason} at "
+                                 f"{error.object[max(0, error.start - 20):error.end + 20]!r})") from None
+        atomic.write_bytes(path, b"".join(lines))
         return path
     arrays = []
     for name in names:
         try:
             arrays.append(pa.array([row.get(name) for row in rows]))
-        except (pa.ArrowException, TypeError) as error:
+        except (pa.ArrowException, TypeError, UnicodeEncodeError) as error:
             raise ValueError(f"{path}: column {name!r} cannot be stored in Parquet ({error})") from None
-    pq.write_table(pa.Table.from_arrays(arrays, names=names), path)
+    try:
+        with atomic.atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_arrays(arrays, names=names), tmp)
+    except pa.ArrowException as error:
+        raise ValueError(f"{path}: the pairs cannot be written as Parquet ({error})") from None
     return path

@@ -14,6 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from headwater.data import iter_jsonl
+from headwater.engine import atomic
+from headwater.engine.store import fingerprint_ids
 from headwater.kernels import cosine_similarity_blocks
 
 
@@ -86,46 +89,98 @@ class Ranking:
         ]
 
     def save(self, path: str | Path) -> Path:
-        """Write a table (pair_id, score, rank) as ``.parquet`` or ``.jsonl``, by extension."""
+        """Write a table (pair_id, score, rank, method) as ``.parquet`` or ``.jsonl``, by extension,
+        atomically. The Parquet file also records the row count and the ids' fingerprint, which
+        :meth:`load` checks."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
+            n = len(self.pair_ids)
             table = pa.table(
                 {
                     "pair_id": pa.array(self.pair_ids, pa.string()),
                     "score": pa.array(self.scores, pa.float32()),
-                    "rank": pa.array(np.arange(1, len(self.pair_ids) + 1), pa.int64()),
+                    "rank": pa.array(np.arange(1, n + 1), pa.int64()),
+                    "method": pa.array([self.method] * n, pa.string()),
                 }
             )
-            pq.write_table(table.replace_schema_metadata({"headwater.method": self.method}), path)
+            meta = {"headwater.method": self.method, "headwater.n_pairs": str(n),
+                    "headwater.ids_fingerprint": fingerprint_ids(self.pair_ids)}
+            with atomic.atomic_path(path) as tmp:
+                pq.write_table(table.replace_schema_metadata(meta), tmp)
         elif path.suffix == ".jsonl":
-            with path.open("w") as f:
-                for row in self.rows():
-                    f.write(json.dumps({**row, "method": self.method}) + "\n")
+            atomic.write_text(path, "".join(json.dumps({**row, "method": self.method}) + "\n" for row in self.rows()))
         else:
             raise ValueError(f"rankings are written as .parquet or .jsonl, not {path.suffix!r} ({path})")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Ranking:
-        path = Path(path)
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+        """A ranking written by :meth:`save` (or any table with ``pair_id`` and ``score``).
 
-            table = pq.read_table(path)
-            meta = table.schema.metadata or {}
-            method = meta.get(b"headwater.method", b"activation").decode()
-            ids, scores = table.column("pair_id").to_pylist(), table.column("score").to_numpy()
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: an unreadable file, a missing column, a bad JSONL line (naming the line),
+                a repeated pair id, or a Parquet file whose rows do not match its recorded count
+                and fingerprint.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"rankings file {path} does not exist")
+        if path.suffix == ".parquet":
+            ids, scores, method = _read_parquet_ranking(path)
         elif path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            ids, scores = [r["pair_id"] for r in rows], np.array([r["score"] for r in rows], np.float32)
-            method = rows[0].get("method", "activation") if rows else "activation"
+            ids, scores, method = _read_jsonl_ranking(path)
         else:
             raise ValueError(f"rankings are read from .parquet or .jsonl, not {path.suffix!r} ({path})")
+        seen: dict[str, int] = {}
+        for i, pid in enumerate(ids):
+            if pid in seen:
+                raise ValueError(f"{path}: pair id {pid!r} is ranked twice (rows {seen[pid] + 1} and {i + 1})")
+            seen[pid] = i
         return cls.from_scores(ids, scores, method)
+
+
+def _read_parquet_ranking(path: Path) -> tuple[list[str], np.ndarray, str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path} is not a readable Parquet file ({err})") from None
+    missing = [c for c in ("pair_id", "score") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} has no {missing} column(s) (columns: {table.column_names}); a ranking needs "
+                         "pair_id and score")
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    ids = [str(x) for x in table.column("pair_id").to_pylist()]
+    try:
+        scores = np.asarray(table.column("score").to_numpy(zero_copy_only=False), np.float32)
+    except (pa.ArrowException, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: the score column is not numeric ({err})") from None
+    expected_n = meta.get("headwater.n_pairs")
+    if expected_n is not None and (int(expected_n) != len(ids)
+                                   or meta.get("headwater.ids_fingerprint") != fingerprint_ids(ids)):
+        raise ValueError(f"{path} holds {len(ids)} rows that do not match the {expected_n} pairs it was written "
+                         "with; the file is damaged")
+    return ids, scores, meta.get("headwater.method", "activation")
+
+
+def _read_jsonl_ranking(path: Path) -> tuple[list[str], np.ndarray, str]:
+    ids, scores, method = [], [], None
+    for number, row in iter_jsonl(path):
+        if not isinstance(row, dict) or "pair_id" not in row or "score" not in row:
+            raise ValueError(f"{path}:{number}: expected an object with 'pair_id' and 'score'")
+        score = row["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise ValueError(f"{path}:{number}: 'score' must be a number, got {score!r}")
+        ids.append(str(row["pair_id"]))
+        scores.append(score)
+        method = method or row.get("method")
+    return ids, np.asarray(scores, np.float32), method or "activation"
 
 
 def rank_pairs(pair_ids: Sequence[str], datapoints: Any, behaviors: torch.Tensor) -> Ranking:

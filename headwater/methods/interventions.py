@@ -20,7 +20,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
-from headwater.data import PreferenceDataset, PreferencePair, free_id, make_pair, save_preferences
+from headwater.data import PreferenceDataset, PreferencePair, free_id, load_preferences, make_pair, save_preferences
+from headwater.engine import atomic
 from headwater.methods.attribution import Ranking
 
 MODES = ("filter", "switch", "reweight")
@@ -171,24 +172,69 @@ def write_intervention(
 ) -> dict[str, Path]:
     """Write ``pairs.jsonl`` and/or ``pairs.parquet`` (TRL's format) and ``manifest.json``.
 
+    Every file is written atomically and the manifest last: it records each pairs file's sha256,
+    the number of pairs and their fingerprint, which :func:`read_intervention` checks. Replacing
+    an intervention removes the old manifest first, so a run that fails half-way leaves a
+    directory that readers refuse, never an old manifest beside new pairs.
+
     Returns:
         ``{"jsonl": path, "parquet": path, "manifest": path}`` for what was written.
 
     Raises:
         FileExistsError: ``out_dir`` already holds a manifest and ``overwrite`` is off.
-        ValueError: an unknown format.
+        ValueError: an unknown format, or pairs that cannot be written (nothing is replaced then).
     """
     bad = [f for f in formats if f not in ("jsonl", "parquet")]
     if bad or not formats:
         raise ValueError(f"formats must be 'jsonl' and/or 'parquet', got {list(formats)}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a directory")
     if (out / MANIFEST).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds an intervention ({MANIFEST}); pass overwrite to replace it")
+    dataset = pairs if isinstance(pairs, PreferenceDataset) else PreferenceDataset(pairs)
     out.mkdir(parents=True, exist_ok=True)
-    written = {fmt: save_preferences(pairs, out / f"pairs.{fmt}") for fmt in formats}
-    manifest = {**manifest, "files": {fmt: path.name for fmt, path in written.items()}}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / MANIFEST).unlink(missing_ok=True)
+    written = {fmt: save_preferences(dataset, out / f"pairs.{fmt}") for fmt in formats}
+    manifest = {
+        **manifest,
+        "files": {fmt: path.name for fmt, path in written.items()},
+        "sha256": {path.name: atomic.sha256_file(path) for path in written.values()},
+        "n_output": len(dataset),
+        "output_fingerprint": dataset.fingerprint,
+    }
+    atomic.write_json(out / MANIFEST, manifest)
     return {**written, "manifest": out / MANIFEST}
 
 
-__all__ = ["MODES", "SWITCHED_FROM", "WEIGHT", "drop_source", "intervene", "write_intervention"]
+def read_intervention(directory: str | Path) -> tuple[PreferenceDataset, dict[str, Any]]:
+    """The pairs and manifest of a :func:`write_intervention` directory, checked against each other.
+
+    Raises:
+        ValueError: no manifest (an interrupted write, or not an intervention), a pairs file whose
+            checksum, pair count or fingerprint differs from the manifest's.
+    """
+    out = Path(directory)
+    path = out / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{out} holds no {MANIFEST}: not an intervention, or one whose writing was interrupted "
+                         "(run headwater intervene again)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    name = (files or {}).get("parquet") or (files or {}).get("jsonl")
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ValueError(f"{path} names no pairs file of its directory")
+    checksum = (manifest.get("sha256") or {}).get(name)
+    if checksum is not None and (not (out / name).is_file() or atomic.sha256_file(out / name) != checksum):
+        raise ValueError(f"{out / name} is missing or does not match the checksum in {path}; the data is damaged")
+    dataset = load_preferences(out / name)
+    for key, value in (("n_output", len(dataset)), ("output_fingerprint", dataset.fingerprint)):
+        if key in manifest and manifest[key] != value:
+            raise ValueError(f"{out / name} has {key} {value!r} but {path} says {manifest[key]!r}")
+    return dataset, manifest
+
+
+__all__ = ["MODES", "SWITCHED_FROM", "WEIGHT", "drop_source", "intervene", "read_intervention", "write_intervention"]

@@ -15,9 +15,7 @@ a real model).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -27,7 +25,9 @@ from typing import Any, Sequence
 import torch
 
 from headwater.data import PreferenceDataset, PreferencePair, load_preferences
-from headwater.engine.models import decoder_blocks, load_model
+from headwater.engine import atomic
+from headwater.engine.models import decoder_blocks, load_model, make_saveable
+from headwater.methods.interventions import read_intervention
 from headwater.training.dpo import DPOConfig, DPOResult, train_dpo
 from headwater.training.recipes import recipe
 
@@ -47,14 +47,8 @@ def load_training_data(data: str | Path | PreferenceDataset | Sequence[Preferenc
     if not isinstance(data, (str, Path)):
         return PreferenceDataset(data), None
     path = Path(data)
-    manifest_path = path / "manifest.json"
-    if path.is_dir() and manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest.get("files") or {}
-        name = files.get("parquet") or files.get("jsonl")
-        if name is None:
-            raise ValueError(f"{manifest_path} names no pairs file")
-        return load_preferences(path / name), manifest
+    if path.is_dir() and ((path / "manifest.json").is_file() or any(path.glob("pairs.*"))):
+        return read_intervention(path)  # checked against its manifest
     return load_preferences(path), None
 
 
@@ -167,8 +161,11 @@ def retrain(
     """
     config = DPOConfig() if config is None else recipe(config) if isinstance(config, str) else config
     out = Path(out_dir)
-    if (out / RECORD).exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a retrained model ({RECORD}); pass overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        what = f"a retrained model ({RECORD})" if (out / RECORD).exists() else "files"
+        raise FileExistsError(f"{out} already holds {what}; pass overwrite to replace it")
     dataset, manifest = load_training_data(data)
     if len(dataset) == 0:
         raise ValueError("the training data holds no pair")
@@ -178,17 +175,16 @@ def retrain(
     if trainer == "trl" and weights is not None:
         raise ValueError("TRL's DPOTrainer has no per-pair weights; use the builtin trainer or pass use_weights=False")
     model, tokenizer = load_model(m0_path, dtype="float32", device=device)
+    make_saveable(model)  # an M0 loaded from GGUF must be saved as plain weights, not fail after training
     n_trainable = freeze_lower_blocks(model, trainable_blocks)
     if trainer == "trl":
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as work:
             trl_result = train_with_trl(model, tokenizer, dataset, config, Path(work))
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
         result = DPOResult([], trl_result["n_steps"], len(dataset), [], time.perf_counter() - start)
         history = trl_result["history"]
     else:
-        result = train_dpo(model, tokenizer, list(dataset), config, output_dir=out, progress=progress, weights=weights)
+        result = train_dpo(model, tokenizer, list(dataset), config, progress=progress, weights=weights)
         history = [asdict(h) for h in result.history]
     record: dict[str, Any] = {
         "trainer": trainer,
@@ -210,9 +206,13 @@ def retrain(
         "history": history,
         "intervention": manifest,
     }
-    tmp = out / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / RECORD)
+    # The model, its tokenizer and the record are built in a temporary directory and swapped in
+    # whole: a reader sees the old complete directory or the new one, never a model without its
+    # record or a record beside another run's weights.
+    with atomic.atomic_directory(out) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        atomic.write_json(staging / RECORD, record)
     return out
 
 

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from headwater.engine import atomic
 
 LOG = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: Path, value: Any, *, indent: int | None = 1) -> Path:
-    """Write ``value`` as JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=indent))
-    os.replace(tmp, path)
-    return path
+    """Write ``value`` as JSON to ``path`` atomically (NaN becomes null); see :mod:`headwater.engine.atomic`."""
+    return atomic.write_json(path, value, indent=indent)
 
 
 class Stages:
