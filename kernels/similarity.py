@@ -58,20 +58,78 @@ def as_query_matrix(queries: Any, name: str = "queries") -> torch.Tensor:
 def normalize_rows(x: torch.Tensor, name: str = "queries", offset: int = 0) -> torch.Tensor:
     """Rows of ``x`` [n, d] divided by their L2 norm, in float32; zero rows stay zero.
 
+    Rows whose norm float32 cannot hold (tiny or huge entries) are first scaled by a power of two
+    (:func:`scaled_rows_and_inverse_norms`), so the result is the unit row whatever the scale.
+
     Raises:
-        ValueError: a row holds inf/NaN (or its norm overflows float32), naming the row.
+        ValueError: a row holds inf/NaN, naming the row.
     """
-    x = x.to(torch.float32)
-    return x * inverse_row_norms(x, name, offset)[:, None]
+    x32, inv = scaled_rows_and_inverse_norms(x, name, offset)
+    return x32 * inv[:, None]
 
 
 def inverse_row_norms(x: torch.Tensor, name: str = "keys", offset: int = 0) -> torch.Tensor:
-    """1 / |x_i| per row of ``x`` [n, d] as float32 [n], with 0 for a zero row.
+    """1 / |x_i| per row of ``x`` [n, d] as float32 [n], with 0 for a zero row (float32 arithmetic:
+    for rows of any scale use :func:`scaled_rows_and_inverse_norms`).
 
     Raises:
         ValueError: a row norm is not finite (inf/NaN in the row, or overflow), naming the row.
     """
     return inverse_norms(torch.linalg.vector_norm(x, dim=1, dtype=torch.float32), name, offset)
+
+
+# A row whose float32 norm is below 2^-60 has squares in (or under) float32's subnormal range, and
+# one whose norm overflows has squares past its largest value: either norm cannot be trusted.
+SMALLEST_TRUSTED_NORM = 2.0**-60
+# float64 rows are scaled before they are rounded to float32 when their largest entry is outside
+# [2^-100, 2^100]: rounding would flush them to zero or to infinity.
+FLOAT64_SAFE_EXPONENT = 100
+
+
+def rescale_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` [n, d] whose ``rows`` are multiplied by the power of two that brings each
+    one's largest |entry| into [0.5, 1). Multiplying by a power of two is exact (subnormal entries
+    included), and a cosine does not depend on a row's scale."""
+    out = x.clone()
+    part = out[rows]
+    shift = -torch.frexp(part.abs().amax(dim=1)).exponent[:, None].to(part.dtype)
+    # Two steps: 2^shift itself may not be representable (a subnormal float32 row needs 2^149),
+    # while each half is, and each multiplication by a power of two is exact.
+    half = torch.trunc(shift / 2)
+    out[rows] = torch.ldexp(torch.ldexp(part, half), shift - half)
+    return out
+
+
+def scaled_rows_and_inverse_norms(x: torch.Tensor, name: str = "keys", offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x32 [n, d] float32, 1 / |x32_i| [n] float32)`` with every row's norm trustworthy.
+
+    A row whose float32 norm is not finite (huge entries), below :data:`SMALLEST_TRUSTED_NORM`, or
+    zero while the row is not (tiny entries whose squares vanish) is rescaled by
+    :func:`rescale_rows` first; float64 rows far outside float32's range are rescaled before they
+    are rounded. Cosines computed from the returned rows equal those of ``x``; only rows that need
+    it are touched (``x32`` is a copy then). Zero rows get inverse norm 0.
+
+    Raises:
+        ValueError: a row holds inf/NaN, naming the row (global index ``offset + i``).
+    """
+    if x.dtype == torch.float64 and x.numel():
+        amax = x.abs().amax(dim=1)
+        far = (amax > 0) & torch.isfinite(amax) & ((amax < 2.0**-FLOAT64_SAFE_EXPONENT) | (amax > 2.0**FLOAT64_SAFE_EXPONENT))
+        if bool(far.any()):
+            x = rescale_rows(x, far.nonzero().flatten())
+    x32 = x.to(torch.float32)
+    norms = torch.linalg.vector_norm(x32, dim=1, dtype=torch.float32)
+    suspect = (~torch.isfinite(norms) | (norms < SMALLEST_TRUSTED_NORM)).nonzero().flatten()
+    if suspect.numel():
+        rows = x32[suspect]
+        finite = torch.isfinite(rows).all(dim=1)
+        if not bool(finite.all()):
+            raise non_finite_rows_error(name, [offset + int(r) for r in suspect[~finite][:5].tolist()])
+        suspect = suspect[rows.abs().amax(dim=1) > 0]  # zero rows stay zero
+        if suspect.numel():
+            x32 = rescale_rows(x32, suspect)
+            norms[suspect] = torch.linalg.vector_norm(x32[suspect], dim=1, dtype=torch.float32)
+    return x32, inverse_norms(norms, name, offset)
 
 
 def non_finite_rows_error(name: str, rows: list[int]) -> ValueError:
@@ -184,8 +242,7 @@ def cosine_similarity_blocks(
 
 def similarity_tile(xq_hat: torch.Tensor, tile: torch.Tensor, offset: int) -> torch.Tensor:
     """Cosine scores [q, n] float32 of normalised queries ``xq_hat`` [q, d] against raw ``tile`` [n, d]."""
-    tile32 = tile.to(torch.float32)
-    inv = inverse_row_norms(tile32, "keys", offset)
+    tile32, inv = scaled_rows_and_inverse_norms(tile, "keys", offset)
     return (xq_hat @ tile32.T) * inv[None, :]
 
 

@@ -61,10 +61,11 @@ from headwater.kernels.similarity import (
     KeySource,
     as_query_matrix,
     cosine_similarity,
-    inverse_row_norms,
     iter_key_blocks,
     non_finite_rows_error,
+    SMALLEST_TRUSTED_NORM,
     normalize_rows,
+    scaled_rows_and_inverse_norms,
     tile_rows_for,
 )
 from headwater.kernels.topk_merge import (
@@ -239,8 +240,7 @@ def _cosine_topk_torch(
     run_s, run_i = empty_result(q, k, xq.device)
     chunks = _query_chunks(q)
     for tile, offset in iter_key_blocks(keys, d, tile_rows):
-        tile32 = tile.to(xq.device, non_blocking=True).to(torch.float32)
-        inv = inverse_row_norms(tile32, "keys", offset)
+        tile32, inv = scaled_rows_and_inverse_norms(tile.to(xq.device, non_blocking=True), "keys", offset)
         for start, stop in chunks:
             scores = (xq_hat[start:stop] @ tile32.T) * inv[None, :]  # [q_chunk, n]
             new_s, new_i = _tile_topk_torch(scores, offset, k)
@@ -248,6 +248,28 @@ def _cosine_topk_torch(
                 run_s[start:stop], run_i[start:stop], new_s, new_i, k
             )
     return run_s, run_i
+
+
+def _float32_tile(tile: torch.Tensor, offset: int) -> torch.Tensor:
+    """A key tile as contiguous float32 for the C++ backend; float64 rows far outside float32's
+    range are scaled first (rounding would flush them to 0 or infinity)."""
+    if tile.dtype == torch.float64:
+        tile = scaled_rows_and_inverse_norms(tile, "keys", offset)[0]
+    return tile.to(torch.float32).contiguous()
+
+
+def _untrusted_norms(inv: torch.Tensor) -> bool:
+    """Whether a C++ pass's inverse norms include one that may be wrong: a norm under 2^-60 (its
+    squares reach float32's subnormal range) or zero (a zero row, or one whose squares vanished)."""
+    values = inv.numpy()  # numpy, not torch: no OpenMP region to wake between the C++ calls
+    return values.size > 0 and (float(values.min()) == 0.0 or float(values.max()) > 1.0 / SMALLEST_TRUSTED_NORM)
+
+
+def _rescued(tile32: torch.Tensor, offset: int) -> torch.Tensor | None:
+    """``tile32`` with the rows whose float32 norm cannot be trusted rescaled (exactly, by powers
+    of two), or None when every row is fine. Raises ValueError for rows holding inf/NaN."""
+    fixed, _ = scaled_rows_and_inverse_norms(tile32, "keys", offset)
+    return fixed.contiguous() if fixed is not tile32 else None
 
 
 def _cosine_topk_cpp(
@@ -281,21 +303,31 @@ def _cosine_topk_cpp(
         score_buffer = np.empty(min(q, DEFAULT_QUERY_CHUNK) * tile_rows, dtype=np.float32)
     chunks = _query_chunks(q)
     for tile, offset in iter_key_blocks(keys, d, tile_rows):
-        tile32 = tile.to(torch.float32).contiguous()
+        tile32 = _float32_tile(tile, offset)
         n = tile32.shape[0]
         if few:
             # no torch op between the C++ calls: small torch ops between OpenMP regions paid
             # for waking and parking threads, which dominated the time at Q = 1
             raw, inv = raw_buffer[: q * n].view(q, n), inv_buffer[:n]
             bad = ext.cosine_scores_few_queries(xq_hat.numpy(), tile32.numpy(), raw.numpy(), inv.numpy())
-            if bad >= 0:
-                raise non_finite_rows_error("keys", [offset + bad])
+            if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled, the tile redone
+                fixed = _rescued(tile32, offset)
+                if fixed is not None:
+                    bad = ext.cosine_scores_few_queries(xq_hat.numpy(), fixed.numpy(), raw.numpy(), inv.numpy())
+                if bad >= 0:
+                    raise non_finite_rows_error("keys", [offset + bad])
             ext.topk_merge_tile(raw.numpy(), inv.numpy(), offset, heap_s.numpy(), heap_i.numpy())
             continue
-        inv, tile_np = inv_buffer[:n], tile32.numpy()
-        bad = ext.inverse_row_norms(tile_np, inv.numpy())
+        inv = inv_buffer[:n]
+        bad = ext.inverse_row_norms(tile32.numpy(), inv.numpy())
+        if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled
+            fixed = _rescued(tile32, offset)
+            if fixed is not None:
+                tile32 = fixed
+                bad = ext.inverse_row_norms(tile32.numpy(), inv.numpy())
         if bad >= 0:
             raise non_finite_rows_error("keys", [offset + bad])
+        tile_np = tile32.numpy()
         for start, stop in chunks:
             raw = score_buffer[: (stop - start) * n].reshape(stop - start, n)
             # [q_chunk, n], scaled by inv inside the scan. numpy's BLAS (OpenBLAS, the one faiss
@@ -328,13 +360,18 @@ def _cosine_topk_screened(
     unit_buffer = torch.empty(step * d, dtype=torch.bfloat16)
     approx_buffer = torch.empty(min(q, DEFAULT_QUERY_CHUNK) * step, dtype=torch.bfloat16)
     for tile, tile_offset in iter_key_blocks(keys, d, tile_rows):
-        tile32 = tile.to(torch.float32).contiguous()
+        tile32 = _float32_tile(tile, tile_offset)
         for lo in range(0, tile32.shape[0], step):
             block = tile32[lo : lo + step]
             n, offset = block.shape[0], tile_offset + lo
             inv, unit_bf16 = inv_buffer[:n], unit_buffer[: n * d].view(n, d)
             # one pass: inverse norms and unit rows in bfloat16 (zero rows stay zero)
             bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())
+            if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled
+                fixed = _rescued(block, offset)
+                if fixed is not None:
+                    block = fixed
+                    bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())
             if bad >= 0:
                 raise non_finite_rows_error("keys", [offset + bad])
             for start, stop in chunks:

@@ -40,10 +40,11 @@ import triton.language as tl
 
 from headwater.kernels import _dispatch
 from headwater.kernels.similarity import (
+    SMALLEST_TRUSTED_NORM,
     KeySource,
-    inverse_row_norms,
     iter_key_blocks,
     non_finite_rows_error,
+    scaled_rows_and_inverse_norms,
 )
 from headwater.kernels.topk_merge import empty_result, merge_topk
 
@@ -165,11 +166,12 @@ def cosine_topk_triton(
         raise ValueError(f"the Triton top-k kernel keeps at most MAX_K={MAX_K} results, got k={k}")
     device = xq.device
     q, d = xq.shape
-    if xq.dtype == torch.float64:
-        xq = xq.to(torch.float32)
+    xq32, inv_q = scaled_rows_and_inverse_norms(xq, "queries")
+    if xq.dtype in (torch.float32, torch.float64) or not torch.equal(xq32, xq.to(torch.float32)):
+        xq = xq32  # float32, with rows of extreme scale rescaled exactly
     if xq.stride(1) != 1:
         xq = xq.contiguous()
-    inv_q = inverse_row_norms(xq, "queries").contiguous()
+    inv_q = inv_q.contiguous()
     run_s, run_i = empty_result(q, k, device)
     kp = max(16, triton.next_power_of_2(k))
     block_q, block_n, block_d, num_warps = _settings(q, d, device)
@@ -178,12 +180,7 @@ def cosine_topk_triton(
         # a tensor already on the device is one tile (a view, no copy); host keys stream
         on_device = isinstance(keys, torch.Tensor) and keys.device == device
         tile_rows = max(1, keys.shape[0]) if on_device else HOST_TILE_ROWS
-    for tile, offset in iter_key_blocks(keys, d, tile_rows):
-        tile = tile.to(device, non_blocking=True)
-        if tile.dtype == torch.float64:
-            tile = tile.to(torch.float32)
-        if tile.stride(1) != 1:
-            tile = tile.contiguous()
+    def run_tile(tile: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         n = tile.shape[0]
         upcast = (
             _dispatch.triton_interpreter_enabled()
@@ -204,6 +201,22 @@ def cosine_topk_triton(
             K=k, KP=kp, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=upcast,
             num_warps=num_warps,
         )
+        return out_s, out_i, sumsq, splits
+
+    smallest_sumsq = SMALLEST_TRUSTED_NORM**2
+    for tile, offset in iter_key_blocks(keys, d, tile_rows):
+        tile = tile.to(device, non_blocking=True)
+        if tile.dtype == torch.float64:
+            tile = scaled_rows_and_inverse_norms(tile, "keys", offset)[0]
+        if tile.stride(1) != 1:
+            tile = tile.contiguous()
+        out_s, out_i, sumsq, splits = run_tile(tile, offset)
+        if bool((~torch.isfinite(sumsq) | (sumsq < smallest_sumsq)).any()):
+            # Rare: rows whose squares left float32's normal range (or inf/NaN, which raise
+            # here) are rescaled by powers of two, exactly, and the tile is run again.
+            fixed = scaled_rows_and_inverse_norms(tile, "keys", offset)[0]
+            if not torch.equal(fixed, tile.to(torch.float32)):
+                out_s, out_i, sumsq, splits = run_tile(fixed.contiguous(), offset)
         bad = (~torch.isfinite(sumsq)).nonzero().flatten()
         if bad.numel():
             raise non_finite_rows_error("keys", [offset + int(r) for r in bad[:5].tolist()])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from headwater.engine.atomic import json_safe
     from headwater.methods.attribution import evaluate_ranking
     from headwater.workflows.encode import attribute_store
 
@@ -38,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
     for row in ranking.rows()[: args.show]:
         print(f"{row['rank']:>6}  {row['score']:+.4f}  {row['pair_id']}")
     if args.planted is not None:
-        planted = [line.strip() for line in args.planted.read_text().splitlines() if line.strip()]
-        print(json.dumps(evaluate_ranking(ranking, planted).as_dict(), indent=2))
+        planted = {line.strip() for line in args.planted.read_text(encoding="utf-8").splitlines() if line.strip()}
+        metrics = evaluate_ranking(ranking, planted & set(ranking.pair_ids))  # an error when none is ranked
+        unknown = len(planted - set(ranking.pair_ids))
+        if unknown:
+            print(f"note: {unknown} of the {len(planted)} planted ids are not ranked pairs and are left out",
+                  file=sys.stderr)
+        print(json.dumps(json_safe({**metrics.as_dict(), "n_planted_unknown": unknown}), indent=2))
     return 0

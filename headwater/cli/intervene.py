@@ -33,35 +33,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from headwater.data import load_preferences
-    from headwater.methods.attribution import Ranking
-    from headwater.methods.interventions import drop_source, intervene, write_intervention
+    from headwater.methods.interventions import apply_interventions, write_intervention
 
-    if args.rankings is None and not args.drop_source:
-        raise ValueError("give --rankings with --top, or --drop-source")
-    if args.rankings is not None and args.top is None:
-        raise ValueError("--top is required with --rankings")
     dataset = load_preferences(args.data, on_error=args.on_error)
-    manifests = []
-    if args.drop_source:
-        dataset, m = drop_source(dataset, args.drop_source, column=args.source_column)
-        manifests.append(m)
-    if args.rankings is not None:
-        if args.drop_source:  # pairs dropped by source are gone; rank only what is left
-            ranking = Ranking.load(args.rankings)
-            keep = [i for i, pid in enumerate(ranking.pair_ids) if pid in dataset]
-            ranking = Ranking([ranking.pair_ids[i] for i in keep], ranking.scores[keep], ranking.method)
-        else:
-            ranking = args.rankings
-        dataset, m = intervene(dataset, ranking, mode=args.mode, top=args.top, weight=args.weight)
-        m["ranking"] = str(args.rankings)
-        manifests.append(m)
-    manifest = manifests[-1] if len(manifests) == 1 else {**manifests[-1], "steps": manifests}
+    pairs, manifest = apply_interventions(
+        dataset, ranking=args.rankings, mode=args.mode, top=args.top, weight=args.weight,
+        drop_values=args.drop_source or (), source_column=args.source_column,
+    )
     manifest["data"] = str(args.data)
     formats = ("jsonl", "parquet") if args.output_format == "both" else (args.output_format,)
     try:
-        paths = write_intervention(args.out, dataset, manifest, formats=formats, overwrite=args.overwrite)
+        paths = write_intervention(args.out, pairs, manifest, formats=formats, overwrite=args.overwrite)
     except FileExistsError as err:  # the CLI reports ValueErrors as one line
         raise ValueError(f"{err} (--overwrite)") from None
+    notes = []
+    if manifest["skipped_rows"]:
+        notes.append(f"{len(manifest['skipped_rows'])} malformed rows skipped (listed in the manifest)")
+    for step in manifest.get("steps", [manifest]):
+        if step.get("unmatched_values"):
+            notes.append(f"no pair has {step['column']} = {step['unmatched_values']}")
+        if step.get("n_ranked_dropped_with_source"):
+            notes.append(f"{step['n_ranked_dropped_with_source']} ranked pairs were dropped with their source first")
     print(f"{manifest['mode']}: {manifest['n_changed']} pairs changed, {manifest['n_output']} of "
-          f"{manifests[0]['n_input']} pairs written -> {', '.join(str(p) for p in paths.values())}")
+          f"{manifest['n_input']} pairs written -> {', '.join(str(p) for p in paths.values())}")
+    for note in notes:
+        print(f"note: {note}")
     return 0

@@ -219,6 +219,9 @@ def evaluate_ranking(ranking: Ranking, planted: set[str] | Sequence[str], n: int
     planted = set(planted)
     if not planted:
         raise ValueError("no planted pair ids given")
+    if planted.isdisjoint(ranking.pair_ids):
+        raise ValueError(f"none of the {len(planted)} planted ids is a ranked pair (e.g. {sorted(planted)[:3]}); "
+                         "were they taken from another dataset?")
     n = len(planted) if n is None else n
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")

@@ -141,8 +141,12 @@ def drop_source(
 ) -> tuple[PreferenceDataset, dict[str, Any]]:
     """Leave out every pair whose metadata ``column`` holds one of ``values`` (a data-source filter).
 
+    The manifest counts the pairs dropped per value and lists the values that matched no pair
+    (``unmatched_values``).
+
     Raises:
-        ValueError: no value given, or no pair has the column (a misspelt column name).
+        ValueError: no value given, no pair has the column (a misspelt column name), or no value
+            matches any pair.
     """
     values = list(values)
     if not values:
@@ -153,13 +157,66 @@ def drop_source(
     drop = set(map(str, values))
     changed = [p.pair_id for p in dataset if column in p.metadata and str(p.metadata[column]) in drop]
     removed = set(changed)
+    per_value = {v: sum(str(p.metadata.get(column)) == v for p in dataset if column in p.metadata) for v in sorted(drop)}
+    unmatched = [v for v, n in per_value.items() if n == 0]
+    if len(unmatched) == len(per_value):
+        present = sorted({str(p.metadata[column]) for p in dataset if column in p.metadata})
+        raise ValueError(f"no pair has {column} = {unmatched}; the values present are {present[:20]}")
     result = PreferenceDataset([p for p in dataset if p.pair_id not in removed], source=dataset.source)
     manifest = {
         "mode": "drop_source", "column": column, "values": sorted(drop), "changed_pair_ids": changed,
+        "dropped_per_value": per_value, "unmatched_values": unmatched,
         "source": dataset.source, "n_input": len(dataset), "input_fingerprint": dataset.fingerprint,
         "n_changed": len(changed), "n_output": len(result), "output_fingerprint": result.fingerprint,
     }
     return result, manifest
+
+
+def apply_interventions(
+    dataset: PreferenceDataset,
+    *,
+    ranking: Ranking | str | Path | None = None,
+    mode: Mode = "filter",
+    top: int | None = None,
+    weight: float = 0.0,
+    drop_values: Sequence[Any] = (),
+    source_column: str = "source",
+) -> tuple[PreferenceDataset, dict[str, Any]]:
+    """``headwater intervene``: drop the pairs of data sources, then change the top-N of a ranking.
+
+    The ranking is checked against the whole dataset first (a ranking of other data is an error);
+    its pairs that the source filter dropped are then left out of it, and counted in the manifest
+    (``n_ranked_dropped_with_source``), so N counts only pairs that are still there. Rows the
+    loader skipped (``dataset.skipped``) are listed in the manifest (``skipped_rows``).
+
+    Returns:
+        ``(pairs, manifest)``; with both steps the manifest is the last step's with ``steps``.
+    """
+    if ranking is None and not drop_values:
+        raise ValueError("give --rankings with --top, or --drop-source (ranking= with top=, or drop_values=)")
+    if ranking is not None and top is None:
+        raise ValueError("--top is required with --rankings (top= with ranking=)")
+    loaded = ranking if ranking is None or isinstance(ranking, Ranking) else Ranking.load(ranking)
+    if loaded is not None:
+        _check_ranking(dataset, loaded)
+    skipped_rows = [s._asdict() for s in dataset.skipped]
+    manifests = []
+    if drop_values:
+        dataset, m = drop_source(dataset, drop_values, column=source_column)
+        manifests.append(m)
+    if loaded is not None:
+        keep = [i for i, pid in enumerate(loaded.pair_ids) if pid in dataset]
+        dropped = len(loaded.pair_ids) - len(keep)
+        if dropped:
+            loaded = Ranking([loaded.pair_ids[i] for i in keep], loaded.scores[keep], loaded.method)
+        dataset, m = intervene(dataset, loaded, mode=mode, top=top, weight=weight)
+        m["ranking"] = None if isinstance(ranking, Ranking) else str(ranking)
+        m["n_ranked_dropped_with_source"] = dropped
+        manifests.append(m)
+    manifest = manifests[-1] if len(manifests) == 1 else {**manifests[-1], "steps": manifests}
+    manifest["n_input"] = manifests[0]["n_input"]
+    manifest["skipped_rows"] = skipped_rows
+    return dataset, manifest
 
 
 def write_intervention(
@@ -237,4 +294,5 @@ def read_intervention(directory: str | Path) -> tuple[PreferenceDataset, dict[st
     return dataset, manifest
 
 
-__all__ = ["MODES", "SWITCHED_FROM", "WEIGHT", "drop_source", "intervene", "read_intervention", "write_intervention"]
+__all__ = ["MODES", "SWITCHED_FROM", "WEIGHT", "apply_interventions", "drop_source", "intervene", "read_intervention",
+           "write_intervention"]

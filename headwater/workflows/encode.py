@@ -11,6 +11,7 @@ checked against the store's model and layer) or against the probing vector of la
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,12 @@ def encode_dataset(
     skipped = store.manifest.get("skipped_pairs", [])
     for entry in skipped[:10]:
         LOG.warning("skipped pair %s (position %s): %s", entry["pair_id"], entry["position"], entry["reason"])
+    if len(store) == 0:
+        kinds = Counter(str(entry["reason"]).split(":")[0] for entry in skipped)
+        raise ValueError(
+            f"none of the {len(dataset)} pairs could be encoded ({', '.join(f'{n} {k}' for k, n in kinds.most_common())}); "
+            f"{out_dir} records every skipped pair with its reason in manifest.json"
+        )
     return {
         **store.summary,
         "n_skipped_rows": len(store.manifest.get("skipped_rows", [])),
@@ -125,6 +132,8 @@ def attribute_store(store_path: str | Path, *, behavior: str | Path | None = Non
     if (behavior is None) == (probe_data is None):
         raise ValueError("give exactly one of behavior (a vector bank) and probe_data (labelled responses)")
     store = VectorStore.open(store_path)
+    if len(store) == 0:
+        raise ValueError(f"{store_path} holds no vector (every pair was skipped when it was encoded): nothing to rank")
     if behavior is not None:
         vectors = bank_vectors(behavior, store, store_path=store_path)
     else:

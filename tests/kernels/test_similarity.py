@@ -55,3 +55,19 @@ def test_zero_query_rows_give_zero_similarity():
     xq[0] = 0
     S = cosine_similarity(xq, xb)
     assert torch.all(S[0] == 0) and not torch.isnan(S).any()
+
+
+def test_similarity_of_rows_of_extreme_scale():
+    from topk_oracle import cosine64
+
+    from headwater.kernels.similarity import normalize_rows
+
+    g = torch.Generator().manual_seed(3)
+    xq, xb = torch.randn(2, 8, generator=g), torch.randn(9, 8, generator=g)
+    xb[0] *= 1e-25
+    xb[1] *= 1e-42
+    xb[2] *= 1e30
+    xq[0] *= 1e-30
+    torch.testing.assert_close(cosine_similarity(xq, xb).double(), torch.from_numpy(cosine64(xq, xb)), atol=1e-6, rtol=0)
+    unit = normalize_rows(xb)
+    torch.testing.assert_close(unit.norm(dim=1), torch.ones(9), atol=1e-6, rtol=0)

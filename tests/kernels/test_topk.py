@@ -292,3 +292,29 @@ def test_screening_margin_bounds_the_bfloat16_error():
         b = torch.nn.functional.normalize(torch.randn(2000, d, generator=g))
         approx = (a.bfloat16() @ b.bfloat16().T).float()
         assert (approx - a @ b.T).abs().max().item() < topk_module.screening_margin(d)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scale", [1e-22, 1e-25, 1e-30, 1e-40, 1e25, 1e35])
+def test_rows_of_extreme_scale_score_their_true_cosine(backend, scale):
+    """A cosine does not depend on a row's scale: keys and queries whose squares leave float32's
+    normal range (tiny: subnormal or vanished; huge: overflow) still get their float64 cosine."""
+    xq, xb = _data(3, 60, 24, seed=9)
+    xb[::4] *= scale  # every fourth key, across tiles
+    xq[1] *= scale
+    xb[7] = 0.0  # a true zero row still scores 0
+    D, I = topk(xq, xb, 12, backend=backend, tile_rows=25)
+    check_topk(D, I, xq, xb, 12)
+    assert float(D.max()) <= 1.0 + 1e-6
+    D_all, I_all = topk(xq, xb, 60, backend=backend, tile_rows=25)
+    assert float(D_all[0][I_all[0] == 7]) == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_rows_beyond_float32_range_are_scaled_not_flushed(backend):
+    xq, xb = _data(2, 30, 16, seed=10)
+    xb = xb.to(torch.float64)
+    xb[::3] *= 1e-60  # would round to 0 in float32
+    xb[1::3] *= 1e60  # would round to infinity
+    D, I = topk(xq, xb, 30, backend=backend)
+    check_topk(D, I, xq, xb, 30)
