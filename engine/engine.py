@@ -38,6 +38,7 @@ and collecting other ranks' shards are one run's protocol and read best in one p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -54,7 +55,7 @@ from torch import nn
 from headwater.engine import distributed
 from headwater.engine.allocator import keep_freed_memory
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of
-from headwater.engine.models import resolve_layer
+from headwater.engine.models import check_device, resolve_layer
 from headwater.engine.pair_forward import FORWARDS, EncodedPair, PairTokens, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import (
     ShardRecord,
@@ -177,6 +178,11 @@ def _to_host(pooled: torch.Tensor) -> tuple[torch.Tensor, Any]:
     return host, event
 
 
+def _text_config(model: nn.Module) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 class Engine:
     """Datapoint vectors of preference data on a model read at block ℓ.
 
@@ -187,6 +193,9 @@ class Engine:
         device: move the model there (default: where it is).
         dtype: cast the model to ``"float32"``, ``"bfloat16"`` or ``"float16"`` (default: as is).
         settings: how (prompt, response) become tokens (raw or chat; max length; over-long policy).
+            Without a ``max_length`` the model's context length (``max_position_embeddings``) is
+            used: a pair longer than the model can read is truncated or skipped by the policy, and
+            counted, instead of building attention masks for an unbounded sequence.
         max_tokens_per_batch: padded tokens in one forward pass.
         pad_multiple: round every padded width up to a multiple of this many tokens (1: pad to
             the longest row only): fewer distinct batch shapes for more padding.
@@ -199,6 +208,9 @@ class Engine:
         tune_allocator: on the CPU, raise glibc's malloc thresholds so that freed activation
             buffers are reused instead of page-faulted in again for every op (1-5% more
             pairs/s measured; process-wide, see :mod:`headwater.engine.allocator`).
+        on_error: a pair that cannot be tokenised (a conversation the chat template cannot
+            render, text a tokenizer refuses): ``"raise"`` names it and stops, ``"skip"`` records
+            it with its reason in the manifest's ``skipped_pairs``.
     """
 
     def __init__(
@@ -215,7 +227,10 @@ class Engine:
         model_name: str | None = None,
         pad_multiple: int = DEFAULT_PAD_MULTIPLE,
         tune_allocator: bool = True,
+        on_error: Literal["raise", "skip"] = "raise",
     ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_tokens_per_batch < 1:
             raise ValueError(f"max_tokens_per_batch must be positive, got {max_tokens_per_batch}")
         if pad_multiple < 1:
@@ -226,6 +241,8 @@ class Engine:
             if dtype not in _DTYPES:
                 raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
             dtype = _DTYPES[dtype]
+        if device is not None:
+            device = check_device(device)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         self.model = model.eval()
@@ -233,14 +250,19 @@ class Engine:
             keep_freed_memory()
         self.tokenizer = tokenizer
         self.layer = resolve_layer(model, layer)
+        self.on_error = on_error
+        context = getattr(_text_config(model), "max_position_embeddings", None)
+        if settings.max_length is None and isinstance(context, int) and context > 1:
+            LOG.info("no max_length given: pairs are limited to the model's context length, %d tokens (%s)",
+                     context, settings.overlong)
+            settings = dataclasses.replace(settings, max_length=context)
         self.settings = settings
         self.max_tokens_per_batch = max_tokens_per_batch
         self.pad_multiple = pad_multiple
         self.pad_token_id = pad_token_id_of(tokenizer)
         self.model_name = model_name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
         self.fingerprint = model_fingerprint(model)
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self.dim = int(config.hidden_size)
+        self.dim = int(_text_config(model).hidden_size)
         self._share_request = share_prompt
         self._mode: str | None = "separate" if share_prompt is False else None
 
@@ -329,7 +351,10 @@ class Engine:
                 work.skipped.append({"position": position, "pair_id": pair.pair_id, "reason": f"empty response: {err}"})
                 continue
             except TokenizationError as err:
-                raise type(err)(f"pair {position} (id {pair.pair_id}): {err}") from None
+                if self.on_error == "raise":
+                    raise type(err)(f"pair {position} (id {pair.pair_id}): {err}") from None
+                work.skipped.append({"position": position, "pair_id": pair.pair_id, "reason": f"cannot tokenise: {err}"})
+                continue
             work.pair_ids.append(pair.pair_id)
             work.tokens.append(chosen, rejected)
             work.n_truncated += int(chosen.truncated or rejected.truncated)

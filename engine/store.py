@@ -234,6 +234,8 @@ def start_run(root: Path, header: dict[str, Any], *, resume: bool, overwrite: bo
             ``overwrite`` is set; or ``resume`` is set and what is there was made with another
             model, layer, dataset, tokenisation, dtype or shard size (every difference is named).
     """
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file, not a directory for a vector store")
     root.mkdir(parents=True, exist_ok=True)
     existing = None
     for name in (MANIFEST, RUN_FILE):
@@ -376,6 +378,8 @@ def validate_manifest(root: Path, manifest: dict[str, Any]) -> None:
 def store_lock(root: Path) -> Iterator[None]:
     """Hold ``root``'s write lock for the block (``flock`` on ``root/.lock``; released by the OS
     if the process dies). A second writer gets a :class:`StoreError` at once instead of racing."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file, not a directory for a vector store")
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:

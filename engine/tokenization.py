@@ -162,10 +162,22 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_pro
             f"format='chat' needs a chat template, and tokenizer {type(tokenizer).__name__} "
             "has none; use format='raw' or set tokenizer.chat_template"
         )
-    out = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
-    )
+    if not messages:
+        raise TokenizationError("the conversation is empty (no prompt turn): the chat template has nothing to render")
+    try:
+        out = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+        )
+    except Exception as err:  # jinja2 and tokenizers raise their own types; the row is what failed
+        raise TokenizationError(f"the chat template cannot render this conversation ({type(err).__name__}: {err})") from None
     return list(out["input_ids"])
+
+
+def _text_ids(tokenizer: Any, text: str) -> list[int]:
+    try:
+        return list(tokenizer(text)["input_ids"])
+    except (UnicodeError, TypeError, ValueError) as err:  # e.g. a lone surrogate in the text
+        raise TokenizationError(f"the text cannot be tokenised ({type(err).__name__}: {err})") from None
 
 
 def _raw_text(value: Any, what: str) -> str:
@@ -181,7 +193,7 @@ def encode_prompt(tokenizer: Any, prompt: Any, settings: TokenizationSettings = 
     """The token ids a model continues from when it answers ``prompt`` (for generation)."""
     if resolve_format(settings, prompt, "") == "chat":
         return _chat_ids(tokenizer, _as_messages(prompt, "user"), add_generation_prompt=True)
-    return list(tokenizer(_raw_text(prompt, "prompt"))["input_ids"])
+    return _text_ids(tokenizer, _raw_text(prompt, "prompt"))
 
 
 def _full_ids(tokenizer: Any, prompt: Any, response: Any, fmt: str, settings: TokenizationSettings) -> list[int]:
@@ -192,7 +204,7 @@ def _full_ids(tokenizer: Any, prompt: Any, response: Any, fmt: str, settings: To
     eos = getattr(tokenizer, "eos_token", None)
     if settings.add_eos and eos and not text.endswith(eos):
         text = text + eos
-    return list(tokenizer(_raw_text(prompt, "prompt") + text)["input_ids"])
+    return _text_ids(tokenizer, _raw_text(prompt, "prompt") + text)
 
 
 def _finish(full_ids: list[int], prompt_length: int, settings: TokenizationSettings) -> EncodedResponse:

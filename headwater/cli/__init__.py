@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        # User-facing errors (bad rows, mismatched stores, missing files) end with one clear line.
+    except (ValueError, OSError) as err:
+        # User-facing errors (bad rows, mismatched stores, missing files, a path that is a file
+        # where a directory is needed) end with one clear line.
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -201,11 +201,21 @@ def is_null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def check_unicode(name: str, text: str) -> None:
+    """A lone surrogate (JSON's "\\ud800") is not text: no file format or tokenizer takes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RowProblem("invalid_text", f"{name} holds a lone surrogate {text[err.start:err.end]!r} at character "
+                                         f"{err.start}, which is not valid Unicode") from None
+
+
 def normalise_text(name: str, value: Any) -> Text:
     """Check one field and return it normalised (messages: null extra keys dropped)."""
     if is_null(value):
         raise RowProblem("null_value", f"{name} is {'NaN' if value is not None else 'null'}")
     if isinstance(value, str):
+        check_unicode(name, value)
         return value
     if not isinstance(value, (list, tuple)):
         raise RowProblem(
@@ -238,6 +248,7 @@ def normalise_text(name: str, value: Any) -> Text:
                 )
         if not message["role"]:
             raise RowProblem("bad_message", f"{where} has an empty 'role'")
+        check_unicode(f"{where}['content']", message["content"])
         # Arrow pads struct keys that only some messages have with nulls; drop them so that a
         # message reads the same from JSONL and from Parquet.
         messages.append({k: v for k, v in message.items() if v is not None})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from headwater.data.pairs import Text
+from headwater.data.pairs import RowProblem, Text, normalise_text
 from headwater.data.readers import iter_jsonl
 
 
@@ -53,8 +53,11 @@ def read_labelled_responses(path: str | Path) -> tuple[list[Any], list[Any], lis
             raise ValueError(f"{path}:{line_no}: missing field(s) {missing}")
         if not isinstance(row["exhibits"], bool):
             raise ValueError(f"{path}:{line_no}: 'exhibits' must be true or false, got {row['exhibits']!r}")
-        prompts.append(row["prompt"])
-        responses.append(row["response"])
+        try:
+            prompts.append(normalise_text("prompt", row["prompt"]))
+            responses.append(normalise_text("response", row["response"]))
+        except RowProblem as problem:
+            raise ValueError(f"{path}:{line_no}: {problem.reason} [{problem.kind}]") from None
         labels.append(row["exhibits"])
     if not prompts:
         raise ValueError(f"{path}: no labelled responses")

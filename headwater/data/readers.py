@@ -37,6 +37,7 @@ What is an error and what is only a warning
     ``type_mismatch``   chosen a string while rejected is a list (or the reverse); a message-list
                         prompt with string responses
     ``empty``           an empty ``chosen`` or ``rejected`` ("" or [])
+    ``invalid_text``    text holding a lone surrogate (e.g. JSON ``"\\ud800"``): not valid Unicode
     ``format_mismatch`` a conversational row in a standard dataset or the reverse (the first valid
                         row decides, as TRL decides from the first example)
     ==================  ==========================================================================

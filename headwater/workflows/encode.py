@@ -64,7 +64,7 @@ def encode_dataset(
         model, tokenizer = load_model(model_path, dtype=dtype, device=distributed.device_for(device, rank))
     engine = Engine(
         model, tokenizer, layer=layer, settings=settings, max_tokens_per_batch=max_tokens_per_batch,
-        share_prompt=share_prompt, model_name=str(model_path),
+        share_prompt=share_prompt, model_name=str(model_path), on_error=on_error,
     )
     store = engine.encode_pairs(
         dataset, out_dir, resume=resume, overwrite=overwrite, shard_pairs=shard_pairs, store_dtype=store_dtype,
