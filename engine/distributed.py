@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
+
+from headwater.engine.devices import check_device
 import torch.distributed as dist
 
 # Ranks wait for each other only at the start and the end of a run; one rank may finish its
@@ -50,14 +52,14 @@ def init_from_env(device: str | torch.device = "cpu") -> Rank:
     The backend is NCCL when ``device`` is CUDA and gloo otherwise. Returns this process's rank.
     """
     if env_world_size() > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        backend = "nccl" if check_device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
     return current()
 
 
 def device_for(device: str | torch.device, rank: Rank) -> torch.device:
     """``cuda`` becomes ``cuda:<local_rank>`` so that each process on a node gets its own GPU."""
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == "cuda" and device.index is None and rank.world_size > 1:
         return torch.device("cuda", rank.local_rank)
     return device

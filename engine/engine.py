@@ -55,7 +55,8 @@ from torch import nn
 from headwater.engine import distributed
 from headwater.engine.allocator import keep_freed_memory
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of
-from headwater.engine.models import check_device, resolve_layer
+from headwater.engine.devices import check_device
+from headwater.engine.models import resolve_layer
 from headwater.engine.pair_forward import FORWARDS, EncodedPair, PairTokens, check_mode, pair_batches, prompt_sharing_mode
 from headwater.engine.store import (
     ShardRecord,

@@ -33,6 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from headwater.engine.devices import check_device
+
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -136,27 +138,6 @@ def load_model(
     model.eval()
     _ensure_pad_token(model, tokenizer, where)
     return model, tokenizer
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device that exists on this machine.
-
-    Raises:
-        ValueError: a name torch does not know, or a CUDA (or MPS) device this machine lacks.
-    """
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r} ({err}); use e.g. cpu, cuda or cuda:1") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, {build})")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif resolved.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r}: MPS is not available here")
-    return resolved
 
 
 def _resolve_checkpoint(path: Path, gguf_file: str | None) -> tuple[Path, str | None]:
@@ -529,7 +510,6 @@ __all__ = [
     "LayerError",
     "ModelLoadError",
     "cache_root",
-    "check_device",
     "make_saveable",
     "decoder_blocks",
     "default_layer",

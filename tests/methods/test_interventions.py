@@ -157,3 +157,54 @@ def test_cli_refuses_to_overwrite_without_the_flag(tmp_path, dataset, ranking):
         args.func(args)
     args = _parser().parse_args(argv + ["--overwrite"])
     assert args.func(args) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing lost, nothing silent
+
+
+def test_the_manifest_accounts_for_every_row_and_value(tmp_path, dataset, ranking):
+    from headwater.methods.interventions import apply_interventions
+
+    path = tmp_path / "with-bad.jsonl"
+    path.write_text((tmp_path / "prefs.jsonl").read_text() + '{"prompt": "Q", "chosen": " only one side"}\n')
+    with pytest.warns(UserWarning, match="skipped 1 of 7"):
+        loaded = load_preferences(path, on_error="skip")
+    out, manifest = apply_interventions(loaded, ranking=ranking, top=1, drop_values=["web", "podcasts"])
+    assert manifest["skipped_rows"] == [{"row": 6, "line": 7, "kind": "missing_field", "reason": "no 'rejected' field"}]
+    drop = manifest["steps"][0]
+    assert drop["dropped_per_value"] == {"podcasts": 0, "web": 3} and drop["unmatched_values"] == ["podcasts"]
+    # pairs 1 and 3 (web) were ranked too: they left with their source and N counts what is left
+    assert manifest["n_ranked_dropped_with_source"] == 3 and manifest["changed_pair_ids"] == [dataset.ids[4]]
+    with pytest.raises(ValueError, match=r"no pair has source = \['podcasts'\]"):
+        apply_interventions(loaded, drop_values=["podcasts"])
+    foreign = Ranking.from_scores(["not-a-pair"] + dataset.ids[1:], np.arange(6, dtype=np.float32))
+    with pytest.raises(ValueError, match="not in the dataset"):
+        apply_interventions(loaded, ranking=foreign, top=1, drop_values=["web"])
+
+
+def test_an_interrupted_rewrite_is_refused_not_trained_on(tmp_path, dataset, ranking):
+    from headwater.methods.interventions import read_intervention
+    from headwater.training.retrain import load_training_data
+
+    out_dir = tmp_path / "iv"
+    pairs, manifest = intervene(dataset, ranking, mode="filter", top=2)
+    write_intervention(out_dir, pairs, manifest)
+    assert len(load_training_data(out_dir)[0]) == 4
+    bad = load_preferences(tmp_path / "prefs.jsonl")
+    object.__setattr__(bad[0], "metadata", {"note": "x\ud800"})  # cannot be written as UTF-8
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        write_intervention(out_dir, bad, manifest, overwrite=True)
+    with pytest.raises(ValueError, match="holds no manifest.json.*interrupted"):
+        load_training_data(out_dir)
+    # a damaged pairs file is caught by its checksum; a swapped one by its count and fingerprint
+    write_intervention(out_dir, pairs, manifest, overwrite=True)
+    (out_dir / "pairs.jsonl").write_text((out_dir / "pairs.jsonl").read_text()[:-40])
+    with pytest.raises(ValueError, match="does not match the checksum"):
+        read_intervention(out_dir)
+    saved = json.loads((out_dir / "manifest.json").read_text())
+    saved.pop("sha256")
+    (out_dir / "manifest.json").write_text(json.dumps(saved))
+    save_preferences(list(pairs)[:3], out_dir / "pairs.jsonl")
+    with pytest.raises(ValueError, match="has n_output 3 but"):
+        read_intervention(out_dir)
