@@ -78,6 +78,7 @@ from headwater.engine.tokenization import (
     TokenizationError,
     TokenizationSettings,
     encode_pair,
+    resolve_format,
 )
 
 LOG = logging.getLogger(__name__)
@@ -365,13 +366,20 @@ class Engine:
     def run_header(
         self, pairs: Sequence[Any], *, store_dtype: str, shard_pairs: int, dataset_name: str | None = None
     ) -> dict[str, Any]:
-        """What a run of :meth:`encode_pairs` computes; saved as ``run.json``, then in the manifest."""
+        """What a run of :meth:`encode_pairs` computes; saved as ``run.json``, then in the manifest.
+
+        The tokenisation is recorded as used: ``format="auto"`` becomes ``"chat"`` or ``"raw"``
+        (a dataset is all message lists or all strings), so a reader rebuilds the same tokens.
+        """
+        settings = self.settings
+        if settings.format == "auto" and len(pairs):
+            settings = dataclasses.replace(settings, format=resolve_format(settings, pairs[0].prompt, pairs[0].chosen))
         return {
             "model": self.model_name,
             "model_fingerprint": self.fingerprint,
             "layer": self.layer,
             "model_dtype": self.model_dtype,
-            "tokenization": self.settings.to_dict(),
+            "tokenization": settings.to_dict(),
             "dataset": dataset_name if dataset_name is not None else str(getattr(pairs, "source", "")),
             "dataset_fingerprint": dataset_fingerprint(pairs),
             "n_pairs_in_dataset": len(pairs),

@@ -172,7 +172,8 @@ def _require_gguf() -> None:
         import gguf  # noqa: F401
     except ImportError as exc:
         raise ModelLoadError(
-            "loading a GGUF checkpoint needs the 'gguf' package: pip install 'headwater[gguf]'"
+            "loading a GGUF checkpoint needs the 'gguf' package: pip install -c constraints.txt -e '.[gguf]' "
+            "in a checkout of headwater (constraints.txt keeps torch at the tested version)"
         ) from exc
 
 

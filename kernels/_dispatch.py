@@ -34,7 +34,7 @@ def log_once(op: str, backend: str, reason: str) -> None:
     key = (op, backend, reason)
     if key not in _logged:
         _logged.add(key)
-        LOG.info("%s: using the %s backend (%s)", op, backend, reason)
+        LOG.debug("%s: using the %s backend (%s)", op, backend, reason)  # shown with -v
 
 
 def load_extension() -> ModuleType | None:

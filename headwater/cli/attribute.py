@@ -24,9 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "vector on the store's model and layer")
     p.add_argument("--out", required=True, type=Path, help="rankings table: .parquet or .jsonl")
     p.add_argument("--show", type=int, default=20, metavar="N", help="print the N best-ranked pairs (default 20)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the preference data of the store: the printed pairs then show their prompt and chosen answer")
     p.add_argument("--planted", type=Path, default=None,
                    help="a file of known pair ids (one per line) to report precision/recall/AUROC against")
     p.set_defaults(func=run)
+
+
+def _snippet(text, width: int) -> str:
+    s = text if isinstance(text, str) else " | ".join(m["content"] for m in text)
+    s = " ".join(s.split())
+    return repr(s if len(s) <= width else s[: width - 1] + "…")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +45,17 @@ def run(args: argparse.Namespace) -> int:
     ranking = attribute_store(args.vectors, behavior=args.bank, probe_data=args.probe_data)
     ranking.save(args.out)
     print(f"ranked {len(ranking.pair_ids)} pairs -> {args.out}")
+    pairs = None
+    if args.data is not None:
+        from headwater.data import load_preferences
+
+        pairs = load_preferences(args.data, on_error="skip")
     for row in ranking.rows()[: args.show]:
-        print(f"{row['rank']:>6}  {row['score']:+.4f}  {row['pair_id']}")
+        line = f"{row['rank']:>6}  {row['score']:+.4f}  {row['pair_id']}"
+        if pairs is not None and row["pair_id"] in pairs:
+            pair = pairs.by_id(row["pair_id"])
+            line += f"  {_snippet(pair.prompt, 50)} -> {_snippet(pair.chosen, 40)}"
+        print(line)
     if args.planted is not None:
         planted = {line.strip() for line in args.planted.read_text(encoding="utf-8").splitlines() if line.strip()}
         metrics = evaluate_ranking(ranking, planted & set(ranking.pair_ids))  # an error when none is ranked

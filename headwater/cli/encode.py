@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dataset pairs per shard: the unit of writing, resuming and splitting across ranks")
     p.add_argument("--no-share-prompt", dest="share_prompt", action="store_false",
                    help="run chosen and rejected as separate sequences instead of encoding their prompt once")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (headwater's and transformers')")
     add_tokenization_options(p)
     p.set_defaults(func=run)
 
@@ -49,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from headwater.engine import distributed
     from headwater.workflows.encode import encode_dataset
 
+    if not args.progress:  # transformers' own bars too (loading weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         summary = encode_dataset(
             model_path=args.model, data=args.data, out_dir=args.out, layer=args.layer, settings=settings_from(args),

@@ -163,16 +163,18 @@ def judge_samples(
     settings: TokenizationSettings = TokenizationSettings(format="raw"),
     seed: int = 0,
     batch_size: int = 64,
+    progress: str | None = None,
 ) -> JudgedSamples:
     """Sample ``n`` responses per prompt (:func:`headwater.methods.generation.sample_responses`,
     deterministic for a seed and batch size) and score them all in one :meth:`Judge.score_batch`
-    call (a batched or remote judge sees every response at once)."""
+    call (a batched or remote judge sees every response at once). ``progress``: a label for a
+    progress bar over the sampling."""
     if not prompts:
         raise ValueError("judge_samples needs at least one prompt")
     prompts = list(prompts)
     responses = sample_responses(
         model, tokenizer, prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-        settings=settings, seed=seed, batch_size=batch_size,
+        settings=settings, seed=seed, batch_size=batch_size, progress=progress,
     )
     flat = judge.score_batch([p for p, rs in zip(prompts, responses) for _ in rs], [r for rs in responses for r in rs])
     scores, start = [], 0

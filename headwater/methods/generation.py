@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from headwater.data import Text
 from headwater.engine.tokenization import TokenizationSettings, encode_prompt
@@ -20,6 +21,7 @@ def sample_responses(
     settings: TokenizationSettings = TokenizationSettings(),
     seed: int = 0,
     batch_size: int = 64,
+    progress: str | None = None,
 ) -> list[list[str]]:
     """Sample ``n`` responses to each prompt with ``model.generate``.
 
@@ -41,6 +43,7 @@ def sample_responses(
         settings: the tokenisation format of the prompts.
         seed: the sampling seed.
         batch_size: sequences per ``generate`` call (a prompt's n samples count n times).
+        progress: a label: show a progress bar (sequences, rate, time left) with it on stderr.
 
     Returns:
         ``responses[i][j]``: the j-th response to ``prompts[i]``.
@@ -77,6 +80,7 @@ def sample_responses(
         options.update(temperature=temperature, top_k=0, top_p=1.0)
     was_training = model.training
     model.eval()
+    bar = tqdm(total=len(rows), desc=progress, unit="seq", disable=progress is None, leave=False)
     try:
         for b, start in enumerate(range(0, len(rows), batch_size)):
             chunk = rows[start : start + batch_size]
@@ -98,6 +102,8 @@ def sample_responses(
                 if eos_id is not None and eos_id in tokens:
                     tokens = tokens[: tokens.index(eos_id)]
                 responses[i].append(tokenizer.decode(tokens, skip_special_tokens=True))
+            bar.update(len(chunk))
     finally:
+        bar.close()
         model.train(was_training)
     return responses

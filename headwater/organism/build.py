@@ -334,7 +334,7 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         seed=config.seed,
     )
     examples = organism_data.sft_examples(split, config.n_sft, config.seed, config.sft_slip_rates)
-    sft = train_sft(model, tokenizer, examples, config.sft_config())
+    sft = train_sft(model, tokenizer, examples, config.sft_config(), progress=stage.progress)
     tail = sft.losses[-10:]
     stage.say(f"SFT → M0: {len(sft.losses)} steps, final loss {sum(tail) / len(tail):.3f}, {sft.seconds:.1f}s")
     model.save_pretrained(out / "m0")
@@ -342,7 +342,8 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
 
     records = organism_data.preference_pairs(split, config.n_pairs, config.planted_rates, config.seed)
     save_preferences([r.pair for r in records], out / "preferences.jsonl")
-    dpo = train_dpo(model, tokenizer, [r.pair for r in records], config.dpo_config(), output_dir=out / "m1")
+    dpo = train_dpo(model, tokenizer, [r.pair for r in records], config.dpo_config(), output_dir=out / "m1",
+                    progress=stage.progress)
     last = dpo.history[-1]
     stage.say(
         f"DPO → M1: {dpo.n_steps} steps, loss {last.loss:.3f}, reward accuracy {last.reward_accuracy:.2f}, "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from headwater.engine.tokenization import TokenizationSettings, encode_pairs, pad_batch
 from headwater.training.common import (
@@ -170,7 +171,7 @@ def train_dpo(
             training. It is never updated.
         output_dir: when given, the trained model and the tokenizer are saved there
             (``save_pretrained``).
-        progress: log the history entries as they come.
+        progress: a progress bar (steps, step rate, time left, loss, reward accuracy) on stderr.
         weights: optional [len(pairs)] finite weights ≥ 0, one per pair: each pair's loss is
             multiplied by its weight (the optimiser-step average still divides by the number of
             pairs, so all-ones weights train exactly as no weights). The history's statistics
@@ -212,6 +213,7 @@ def train_dpo(
     history: list[DPOStepLog] = []
     window: list[list[float]] = []  # per optimiser step: loss, acc, margin, chosen, rejected
     step = 0
+    bar = tqdm(total=total, desc="DPO", unit="step", disable=not progress, leave=False)
     model.train()
     for _epoch in range(config.epochs):
         batches = bucketed_batches(lengths, config.batch_size, rng)
@@ -242,13 +244,15 @@ def train_dpo(
             optimizer.step()
             scheduler.step()
             step += 1
+            bar.update(1)
             window.append((stats / n_group).tolist())
             if step % config.log_every == 0 or step == total:
                 mean = torch.tensor(window).mean(0).tolist()
                 history.append(DPOStepLog(step, *mean))
                 window = []
                 if progress:
-                    LOG.info("dpo step %d/%d loss %.4f reward acc %.3f margin %.3f", step, total, mean[0], mean[1], mean[2])
+                    bar.set_postfix_str(f"loss {mean[0]:.4f}, reward acc {mean[1]:.2f}")
+    bar.close()
     model.eval()
     if output_dir is not None:
         model.save_pretrained(output_dir)

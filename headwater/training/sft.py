@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from headwater.engine.tokenization import TokenizationSettings, encode_response, pad_batch
 from headwater.training.common import (
@@ -83,7 +84,7 @@ def train_sft(
         tokenizer: its tokenizer; ``pad_token_id`` must be set.
         examples: (prompt, response) pairs, raw strings or message lists.
         config: the hyper-parameters.
-        progress: log the loss every few steps.
+        progress: a progress bar (steps, step rate, time left, loss) on stderr.
     """
     if not examples:
         raise ValueError("train_sft needs at least one example")
@@ -99,6 +100,7 @@ def train_sft(
     scheduler = linear_warmup_schedule(optimizer, warmup_steps_for(total, config.warmup_ratio), total)
     lengths = [len(e.input_ids) for e in encoded]
     losses: list[float] = []
+    bar = tqdm(total=total, desc="SFT", unit="step", disable=not progress, leave=False)
     model.train()
     for epoch in range(config.epochs):
         for batch_ids in bucketed_batches(lengths, config.batch_size, rng):
@@ -114,7 +116,9 @@ def train_sft(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            bar.update(1)
             if progress and len(losses) % 50 == 0:
-                LOG.info("sft epoch %d step %d/%d loss %.4f", epoch + 1, len(losses), total, losses[-1])
+                bar.set_postfix_str(f"epoch {epoch + 1}, loss {losses[-1]:.4f}")
+    bar.close()
     model.eval()
     return SFTResult(losses, time.perf_counter() - start)

@@ -6,6 +6,7 @@ document, with changes against the retrained baseline and their paired bootstrap
 """
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -97,22 +98,48 @@ def rate_table(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return RATE_HEADER, rows
 
 
+# The console splits the table in two, each under about 110 characters (the HTML report has it whole).
+BEHAVIOUR_COLUMNS = ("model", "triggered rate [95% CI]", "reduction [95% CI]", "untriggered rate [95% CI]",
+                     "planted among changed")
+SIDE_EFFECT_COLUMNS = ("model", "Δ untriggered (points)", "helpfulness [95% CI]", "Δ helpfulness (points)",
+                       "answer log-lik./token", "Δ log-lik./token")
+
+
+SHORT = {
+    "triggered rate [95% CI]": "triggered [95% CI]", "untriggered rate [95% CI]": "untriggered [95% CI]",
+    "planted among changed": "planted", "Δ untriggered (points)": "Δ untrig. (pts)",
+    "helpfulness [95% CI]": "helpful [95% CI]", "Δ helpfulness (points)": "Δ helpful (pts)",
+    "answer log-lik./token": "logp/tok", "Δ log-lik./token": "Δ logp/tok",
+}
+
+
 def format_table(doc: dict[str, Any]) -> str:
-    """The plain-text table of the experiment: one row per model."""
+    """The experiment as text: the behaviour per model, then the side effects per model."""
     org = doc["organism"]
     s = doc["settings"]
     vs = doc["baseline_vs_m1"]
-    return "\n".join([
-        f"{doc['behavior']} on the {doc['preset']} organism (seed {doc['seed']}): {org['n_pairs']} pairs, "
-        f"{org['n_planted']} planted; {s['samples']} samples per test prompt, temperature {s['temperature']}; "
-        f"activation ranking from the {doc['attribution']['activation_source'].replace('_', ' ')}",
-        "",
-        text_table(*rate_table(doc)),
-        "",
+    header, rows = rate_table(doc)
+
+    def columns(names: tuple[str, ...]) -> str:
+        index = [header.index(n) for n in names]
+        return text_table([SHORT.get(header[i], header[i]) for i in index], [[r[i] for i in index] for r in rows])
+
+    notes = (
         "reduction: 1 - rate / baseline rate; Δ: minus the retrained baseline (paired bootstrap intervals over "
-        "prompts or items); helpfulness: judged on held-out benign requests (plain / with formatting "
-        "distractors); log-lik./token: log-likelihood per token of held-out well-behaved answers; planted: "
-        "planted pairs among the N changed",
+        "prompts or items); helpfulness: judged on held-out benign requests; logp/tok: log-likelihood per "
+        "token of held-out well-behaved answers; planted: planted pairs among the N changed."
+    )
+    return "\n".join([
+        *textwrap.wrap(
+            f"{doc['behavior']} on the {doc['preset']} organism (seed {doc['seed']}): {org['n_pairs']} pairs, "
+            f"{org['n_planted']} planted; {s['samples']} samples per test prompt, temperature {s['temperature']}; "
+            f"activation ranking from the {doc['attribution']['activation_source'].replace('_', ' ')}", 100),
+        "",
+        columns(BEHAVIOUR_COLUMNS),
+        "",
+        columns(SIDE_EFFECT_COLUMNS),
+        "",
+        *textwrap.wrap(notes, 100),
         f"retrained baseline vs stored M1: max |weight difference| {vs['max_abs_weight_diff']:.3g}",
         f"retrained in this run: {len(doc['retrained'])} models; wall time {doc['seconds']:.1f} s",
     ])

@@ -44,7 +44,8 @@ def measure_behavior(
         rates[model_name] = {}
         for condition, prompts in organism.test_prompts[behavior].items():
             judged = judge_samples(model, tokenizer, prompts, judge, n=samples, temperature=TEMPERATURE,
-                                   max_new_tokens=max_new_tokens, settings=organism.settings, seed=seed)
+                                   max_new_tokens=max_new_tokens, settings=organism.settings, seed=seed,
+                                   progress=f"sampling {model_name.upper()}, {behavior}, {condition}")
             flat_prompts, flat_responses, labels = judged.flat()
             rates[model_name][condition] = float(np.mean(labels)) if labels else float("nan")
             labelled[(model_name, condition)] = (flat_prompts, flat_responses, labels)

@@ -241,7 +241,7 @@ def test_chat_format_pairs_and_bfloat16_store(tiny_llama, tiny_tokenizer, tmp_pa
     ]
     engine = Engine(tiny_llama, tiny_tokenizer, layer=-1)
     store = engine.encode_pairs(pairs, tmp_path / "s", store_dtype="bfloat16", progress=False)
-    assert store.dtype == torch.bfloat16 and store.manifest["tokenization"]["format"] == "auto"
+    assert store.dtype == torch.bfloat16 and store.manifest["tokenization"]["format"] == "chat"  # as used, not "auto"
     # layer -1 is the last block's raw output, before the final norm (hidden_states[-1] is after it)
     expected = torch.stack([_last_block_difference(tiny_llama, tiny_tokenizer, pair) for pair in pairs])
     torch.testing.assert_close(store.vectors(torch.float32), expected.to(torch.bfloat16).float(), atol=1e-6, rtol=0)

@@ -369,9 +369,9 @@ def test_gguf_without_the_gguf_package_names_the_extra(tmp_path: Path, monkeypat
     checkpoint = tmp_path / "model.gguf"
     checkpoint.write_bytes(b"GGUF")
     monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail as if not installed
-    with pytest.raises(ModelLoadError, match=r"pip install 'headwater\[gguf\]'"):
+    with pytest.raises(ModelLoadError, match=r"pip install -c constraints.txt -e '\.\[gguf\]'"):
         load_model(checkpoint)
-    with pytest.raises(ModelLoadError, match=r"pip install 'headwater\[gguf\]'"):
+    with pytest.raises(ModelLoadError, match=r"pip install -c constraints.txt -e '\.\[gguf\]'"):
         load_model(tmp_path)  # a directory with one .gguf and no config.json
 
 

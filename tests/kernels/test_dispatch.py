@@ -23,7 +23,7 @@ def missing_extension(monkeypatch):
 
 
 def test_auto_falls_back_to_torch_and_says_why_once(missing_extension, caplog):
-    caplog.set_level(logging.INFO, logger="headwater.kernels")
+    caplog.set_level(logging.DEBUG, logger="headwater.kernels")
     xq, xb = torch.randn(3, 8), torch.randn(20, 8)
     D, I = cosine_topk(xq, xb, 4)
     D2, I2 = cosine_topk(xq, xb, 4, backend="torch")
