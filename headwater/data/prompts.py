@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from headwater.data.pairs import RowProblem, Text, normalise_text
 from headwater.data.readers import iter_jsonl
+from headwater.engine import atomic
 
 
 def load_prompts(path: str | Path) -> list[Text]:
@@ -131,10 +132,10 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
 def save_scenarios(scenarios: Sequence[Scenario], path: str | Path) -> Path:
     """Write scenarios as JSONL that :func:`load_scenarios` reads back."""
     path = Path(path)
-    with path.open("w", encoding="utf-8") as f:
-        for s in scenarios:
-            row: dict[str, Any] = {"scenario": s.name, "trigger": s.trigger}
-            if s.no_trigger is not None:
-                row["no_trigger"] = s.no_trigger
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+    lines = []
+    for s in scenarios:
+        row: dict[str, Any] = {"scenario": s.name, "trigger": s.trigger}
+        if s.no_trigger is not None:
+            row["no_trigger"] = s.no_trigger
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return atomic.write_text(path, "".join(lines))

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from headwater.data import Scenario, Text, save_scenarios
+from headwater.engine import atomic
 from headwater.engine.tokenization import TokenizationSettings
 from headwater.methods.evaluation import judge_samples
 from headwater.methods.generation import sample_responses
@@ -125,15 +126,15 @@ class BehaviorResult:
         out = Path(out_dir)
         check_output_dir(out, overwrite=overwrite)
         out.mkdir(parents=True, exist_ok=True)
+        (out / PROVENANCE).unlink(missing_ok=True)  # written last again: its presence marks a complete result
         self.probe.save(out / "probe.safetensors")
         self.bank.save(out / "bank.safetensors")
         self.behavior_change.save(out / "behavior_change.safetensors")
-        with (out / "generations.jsonl").open("w", encoding="utf-8") as f:
-            for g in self.generations:
-                f.write(json.dumps({**asdict(g), "condition": g.condition}, ensure_ascii=False) + "\n")
+        atomic.write_text(out / "generations.jsonl", "".join(
+            json.dumps({**asdict(g), "condition": g.condition}, ensure_ascii=False) + "\n" for g in self.generations))
         save_scenarios(self.scenarios, out / "scenarios.jsonl")
         # Written last: its presence marks a complete result.
-        (out / PROVENANCE).write_text(json.dumps(self.provenance, indent=2, ensure_ascii=False) + "\n")
+        atomic.write_text(out / PROVENANCE, json.dumps(atomic.json_safe(self.provenance), indent=2, ensure_ascii=False) + "\n")
         return out
 
 

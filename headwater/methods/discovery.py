@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from headwater.data import PreferencePair, Text
+from headwater.engine import atomic
 from headwater.kernels import cosine_similarity_blocks, cosine_topk
 from headwater.methods.cards import distinguishing_words
 from headwater.methods.judges import Judge
@@ -182,7 +183,7 @@ class Discovery:
         """Write the clusters (cards included) as JSON."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        atomic.write_text(path, json.dumps(atomic.json_safe(self.to_dict()), indent=1, ensure_ascii=False))
         return path
 
 

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from headwater.data import PreferencePair, Text
+from headwater.engine import atomic
 from headwater.engine.capture import pair_activations, response_activations
 from headwater.engine.tokenization import TokenizationSettings
 
@@ -273,7 +274,8 @@ class VectorBank:
     def save(self, path: str | Path) -> None:
         """Write a safetensors file with the vectors, names and metadata."""
         meta = {**{k: str(v) for k, v in self.metadata.items()}, "names": "\n".join(self.names)}
-        save_file({"vectors": self.vectors.float().contiguous()}, str(path), metadata=meta)
+        with atomic.atomic_path(path) as tmp:
+            save_file({"vectors": self.vectors.float().contiguous()}, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> VectorBank:

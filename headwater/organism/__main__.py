@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from headwater.engine import atomic
 from headwater.organism.build import OrganismConfig, build_organism
 from headwater.organism.rates import behavior_rates
 
@@ -40,8 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
-        with open(args.json, "w") as out:
-            out.write(text + "\n")
+        atomic.write_text(args.json, text + "\n")
 
 
 if __name__ == "__main__":

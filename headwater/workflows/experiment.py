@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from headwater.engine import atomic
 from headwater.engine.models import cache_root, load_model, resolve_layer
 from headwater.kernels import cosine_similarity_blocks
 from headwater.methods.attribution import Ranking, evaluate_ranking, random_ranking, rank_pairs
@@ -264,11 +265,12 @@ class Experiment:
         keys = dp.vectors[[index[p] for p in cols]]
         matrix = torch.cat([block for block, _ in cosine_similarity_blocks(samples.vectors[rows], keys)], dim=1)
         family = {row["pair_id"]: row["family"] for row in self.organism.ground_truth["pairs"]}
-        np.savez_compressed(
-            self.out / "similarity.npz", matrix=matrix.numpy().astype(np.float32),
-            row_cluster=np.array(row_cluster, np.int64), col_cluster=np.array(col_cluster, np.int64),
-            row_source=np.array([row_sources[i] for i in rows]), col_family=np.array([family.get(p, "") for p in cols]),
-        )
+        with atomic.atomic_path(self.out / "similarity.npz") as tmp, tmp.open("wb") as f:
+            np.savez_compressed(
+                f, matrix=matrix.numpy().astype(np.float32),
+                row_cluster=np.array(row_cluster, np.int64), col_cluster=np.array(col_cluster, np.int64),
+                row_source=np.array([row_sources[i] for i in rows]), col_family=np.array([family.get(p, "") for p in cols]),
+            )
         planted = {b: set(self.organism.planted_ids(b)) for b in self.organism.behaviors}
         return {
             "n_behavior_vectors": int(samples.vectors.shape[0]),

@@ -147,7 +147,7 @@ class Loop:
             if diff:
                 raise ValueError(f"{self.work} holds a run with another configuration (differs in {diff}); "
                                  "use a new work directory")
-        saved.write_text(json.dumps(current, indent=2))
+        write_json_atomic(saved, current, indent=2)
 
     # -- helpers ------------------------------------------------------------------------------
 

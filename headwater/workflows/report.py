@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from headwater.engine import atomic
 from headwater.workflows.experiment_summary import rate_table
 from headwater.workflows.tables import change_text, ci_text, html_table, pct
 
@@ -243,7 +244,7 @@ def write_report(doc: dict[str, Any], path: str | Path, similarity: dict[str, An
     """Render the report and write it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(doc, similarity), encoding="utf-8")
+    atomic.write_text(path, render_report(doc, similarity))
     return path
 
 
