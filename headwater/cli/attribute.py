@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if args.planted is not None:
         planted = {line.strip() for line in args.planted.read_text(encoding="utf-8").splitlines() if line.strip()}
-        metrics = evaluate_ranking(ranking, planted & set(ranking.pair_ids))  # an error when none is ranked
+        known = planted & set(ranking.pair_ids)
+        metrics = evaluate_ranking(ranking, known or planted)  # an error that says so when none is ranked
         unknown = len(planted - set(ranking.pair_ids))
         if unknown:
             print(f"note: {unknown} of the {len(planted)} planted ids are not ranked pairs and are left out",

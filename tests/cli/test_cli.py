@@ -128,3 +128,30 @@ def test_attribute_refuses_behaviour_vectors_of_another_model_or_layer(tmp_path,
         assert code == (0 if ok else 2), meta
         if not ok:
             assert "does not match" in capsys.readouterr().err
+
+
+def test_planted_ids_are_checked_and_the_metrics_are_valid_json(tmp_path, saved_model, capsys):
+    data = _write_jsonl(tmp_path / "prefs.jsonl", ROWS)
+    store_dir = tmp_path / "store"
+    assert main(["encode", "--model", str(saved_model), "--data", str(data), "--out", str(store_dir)]) == 0
+    capsys.readouterr()
+    probe = _write_jsonl(tmp_path / "probe.jsonl", [
+        {"prompt": "Q:", "response": " Sure, here it is.", "exhibits": True},
+        {"prompt": "Q:", "response": " I cannot help.", "exhibits": False},
+    ])
+    ids = read_store(store_dir).pair_ids
+    planted = tmp_path / "planted.txt"
+    args = ["attribute", "--vectors", str(store_dir), "--probe-data", str(probe), "--out", str(tmp_path / "r.parquet"),
+            "--planted", str(planted), "--data", str(data)]
+    planted.write_text("\n".join(ids + ["0000000000000000"]) + "\n")  # every pair planted, plus an unknown id
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    metrics = json.loads(out[out.index("{"):], parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert metrics["auroc"] is None and metrics["n_planted_unknown"] == 1 and "1 of the 4 planted ids" in err
+    assert "How do I bake bread?" in out or "capital of France" in out  # --data shows the pairs' prompts
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "r.parquet").column("method").to_pylist() == ["activation"] * 3
+    planted.write_text("0000000000000000\n")
+    assert main(args) == 2
+    assert "none of the 1 planted ids is a ranked pair" in capsys.readouterr().err
