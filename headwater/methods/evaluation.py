@@ -190,22 +190,17 @@ def evaluate_model(
     prompts: Sequence[Text],
     judge: Judge,
     *,
-    n: int = 4,
-    temperature: float = 0.7,
-    max_new_tokens: int = 64,
-    settings: TokenizationSettings = TokenizationSettings(format="raw"),
-    seed: int = 0,
-    batch_size: int = 64,
     n_boot: int = 2000,
     alpha: float = 0.05,
+    **sampling: Any,
 ) -> EvalResult:
-    """Sample ``n`` responses per prompt, judge them (:func:`judge_samples`), and bootstrap the
-    rate over prompts; the bootstrap uses the same ``seed``."""
+    """Sample and judge (:func:`judge_samples`; ``sampling`` holds its keywords: ``n``,
+    ``temperature``, ``max_new_tokens``, ``settings``, ``seed``, ``batch_size``, ``progress``)
+    and bootstrap the rate over prompts; the bootstrap uses the sampling ``seed``."""
     if not prompts:
         raise ValueError("evaluate_model needs at least one prompt")
-    judged = judge_samples(model, tokenizer, prompts, judge, n=n, temperature=temperature,
-                           max_new_tokens=max_new_tokens, settings=settings, seed=seed, batch_size=batch_size)
-    result = rate_with_ci(judged.exhibited, judge=judge.name, n_boot=n_boot, alpha=alpha, seed=seed)
+    judged = judge_samples(model, tokenizer, prompts, judge, **sampling)
+    result = rate_with_ci(judged.exhibited, judge=judge.name, n_boot=n_boot, alpha=alpha, seed=sampling.get("seed", 0))
     result.responses = judged.responses
     return result
 
