@@ -57,7 +57,15 @@ from headwater.engine.allocator import keep_freed_memory
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of
 from headwater.engine.devices import check_device
 from headwater.engine.models import resolve_layer
-from headwater.engine.pair_forward import FORWARDS, EncodedPair, PairTokens, check_mode, pair_batches, prompt_sharing_mode
+from headwater.engine.pair_forward import (
+    FORWARDS,
+    EncodedPair,
+    PairTokens,
+    check_mode,
+    is_long,
+    pair_batches,
+    prompt_sharing_mode,
+)
 from headwater.engine.store import (
     ShardRecord,
     StoreError,
@@ -311,22 +319,28 @@ class Engine:
         mode = self.prompt_sharing
         if mode == "kv_cache" and any(chosen.prompt_length == 0 for chosen, _ in pairs):
             mode = "separate"  # a prompt cache needs at least one prompt token
+        if any(is_long(c.prompt_length, c.response_length, r.response_length) for c, r in pairs):
+            mode = "long"  # _batches gives such a pair a batch of its own
         return FORWARDS[mode](
             self.model, pairs, self.layer, pad_token_id=self.pad_token_id, pad_multiple=self.pad_multiple
         )
 
     def _batches(self, tokens: PairTokens) -> list[list[int]]:
         """Batches of indices into ``tokens``. Under ``"kv_cache"``, pairs without prompt tokens
-        never share a batch with pairs that have some (they cannot use the prompt cache)."""
+        never share a batch with pairs that have some (they cannot use the prompt cache). A pair
+        longer than :data:`~headwater.engine.pair_forward.LONG_ROW_TOKENS` is a batch of its own,
+        run without any attention mask (:func:`~headwater.engine.pair_forward.pair_differences_long`)."""
         mode = self.prompt_sharing
         p, c, r = tokens.prompt_lengths, tokens.chosen_lengths, tokens.rejected_lengths
-        groups = [(list(range(len(tokens))), mode)]
+        long = [i for i in range(len(tokens)) if is_long(p[i], c[i], r[i])]
+        rest = [i for i in range(len(tokens)) if not is_long(p[i], c[i], r[i])] if long else list(range(len(tokens)))
+        groups = [(rest, mode)]
         if mode == "kv_cache":
             groups = [
-                ([i for i in range(len(tokens)) if p[i] > 0], "kv_cache"),
-                ([i for i in range(len(tokens)) if p[i] == 0], "separate"),
+                ([i for i in rest if p[i] > 0], "kv_cache"),
+                ([i for i in rest if p[i] == 0], "separate"),
             ]
-        batches: list[list[int]] = []
+        batches: list[list[int]] = [[i] for i in long]  # too long to pack: one pair, each side alone
         for group, group_mode in groups:
             for batch in pair_batches(
                 [p[i] for i in group], [c[i] for i in group], [r[i] for i in group], self.max_tokens_per_batch,

@@ -45,7 +45,7 @@ import torch
 from headwater.engine.attention import chunked_causal_attention
 from headwater.engine.models import LayerCapture, base_model, forward_to_layer
 from headwater.engine.tokenization import EncodedResponse, pad_batch, round_up
-from headwater.kernels import masked_mean_pool_diff
+from headwater.kernels import masked_mean_pool, masked_mean_pool_diff
 
 LOG = logging.getLogger(__name__)
 
@@ -323,6 +323,37 @@ def pair_differences_separate(
     return masked_mean_pool_diff(hidden[:n], mask[:n], hidden[n:], mask[n:])
 
 
+# A pair whose packed row (prompt + both responses) is longer than this runs on its own, each side
+# as one unpadded sequence: attention then needs no mask (causal sdpa), so memory stays linear in
+# the row's length instead of a [T, T] mask (10 GB for one 100,000-token row).
+LONG_ROW_TOKENS = 4096
+
+
+def is_long(prompt_length: int, chosen_length: int, rejected_length: int) -> bool:
+    """Whether a pair (lengths in tokens; responses without the prompt) takes the long-row path."""
+    return prompt_length + chosen_length + rejected_length > LONG_ROW_TOKENS
+
+
+@torch.inference_mode()
+def pair_differences_long(
+    model: Any, pairs: Sequence[EncodedPair], layer: int, *, pad_token_id: int, pad_multiple: int = 1
+) -> torch.Tensor:
+    """[B, d] float32 datapoint vectors, each side of each pair run alone and unpadded (no
+    attention mask at all: memory linear in the sequence length). For pairs too long to pack."""
+    device = next(model.parameters()).device
+    out = []
+    for pair in pairs:
+        pooled = []
+        for side in pair:
+            ids = torch.tensor([side.input_ids], dtype=torch.long, device=device)  # [1, T]
+            hidden = forward_to_layer(model, ids, torch.ones_like(ids), layer)  # [1, T, d]
+            mask = torch.zeros_like(ids)
+            mask[:, side.prompt_length :] = 1
+            pooled.append(masked_mean_pool(hidden, mask))  # [1, d] float32
+        out.append(pooled[0] - pooled[1])
+    return torch.cat(out)
+
+
 def _synthetic_pairs(vocab_size: int, special: set[int]) -> list[EncodedPair]:
     """A few pairs of ordinary token ids with different prompt and response lengths."""
     ordinary = [t for t in range(min(vocab_size, 512)) if t not in special] or list(range(vocab_size))
@@ -344,6 +375,7 @@ FORWARDS = {
     "packed": pair_differences_packed,
     "kv_cache": pair_differences_kv_cache,
     "separate": pair_differences_separate,
+    "long": pair_differences_long,
 }
 
 

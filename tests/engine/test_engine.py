@@ -397,3 +397,26 @@ def test_pairs_without_prompt_tokens(tiny_llama, tmp_path, mode):
     torch.testing.assert_close(
         store.vectors().double(), reference_differences(tiny_llama, tokenizer, pairs, 2), atol=1e-5, rtol=1e-4
     )
+
+
+def test_a_pair_too_long_to_pack_runs_alone_without_a_mask(tiny_llama, tiny_tokenizer, tmp_path, monkeypatch):
+    """Long pairs never get a [T, T] mask: each side runs alone and unpadded, and the vectors are
+    still the reference recipe's."""
+    import headwater.engine.pair_forward as pair_forward
+
+    monkeypatch.setattr(pair_forward, "LONG_ROW_TOKENS", 24)
+    calls = []
+    original = pair_forward.FORWARDS["long"]
+    monkeypatch.setitem(pair_forward.FORWARDS, "long", lambda *a, **k: calls.append(len(a[1])) or original(*a, **k))
+    masks = []
+    real_forward = pair_forward.forward_to_layer
+    monkeypatch.setattr(pair_forward, "forward_to_layer",
+                        lambda model, ids, mask, layer: masks.append(mask) or real_forward(model, ids, mask, layer))
+    pairs = make_pairs(10, seed=12)
+    settings = TokenizationSettings()
+    store = Engine(tiny_llama, tiny_tokenizer, layer=2, settings=settings).encode_pairs(pairs, tmp_path / "s", progress=False)
+    assert calls and all(n == 1 for n in calls)  # every long pair alone
+    single = [m for m in masks if m.shape[0] == 1]  # the other paths run 2n rows at a time
+    assert len(single) == 2 * len(calls) and all(bool(m.all()) for m in single)  # no padding: no mask to build
+    torch.testing.assert_close(store.vectors().double(), reference_differences(tiny_llama, tiny_tokenizer, pairs, 2, settings),
+                               atol=1e-5, rtol=1e-4)
