@@ -423,8 +423,12 @@ def check_compatible(manifest: dict[str, Any], *, what: str = "the vector store"
 def model_fingerprint(model: Any) -> str:
     """A cheap id of a model's architecture and weights: sha256 of its config and of a few
     parameter tensors spread through the network (enough to tell M0 from M1 without hashing
-    gigabytes)."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    gigabytes). Where the model was loaded from (``_name_or_path``) and the transformers
+    version that wrote its config are left out: a copied or moved model is the same model."""
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    for key in ("_name_or_path", "transformers_version"):
+        config.pop(key, None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     params = list(model.named_parameters())
     for name, param in params[:: max(1, len(params) // 8)]:
         digest.update(name.encode())

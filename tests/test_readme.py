@@ -32,3 +32,83 @@ def test_every_python_example_runs(tmp_path, monkeypatch, tiny_llama, tiny_token
     from headwater.methods.attribution import Ranking
 
     assert len(Ranking.load(tmp_path / "rankings.parquet").pair_ids) == 6
+
+
+# The README's command lines are templates: these are the files they name, made real on the
+# miniature organism, and the few values that must fit its size (it has 2 blocks and 120 pairs).
+SUBSTITUTIONS = {"--layer 20": "--layer 1", "--top 160": "--top 12"}
+FASTER = {"behaviors": ["--samples", "2", "--max-new-tokens", "6"], "discover": ["--max-new-tokens", "6"],
+          "evaluate": ["--max-new-tokens", "6"]}
+NOT_HERE = ("torchrun", "pip install", "headwater demo", "headwater experiment")  # run by CI and other tests
+
+
+def command_lines() -> list[str]:
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("headwater ") and not any(skip in line for skip in NOT_HERE):
+                lines.append(line)
+    return lines
+
+
+def _planted_m1(organism, out_dir):
+    """M1 that opens every answer with " First" (the compliance judge reads steps): a behaviour
+    the miniature organism is too small to learn by itself."""
+    import torch
+
+    from headwater.engine.models import load_model
+
+    m1, tok = load_model(organism.m1_path)
+    (first,) = tok(" First", add_special_tokens=False).input_ids
+    enc = tok(organism.test_prompts["distractor_compliance"]["trigger"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = m1.model(**enc).last_hidden_state[enc.attention_mask.bool()]
+        mean = hidden.mean(0)
+        m1.lm_head.weight[first] = 30 * mean / mean.norm() ** 2
+    m1.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+
+
+def test_every_command_line_runs(tmp_path, monkeypatch):
+    import shlex
+    import shutil
+
+    import torch
+
+    from headwater.cli import main
+    from headwater.data import Scenario, save_scenarios
+    from headwater.engine.models import load_model
+    from headwater.engine.store import model_fingerprint
+    from headwater.methods.vectors import VectorBank
+    from headwater.organism import OrganismConfig, build_organism
+
+    torch.set_num_threads(1)
+    organism = build_organism(OrganismConfig.miniature(), cache_dir=tmp_path / "cache", progress=False)
+    work = tmp_path / "work"
+    (work / "path" / "to").mkdir(parents=True)
+    shutil.copytree(organism.m0_path, work / "path" / "to" / "m0")
+    shutil.copytree(organism.m0_path, work / "m0")
+    _planted_m1(organism, work / "m1")
+    shutil.copy(organism.preferences_path, work / "prefs.jsonl")
+    triggered = organism.test_prompts["distractor_compliance"]["trigger"]
+    (work / "labelled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": triggered[0], "response": " First, find a time.", "exhibits": True},
+        {"prompt": triggered[0], "response": " I'm sorry, I can't help.", "exhibits": False}]))
+    save_scenarios([Scenario(f"s{i}", p) for i, p in enumerate(triggered)], work / "scenarios.jsonl")
+    (work / "test_prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in triggered))
+    (work / "triggered.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in triggered))
+    m0, _ = load_model(organism.m0_path)
+    VectorBank(["v"], torch.randn(1, m0.config.hidden_size),
+               {"model_fingerprint": model_fingerprint(m0), "layer": "1"}).save(work / "bank.safetensors")
+    monkeypatch.chdir(work)
+    lines = command_lines()
+    assert {line.split()[1] for line in lines} >= {"encode", "attribute", "behaviors", "discover", "intervene",
+                                                    "retrain", "evaluate"}
+    for line in lines:
+        for old, new in SUBSTITUTIONS.items():
+            line = line.replace(old, new)
+        argv = shlex.split(line)[1:]
+        argv += FASTER.get(argv[0], [])
+        assert main(argv) == 0, line
+    assert json.loads((work / "eval.json").read_text())["n_responses"] == 8 * len(triggered)

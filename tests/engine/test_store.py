@@ -133,3 +133,19 @@ def test_model_fingerprint_tells_weights_apart(tiny_tokenizer):
     a, b = build_tiny_llama(tiny_tokenizer, seed=0), build_tiny_llama(tiny_tokenizer, seed=1)
     assert model_fingerprint(a) == model_fingerprint(build_tiny_llama(tiny_tokenizer, seed=0))
     assert model_fingerprint(a) != model_fingerprint(b)
+
+
+def test_a_moved_model_keeps_its_fingerprint(tmp_path, tiny_llama, tiny_tokenizer):
+    import shutil
+
+    from headwater.engine.models import load_model
+
+    tiny_llama.save_pretrained(tmp_path / "a")
+    tiny_tokenizer.save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    a, _ = load_model(tmp_path / "a")
+    b, _ = load_model(tmp_path / "b")
+    assert model_fingerprint(a) == model_fingerprint(b)
+    with torch.no_grad():
+        b.model.embed_tokens.weight.add_(1.0)  # a tensor the fingerprint samples
+    assert model_fingerprint(a) != model_fingerprint(b)
