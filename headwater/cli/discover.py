@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from headwater.data import load_preferences, load_prompts
     from headwater.engine.models import load_model
     from headwater.engine.store import VectorStore
-    from headwater.engine.tokenization import TokenizationSettings
+    from headwater.workflows.encode import store_model_settings
     from headwater.methods.cards import format_cards
     from headwater.methods.behaviors import sample_behavior_vectors
     from headwater.methods.discovery import discover
@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
     judge = judge_from(args.judge) if args.judge is not None else None
     store = VectorStore.open(args.vectors)
     manifest = store.manifest
-    settings = TokenizationSettings(**manifest["tokenization"])
-    m0, tokenizer = load_model(manifest["model"], dtype=manifest.get("model_dtype", "auto"))
+    model_path, layer, settings, model_dtype = store_model_settings(manifest)
+    m0, tokenizer = load_model(model_path, dtype=model_dtype)
     m1, _ = load_model(args.m1)
     config = DiscoveryConfig(top_k=args.top_k, distance_threshold=args.distance_threshold,
                              min_cluster_size=args.min_cluster_size, top_pairs=args.top_pairs, ranking=args.ranking)
     samples = sample_behavior_vectors(
-        m0, m1, tokenizer, prompts, layer=manifest["layer"], settings=settings,
+        m0, m1, tokenizer, prompts, layer=layer, settings=settings,
         samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
     )
     pairs = {p.pair_id: p for p in load_preferences(args.data)} if args.data is not None else None

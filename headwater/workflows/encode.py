@@ -21,7 +21,7 @@ from headwater.data import load_preferences, read_labelled_responses
 from headwater.engine import distributed
 from headwater.engine.engine import DEFAULT_SHARD_PAIRS, Engine
 from headwater.engine.models import load_model
-from headwater.engine.store import VectorStore, check_compatible, model_fingerprint
+from headwater.engine.store import StoreError, VectorStore, check_compatible, model_fingerprint
 from headwater.engine.tokenization import TokenizationSettings
 from headwater.methods.attribution import Ranking, rank_pairs
 from headwater.methods.vectors import ProbingVector, VectorBank, probing_vector
@@ -86,6 +86,24 @@ def encode_dataset(
     }
 
 
+def store_model_settings(manifest: dict[str, Any]) -> tuple[str, int, TokenizationSettings, str]:
+    """``(model path, layer, tokenisation, model dtype)`` a store was made with, from its manifest.
+
+    Raises:
+        StoreError: the manifest lacks one of them or holds one of the wrong type (a store made
+            by an older or a foreign writer), naming the key.
+    """
+    for key, kind in (("model", str), ("layer", int), ("tokenization", dict)):
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise StoreError(f"the store's manifest has no valid {key!r} (got {manifest.get(key)!r:.60}); "
+                             "it was not written by headwater encode")
+    try:
+        settings = TokenizationSettings(**manifest["tokenization"])
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"the store's manifest has an invalid 'tokenization' ({err})") from None
+    return manifest["model"], manifest["layer"], settings, str(manifest.get("model_dtype", "auto"))
+
+
 def probe_from_file(path: str | Path, manifest: dict[str, Any], *, model: Any = None, tokenizer: Any = None) -> ProbingVector:
     """The probing vector from labelled responses, on the model and layer a store was made with.
 
@@ -93,11 +111,11 @@ def probe_from_file(path: str | Path, manifest: dict[str, Any], *, model: Any = 
     probe and the datapoint vectors live in the same activation space.
     """
     prompts, responses, labels = read_labelled_responses(path)
+    model_path, layer, settings, model_dtype = store_model_settings(manifest)
     if model is None:
-        model, tokenizer = load_model(manifest["model"], dtype=manifest.get("model_dtype", "auto"))
+        model, tokenizer = load_model(model_path, dtype=model_dtype)
     check_compatible(manifest, model_fingerprint=model_fingerprint(model))
-    settings = TokenizationSettings(**manifest["tokenization"])
-    return probing_vector(model, tokenizer, prompts, responses, labels, layer=manifest["layer"], settings=settings)
+    return probing_vector(model, tokenizer, prompts, responses, labels, layer=layer, settings=settings)
 
 
 def bank_vectors(path: str | Path, store: VectorStore, *, store_path: str | Path | None = None) -> torch.Tensor:
@@ -143,4 +161,4 @@ def attribute_store(store_path: str | Path, *, behavior: str | Path | None = Non
     return rank_pairs(store.pair_ids, store.blocks(), vectors)
 
 
-__all__ = ["attribute_store", "bank_vectors", "encode_dataset", "probe_from_file"]
+__all__ = ["attribute_store", "bank_vectors", "encode_dataset", "probe_from_file", "store_model_settings"]

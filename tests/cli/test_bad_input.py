@@ -141,3 +141,24 @@ def test_probe_data_with_a_bad_message_names_the_line(tmp_path):
     ])
     with pytest.raises(ValueError, match=r"probe.jsonl:2: prompt\[0\] has no 'content' \[bad_message\]"):
         read_labelled_responses(path)
+
+
+def test_no_progress_is_quiet_and_a_foreign_manifest_is_named(tmp_path, saved_model, capsys):
+    from transformers.utils import logging as hf_logging
+
+    data = _jsonl(tmp_path / "p.jsonl", ROWS)
+    try:
+        assert main(["encode", "--model", str(saved_model), "--data", str(data), "--out", str(tmp_path / "s"),
+                     "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert "Loading weights" not in err and "pair/s" not in err and "using the torch backend" not in err
+    finally:
+        hf_logging.enable_progress_bar()
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    del manifest["layer"]
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    probe = _jsonl(tmp_path / "probe.jsonl", [{"prompt": "Q", "response": "A", "exhibits": True},
+                                               {"prompt": "Q", "response": "B", "exhibits": False}])
+    assert main(["attribute", "--vectors", str(tmp_path / "s"), "--probe-data", str(probe),
+                 "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert "the store's manifest has no valid 'layer'" in _error(capsys)
