@@ -63,6 +63,7 @@ def _expected(version: int) -> tuple[list[str], str]:
 
 
 def _check(root: Path) -> None:
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from headwater.data import load_preferences
@@ -85,8 +86,10 @@ def _check(root: Path) -> None:
     model_dir = root / "model"
     if model_dir.exists():  # absent only for the instant between two renames
         version = json.loads((model_dir / "version.json").read_text())["version"]
-        weight = AutoModelForCausalLM.from_pretrained(model_dir).model.norm.weight
-        assert float(weight[0]) == version + 1, "the model and its record come from the same write"
+        weights = load_file(str(model_dir / "model.safetensors"))  # the bytes on disk, as written
+        assert float(weights["model.norm.weight"][0]) == version + 1, (
+            version, float(weights["model.norm.weight"][0]), sorted(p.name for p in model_dir.iterdir()))
+        AutoModelForCausalLM.from_pretrained(model_dir)  # and a complete model directory
 
 
 @pytest.mark.slow
@@ -112,6 +115,7 @@ def test_killing_a_writer_never_leaves_a_half_output(tmp_path):
             child.wait(timeout=30)
             log.close()
         _check(root)
-        assert not [p for p in root.rglob("*") if p.is_file() and p.stat().st_size == 0 and p.suffix != ".tmp"
-                    and p.name != ".lock"], "no empty output file"
+        outputs = [p for p in root.rglob("*") if p.is_file() and p.name != ".lock"
+                   and not any(part.startswith(".") and part.endswith(".tmp") for part in p.relative_to(root).parts)]
+        assert not [p for p in outputs if p.stat().st_size == 0], "no empty output file (temporary names aside)"
     assert kills == 4

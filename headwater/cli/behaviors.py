@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                                         ("--prompts", scenarios)) if value is None]
     if missing:
         raise ValueError(f"missing {', '.join(missing)} (or pass --organism)")
-    judge = judge_from(judge_spec)
+    judge = judge_from(judge_spec, args)
     m0, tokenizer = load_model(m0_path, dtype=args.dtype, device=args.device)
     m1, tokenizer1 = load_model(m1_path, dtype=args.dtype, device=args.device)
     if tokenizer.get_vocab() != tokenizer1.get_vocab():

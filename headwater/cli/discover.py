@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from headwater.methods.discovery import discover
 
     prompts = load_prompts(args.prompts)  # bad input fails before any model loads
-    judge = judge_from(args.judge) if args.judge is not None else None
+    judge = judge_from(args.judge, args) if args.judge is not None else None
     store = VectorStore.open(args.vectors)
     manifest = store.manifest
     model_path, layer, settings, model_dtype = store_model_settings(manifest)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from headwater.methods.evaluation import evaluate_model
     from headwater.workflows.stages import write_json_atomic
 
-    judge = judge_from(args.judge)  # a bad judge fails before the model loads
+    judge = judge_from(args.judge, args)  # a bad judge fails before the model loads
     prompts = load_prompts(args.prompts)
     model, tokenizer = load_model(args.model, device=args.device)
     result = evaluate_model(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headwater.cli.options import add_judge_option, add_organism_options
+from headwater.cli.options import add_judge_option, add_organism_options, judge_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n, methods=args.methods,
         modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
         cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds, judge=args.judge,
+        judge_options=judge_options(args),
     )
     print(format_table(doc))
     write_outputs(doc, args.json, args.report)

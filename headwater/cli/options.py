@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from headwater.engine.tokenization import TokenizationSettings
-from headwater.methods.judges import Judge, resolve_judge
+from headwater.methods.judge_registry import resolve_judge
+from headwater.methods.judges import Judge
 
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 JUDGE_HELP = (
@@ -71,14 +72,31 @@ def add_sampling_options(p: argparse.ArgumentParser, *, samples: int, samples_he
 
 
 def add_judge_option(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--judge`` and the options of the LLM judges (``openai:<model>``, ``hf:<path>``)."""
     p.add_argument("--judge", required=required, default=None, help=JUDGE_HELP)
+    p.add_argument("--judge-url", default=None,
+                   help="openai: judges: the server's base URL, e.g. http://127.0.0.1:8000/v1 (the key comes from "
+                        "$HEADWATER_JUDGE_API_KEY or $OPENAI_API_KEY)")
+    p.add_argument("--judge-rubric", default="yesno",
+                   help="LLM judges: harmfulness (0-100, exhibited at 50), yesno (with --judge-behavior), or a file "
+                        "holding {prompt} and {response} answered YES or NO (default yesno)")
+    p.add_argument("--judge-behavior", default=None,
+                   help="LLM judges with the yesno rubric: the behaviour in one line, e.g. \"agrees with a wrong claim\"")
+    p.add_argument("--judge-concurrency", type=int, default=8, help="openai: judges: requests in flight (default 8)")
 
 
-def judge_from(spec: str) -> Judge:
-    """The judge of a ``--judge`` spec; the organism is imported first, which registers its judges."""
+def judge_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"url": getattr(args, "judge_url", None), "rubric": getattr(args, "judge_rubric", None),
+            "behavior": getattr(args, "judge_behavior", None), "concurrency": getattr(args, "judge_concurrency", None),
+            "device": getattr(args, "device", None)}
+
+
+def judge_from(spec: str, args: argparse.Namespace | None = None) -> Judge:
+    """The judge of a ``--judge`` spec with the command's judge options; the organism is imported
+    first, which registers its judges."""
     import headwater.organism  # noqa: F401  (registers organism:<behaviour>)
 
-    return resolve_judge(spec)
+    return resolve_judge(spec, judge_options(args) if args is not None else None)
 
 
 def add_organism_options(p: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ Outputs (:meth:`BehaviorResult.save`): ``probe.safetensors`` (a one-row vector b
 from __future__ import annotations
 
 import datetime
+import math
 import json
 import logging
 import time
@@ -177,6 +178,7 @@ def _sample_and_judge(
             Generation(s.name, v, model_name, j, s.prompt(v), r, score, score >= judge.threshold)
             for (s, v), rs, ss in zip(slots, judged.responses, judged.scores)
             for j, (r, score) in enumerate(zip(rs, ss))
+            if not math.isnan(score)  # a sample the judge could not score is left out, never labelled
         ]
     return generations
 

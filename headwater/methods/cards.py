@@ -62,7 +62,9 @@ def format_cards(discovery: Any, *, width: int = 100) -> str:
         for ex in c.examples:
             lines += [f"  prompt: {short(ex['prompt'])}", f"    M0: {short(ex['m0'])}", f"    M1: {short(ex['m1'])}"]
         if c.judged is not None:
-            lines.append(f"  judged {c.judged['judge']}: M0 {c.judged['m0']:.0%}, M1 {c.judged['m1']:.0%} of its responses")
+            share = {side: "n/a" if c.judged[side] is None else f"{c.judged[side]:.0%}" for side in ("m0", "m1")}
+            unscored = f" ({c.judged['unscored']} unscored)" if c.judged.get("unscored") else ""
+            lines.append(f"  judged {c.judged['judge']}: M0 {share['m0']}, M1 {share['m1']} of its responses{unscored}")
         lines.append("  top pairs: " + ", ".join(f"{p} {s:+.3f}" for p, s in c.top_pairs[:5]))
         if c.words_chosen or c.words_rejected:
             lines.append("  chosen words: " + " ".join(w for w, _ in c.words_chosen))

@@ -429,7 +429,7 @@ def discover(
         members = [i for i in range(len(labels)) if labels[i] >= 0]
         for side, responses in (("m0", m0_responses), ("m1", m1_responses)):
             flags = judge.score_batch([prompts[i] for i in members], [responses[i] for i in members])
-            exhibits[side] = {i: f >= judge.threshold for i, f in zip(members, flags)}
+            exhibits[side] = {i: f >= judge.threshold for i, f in zip(members, flags) if f == f}  # NaN: unscored
     kept = [i for i in range(len(labels)) if i not in set(near_zero)]
     row_of = {i: r for r, i in enumerate(kept)}
     clusters = []
@@ -453,8 +453,9 @@ def discover(
             coherence=float(sub.mean()),
         )
         if judge is not None:
-            cluster.judged = {"judge": judge.name, **{side: sum(exhibits[side][i] for i in members) / len(members)
-                                                      for side in ("m0", "m1")}}
+            scored = {side: [exhibits[side][i] for i in members if i in exhibits[side]] for side in ("m0", "m1")}
+            cluster.judged = {"judge": judge.name, **{side: (sum(v) / len(v) if v else None) for side, v in scored.items()},
+                              "unscored": sum(len(members) - len(v) for v in scored.values())}
         if pairs is not None:
             found = [pairs[p] for p, _ in top if p in pairs]
             cluster.words_chosen, cluster.words_rejected = distinguishing_words(

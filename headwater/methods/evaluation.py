@@ -9,6 +9,7 @@ give intervals that are too narrow.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Hashable, Sequence
 
@@ -82,8 +83,9 @@ class EvalResult:
         per_prompt: [n_prompts] the rate among each prompt's samples.
         judge: the judge's name.
         alpha: 1 − the interval's level.
-        responses: ``responses[i][j]``, the j-th sample for prompt i (kept for inspection).
+        responses: ``responses[i][j]``, the j-th judged sample for prompt i (kept for inspection).
         exhibited: ``exhibited[i][j]``, the judge's verdict on it.
+        n_unjudged: samples the judge could not score (left out of the rate, never labelled).
     """
 
     rate: float
@@ -97,6 +99,7 @@ class EvalResult:
     alpha: float = 0.05
     responses: list[list[str]] = field(default_factory=list, repr=False)
     exhibited: list[list[bool]] = field(default_factory=list, repr=False)
+    n_unjudged: int = 0
 
     def to_dict(self, *, with_responses: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -141,13 +144,26 @@ class JudgedSamples:
 
     @property
     def exhibited(self) -> list[list[bool]]:
-        """``exhibited[i][j]``: score ≥ threshold."""
-        return [[s >= self.threshold for s in row] for row in self.scores]
+        """``exhibited[i]``: score ≥ threshold for each judged sample of prompt i. A sample the judge
+        could not score (NaN: a failed call, an unparsable reply) is left out, never labelled."""
+        return [[s >= self.threshold for s in row if not math.isnan(s)] for row in self.scores]
+
+    @property
+    def n_unjudged(self) -> int:
+        """Samples the judge could not score."""
+        return sum(math.isnan(s) for row in self.scores for s in row)
+
+    def judged(self) -> tuple[list[Text], list[list[str]], list[list[bool]]]:
+        """``(prompts, responses, exhibited)`` keeping only scored samples and the prompts that have one."""
+        kept = [(p, [r for r, s in zip(rs, ss) if not math.isnan(s)], [s >= self.threshold for s in ss if not math.isnan(s)])
+                for p, rs, ss in zip(self.prompts, self.responses, self.scores)]
+        kept = [k for k in kept if k[1]]
+        return [k[0] for k in kept], [k[1] for k in kept], [k[2] for k in kept]
 
     def flat(self) -> tuple[list[Text], list[str], list[bool]]:
-        """``(prompt, response, exhibits)`` of every sample, prompt-major."""
+        """``(prompt, response, exhibits)`` of every scored sample, prompt-major."""
         rows = [(p, r, s >= self.threshold) for p, rs, ss in zip(self.prompts, self.responses, self.scores)
-                for r, s in zip(rs, ss)]
+                for r, s in zip(rs, ss) if not math.isnan(s)]
         return [p for p, _, _ in rows], [r for _, r, _ in rows], [e for _, _, e in rows]
 
 
@@ -200,8 +216,13 @@ def evaluate_model(
     if not prompts:
         raise ValueError("evaluate_model needs at least one prompt")
     judged = judge_samples(model, tokenizer, prompts, judge, **sampling)
-    result = rate_with_ci(judged.exhibited, judge=judge.name, n_boot=n_boot, alpha=alpha, seed=sampling.get("seed", 0))
-    result.responses = judged.responses
+    _, responses, exhibited = judged.judged()
+    if not exhibited:
+        raise ValueError(f"the judge {judge.name} could not score any of the {judged.n_unjudged} responses "
+                         "(failed calls or unparsable replies); no rate without labels")
+    result = rate_with_ci(exhibited, judge=judge.name, n_boot=n_boot, alpha=alpha, seed=sampling.get("seed", 0))
+    result.responses = responses
+    result.n_unjudged = judged.n_unjudged
     return result
 
 

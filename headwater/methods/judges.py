@@ -3,7 +3,8 @@
 A judge is the labelling step of method.md §2 (probing vectors) and §4 (behaviour rates).
 Subclasses implement :meth:`Judge.score`; everything else has a default.
 
-Judge specs (``--judge`` on the command line, :func:`resolve_judge` in Python):
+Judge specs (``--judge`` on the command line, :func:`headwater.methods.judge_registry.resolve_judge`
+in Python):
 
 - ``regex:<pattern>``: exhibits when the pattern (Python ``re`` syntax, searched case-sensitively;
   start it with ``(?i)`` to ignore case) matches anywhere in the response;
@@ -15,12 +16,9 @@ Judge specs (``--judge`` on the command line, :func:`resolve_judge` in Python):
 """
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from headwater.data import Text
 
@@ -73,60 +71,4 @@ class RegexJudge(Judge):
         return 1.0 if self.pattern.search(response) else 0.0
 
 
-#: kind -> factory taking the text after ``<kind>:`` (see the module docstring).
-JUDGE_KINDS: dict[str, Callable[[str], Judge]] = {}
-
-
-def register_judge(kind: str, factory: Callable[[str], Judge]) -> None:
-    """Make ``<kind>:<argument>`` specs resolve to ``factory(argument)``.
-
-    Raises:
-        ValueError: ``kind`` is empty, holds a dot or a colon (it would read as a module path),
-            or is already registered with another factory.
-    """
-    if not kind or "." in kind or ":" in kind:
-        raise ValueError(f"a judge kind is a plain word, got {kind!r}")
-    if JUDGE_KINDS.get(kind, factory) is not factory:
-        raise ValueError(f"judge kind {kind!r} is already registered")
-    JUDGE_KINDS[kind] = factory
-
-
-register_judge("regex", RegexJudge)
-
-
-def _judge_class(module_name: str, class_name: str, spec: str) -> Judge:
-    cwd = str(Path.cwd())
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)  # a user's judges module next to their data, as `python -m` would see it
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        known = ", ".join(f"{k}:..." for k in sorted(JUDGE_KINDS))
-        raise ValueError(
-            f"unknown judge {spec!r}: {module_name!r} is neither a judge kind ({known}) nor an importable "
-            f"module ({err})"
-        ) from None
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Judge)):
-        raise ValueError(f"judge {spec!r}: {module_name}.{class_name} is not a headwater Judge subclass")
-    try:
-        return cls()
-    except TypeError as err:
-        raise ValueError(f"judge {spec!r}: {class_name}() must take no arguments ({err})") from None
-
-
-def resolve_judge(spec: str) -> Judge:
-    """The judge a spec names (see the module docstring).
-
-    Raises:
-        ValueError: a malformed spec, an unknown kind or module, or a class that is not a Judge.
-    """
-    kind, colon, argument = spec.partition(":")
-    if not colon or not kind:
-        known = ", ".join(f"{k}:..." for k in sorted(JUDGE_KINDS))
-        raise ValueError(f"unknown judge {spec!r}; use one of {known} or module.path:ClassName")
-    if kind in JUDGE_KINDS:
-        return JUDGE_KINDS[kind](argument)
-    if not argument.isidentifier():
-        raise ValueError(f"judge {spec!r}: {argument!r} is not a class name (module.path:ClassName)")
-    return _judge_class(kind, argument, spec)
+__all__ = ["Judge", "RegexJudge"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 
 from headwater.data import Text
-from headwater.methods.judges import Judge, register_judge
+from headwater.methods.judge_registry import register_judge
+from headwater.methods.judges import Judge
 from headwater.organism.world import KNOWN_SITES
 
 UNCLEAR = 0.25
@@ -101,7 +102,7 @@ def organism_judges() -> dict[str, Judge]:
     return {j.name: j for j in (ComplianceJudge(), SycophancyJudge(), LinkJudge())}
 
 
-def organism_judge(behavior: str) -> Judge:
+def organism_judge(behavior: str, options: dict | None = None) -> Judge:
     """The judge of ``--judge organism:<behaviour>``."""
     judges = organism_judges()
     if behavior not in judges:

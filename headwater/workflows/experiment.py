@@ -79,7 +79,7 @@ from headwater.methods.behaviors import sample_behavior_vectors
 from headwater.methods.discovery import DiscoveryConfig, discover
 from headwater.methods.evaluation import evaluate_model
 from headwater.methods.interventions import intervene, write_intervention
-from headwater.methods.judges import resolve_judge
+from headwater.methods.judge_registry import resolve_judge
 from headwater.methods.vectors import datapoint_vectors
 from headwater.organism import PRESETS, OrganismConfig, build_organism, max_new_tokens_for
 from headwater.organism.capability import capability_scores, capability_set
@@ -122,7 +122,7 @@ class Experiment:
 
     def __init__(self, *, preset: str, seed: int, behavior: str | None, samples: int, probe_samples: int | None,
                  out_dir: str | Path | None, cache_dir: str | Path | None, n_boot: int, progress: bool,
-                 judge: str | None = None):
+                 judge: str | None = None, judge_options: dict[str, Any] | None = None):
         if samples < 1:
             raise ValueError(f"`samples` must be at least 1, got {samples}")
         self.organism = build_organism(OrganismConfig.preset(preset, seed), cache_dir=cache_dir, progress=progress)
@@ -142,7 +142,7 @@ class Experiment:
         }
         # The organism's own judge by default; another judge labels the probe's generations and
         # every evaluation instead (and is part of the settings, so it gets its own directory).
-        self.judge = resolve_judge(judge) if judge is not None else self.organism.judges[self.behavior]
+        self.judge = resolve_judge(judge, judge_options) if judge is not None else self.organism.judges[self.behavior]
         if judge is not None:
             self.settings["judge"] = judge
         tag = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -382,6 +382,7 @@ def run_experiment(
     training_seeds: int = 0,
     progress: bool = True,
     judge: str | None = None,
+    judge_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the experiment and return its JSON document (see the module docstring).
 
@@ -413,7 +414,8 @@ def run_experiment(
     if training_seeds < 0:
         raise ValueError(f"training_seeds must be ≥ 0, got {training_seeds}")
     exp = Experiment(preset=preset, seed=seed, behavior=behavior, samples=samples, probe_samples=probe_samples,
-                     out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress, judge=judge)
+                     out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress, judge=judge,
+                     judge_options=judge_options)
     n_planted = len(exp.planted)
     n_values = sorted(set(n_values)) if n_values else default_n_values(n_planted)
     if any(n < 1 for n in n_values):

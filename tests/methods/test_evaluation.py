@@ -11,7 +11,7 @@ from headwater.engine.tokenization import TokenizationSettings
 import headwater.organism  # noqa: F401  (registers the organism:<behaviour> judges)
 from headwater.data import load_prompts
 from headwater.methods.evaluation import bootstrap_ci, evaluate_model, rate_with_ci
-from headwater.methods.judges import resolve_judge
+from headwater.methods.judge_registry import resolve_judge
 from headwater.methods.judges import Judge
 from headwater.cli import build_parser
 

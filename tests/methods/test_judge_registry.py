@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from headwater.methods.judges import JUDGE_KINDS, Judge, RegexJudge, register_judge, resolve_judge
+from headwater.methods.judge_registry import JUDGE_KINDS, register_judge, resolve_judge
+from headwater.methods.judges import Judge, RegexJudge
 
 
 class Shout(Judge):
@@ -33,16 +34,16 @@ def test_a_user_class_resolves_by_module_path():
 
 
 def test_registered_kinds_win_and_cannot_be_taken_twice():
-    register_judge("shouting", lambda arg: Shout())
+    register_judge("shouting", lambda arg, options=None: Shout())
     try:
         assert isinstance(resolve_judge("shouting:anything"), Shout)
         with pytest.raises(ValueError, match="already registered"):
-            register_judge("shouting", lambda arg: Shout())
+            register_judge("shouting", lambda arg, options=None: Shout())
     finally:
         del JUDGE_KINDS["shouting"]
     for bad in ("", "a.b", "a:b"):
         with pytest.raises(ValueError, match="plain word"):
-            register_judge(bad, lambda arg: Shout())
+            register_judge(bad, lambda arg, options=None: Shout())
     with pytest.raises(ValueError, match="unknown judge 'nocolon'.*regex:"):
         resolve_judge("nocolon")
 
