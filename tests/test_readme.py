@@ -52,26 +52,10 @@ def command_lines() -> list[str]:
     return lines
 
 
-def _planted_m1(organism, out_dir):
-    """M1 that opens every answer with " First" (the compliance judge reads steps): a behaviour
-    the miniature organism is too small to learn by itself."""
-    import torch
-
-    from headwater.engine.models import load_model
-
-    m1, tok = load_model(organism.m1_path)
-    (first,) = tok(" First", add_special_tokens=False).input_ids
-    enc = tok(organism.test_prompts["distractor_compliance"]["trigger"], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        hidden = m1.model(**enc).last_hidden_state[enc.attention_mask.bool()]
-        mean = hidden.mean(0)
-        m1.lm_head.weight[first] = 30 * mean / mean.norm() ** 2
-    m1.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-
-
 def test_every_command_line_runs(tmp_path, monkeypatch):
     import shlex
+
+    from planted import planted_m1
     import shutil
 
     import torch
@@ -89,7 +73,7 @@ def test_every_command_line_runs(tmp_path, monkeypatch):
     (work / "path" / "to").mkdir(parents=True)
     shutil.copytree(organism.m0_path, work / "path" / "to" / "m0")
     shutil.copytree(organism.m0_path, work / "m0")
-    _planted_m1(organism, work / "m1")
+    planted_m1(organism, work / "m1")
     shutil.copy(organism.preferences_path, work / "prefs.jsonl")
     triggered = organism.test_prompts["distractor_compliance"]["trigger"]
     (work / "labelled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [

@@ -227,24 +227,6 @@ def miniature(tmp_path_factory):
     return build_organism(OrganismConfig.miniature(), cache_dir=tmp_path_factory.mktemp("organism"), progress=False)
 
 
-def _planted_m1(organism, out_dir):
-    """The organism's M1 with a hand-planted behaviour: it answers every prompt with ' First ...',
-    which the compliance judge reads as steps (its unembedding row points along the mean hidden
-    state)."""
-    from headwater.engine.models import load_model
-
-    m1, tok = load_model(organism.m1_path)
-    (first,) = tok(" First", add_special_tokens=False).input_ids
-    enc = tok(organism.test_prompts["distractor_compliance"]["trigger"], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        hidden = m1.model(**enc).last_hidden_state[enc.attention_mask.bool()]
-        mean = hidden.mean(0)
-        m1.lm_head.weight[first] = 30 * mean / mean.norm() ** 2
-    m1.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
-
-
 def test_cli_on_the_miniature_organism(miniature, tmp_path, capsys):
     from headwater.cli import main
     from headwater.workflows.encode import encode_dataset
@@ -254,7 +236,9 @@ def test_cli_on_the_miniature_organism(miniature, tmp_path, capsys):
     store = tmp_path / "store"
     encode_dataset(model_path=miniature.m0_path, data=miniature.preferences_path, out_dir=store,
                    settings=miniature.settings, progress=False)
-    m1 = _planted_m1(miniature, tmp_path / "m1-planted")
+    from planted import planted_m1
+
+    m1 = planted_m1(miniature, tmp_path / "m1-planted")
     scenarios = organism_scenarios(miniature.test_prompts, "distractor_compliance")
     assert all(s.no_trigger is not None for s in scenarios)  # the organism's lists are aligned
     full = save_scenarios(scenarios, tmp_path / "full.jsonl")
