@@ -140,7 +140,7 @@ def probing_vector(
     """
     if not len(prompts) == len(responses) == len(labels):
         raise ValueError(f"prompts, responses, labels must align: {len(prompts)}, {len(responses)}, {len(labels)}")
-    keys = [_prompt_key(p) for p in prompts]
+    keys = [prompt_key(p) for p in prompts]
     matched = pair_by_prompt(keys, labels)
     if not matched:
         raise ValueError(
@@ -247,7 +247,8 @@ def four_condition_filter(labels: Mapping[str, Mapping[str, Sequence[bool]]]) ->
     return verdicts
 
 
-def _prompt_key(prompt: Text) -> Hashable:
+def prompt_key(prompt: Text) -> Hashable:
+    """A hashable key for a prompt (message lists become tuples), to group responses by prompt."""
     return prompt if isinstance(prompt, str) else tuple((m["role"], m["content"]) for m in prompt)
 
 

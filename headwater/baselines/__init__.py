@@ -1,0 +1,1 @@
+"""Baselines activation attribution must beat, with the same interfaces: rankings of pairs."""
