@@ -332,8 +332,10 @@ class Engine:
         run without any attention mask (:func:`~headwater.engine.pair_forward.pair_differences_long`)."""
         mode = self.prompt_sharing
         p, c, r = tokens.prompt_lengths, tokens.chosen_lengths, tokens.rejected_lengths
-        long = [i for i in range(len(tokens)) if is_long(p[i], c[i], r[i])]
-        rest = [i for i in range(len(tokens)) if not is_long(p[i], c[i], r[i])] if long else list(range(len(tokens)))
+        long: list[int] = []
+        rest: list[int] = []
+        for i in range(len(tokens)):
+            (long if is_long(p[i], c[i], r[i]) else rest).append(i)
         groups = [(rest, mode)]
         if mode == "kv_cache":
             groups = [

@@ -121,15 +121,30 @@ def scaled_rows_and_inverse_norms(x: torch.Tensor, name: str = "keys", offset: i
     norms = torch.linalg.vector_norm(x32, dim=1, dtype=torch.float32)
     suspect = (~torch.isfinite(norms) | (norms < SMALLEST_TRUSTED_NORM)).nonzero().flatten()
     if suspect.numel():
-        rows = x32[suspect]
-        finite = torch.isfinite(rows).all(dim=1)
-        if not bool(finite.all()):
-            raise non_finite_rows_error(name, [offset + int(r) for r in suspect[~finite][:5].tolist()])
-        suspect = suspect[rows.abs().amax(dim=1) > 0]  # zero rows stay zero
-        if suspect.numel():
-            x32 = rescale_rows(x32, suspect)
-            norms[suspect] = torch.linalg.vector_norm(x32[suspect], dim=1, dtype=torch.float32)
+        x32, fixed = rescale_untrusted_rows(x32, suspect, name, offset)
+        if fixed.numel():
+            norms[fixed] = torch.linalg.vector_norm(x32[fixed], dim=1, dtype=torch.float32)
     return x32, inverse_norms(norms, name, offset)
+
+
+def rescale_untrusted_rows(x32: torch.Tensor, suspect: torch.Tensor, name: str = "keys",
+                           offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rescale the ``suspect`` rows of ``x32`` (indices whose float32 norm looked wrong) that are
+    neither zero nor non-finite; only those rows are read.
+
+    Returns:
+        ``(x32, fixed)``: ``x32`` itself when no row needed it, else a copy with the ``fixed`` rows
+        rescaled by :func:`rescale_rows`.
+
+    Raises:
+        ValueError: a suspect row holds inf/NaN, naming it (global index ``offset + i``).
+    """
+    rows = x32[suspect]
+    finite = torch.isfinite(rows).all(dim=1)
+    if not bool(finite.all()):
+        raise non_finite_rows_error(name, [offset + int(r) for r in suspect[~finite][:5].tolist()])
+    fixed = suspect[rows.abs().amax(dim=1) > 0]  # zero rows stay zero
+    return (rescale_rows(x32, fixed) if fixed.numel() else x32), fixed
 
 
 def non_finite_rows_error(name: str, rows: list[int]) -> ValueError:

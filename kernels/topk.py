@@ -65,6 +65,7 @@ from headwater.kernels.similarity import (
     non_finite_rows_error,
     SMALLEST_TRUSTED_NORM,
     normalize_rows,
+    rescale_untrusted_rows,
     scaled_rows_and_inverse_norms,
     tile_rows_for,
 )
@@ -265,11 +266,19 @@ def _untrusted_norms(inv: torch.Tensor) -> bool:
     return values.size > 0 and (float(values.min()) == 0.0 or float(values.max()) > 1.0 / SMALLEST_TRUSTED_NORM)
 
 
-def _rescued(tile32: torch.Tensor, offset: int) -> torch.Tensor | None:
-    """``tile32`` with the rows whose float32 norm cannot be trusted rescaled (exactly, by powers
-    of two), or None when every row is fine. Raises ValueError for rows holding inf/NaN."""
-    fixed, _ = scaled_rows_and_inverse_norms(tile32, "keys", offset)
-    return fixed.contiguous() if fixed is not tile32 else None
+def _rescued(tile32: torch.Tensor, inv: torch.Tensor, bad: int, offset: int) -> torch.Tensor | None:
+    """``tile32`` with the rows whose norm cannot be trusted rescaled (exactly, by powers of two),
+    or None when none needs it (zero rows). When the C++ pass completed (``bad`` < 0) only the rows
+    its inverse norms ``inv`` flag are read, so a tile with zero vectors (identical pairs) costs no
+    extra pass; when it stopped at a non-finite row ``bad``, the whole tile is examined. Raises
+    ValueError for rows holding inf/NaN."""
+    if bad >= 0:
+        fixed = scaled_rows_and_inverse_norms(tile32, "keys", offset)[0]
+        return fixed.contiguous() if fixed is not tile32 else None
+    values = inv.numpy()
+    suspect = torch.from_numpy(((values == 0) | (values > 1.0 / SMALLEST_TRUSTED_NORM)).nonzero()[0])
+    fixed, rows = rescale_untrusted_rows(tile32, suspect, "keys", offset)
+    return fixed.contiguous() if rows.numel() else None
 
 
 def _cosine_topk_cpp(
@@ -311,7 +320,7 @@ def _cosine_topk_cpp(
             raw, inv = raw_buffer[: q * n].view(q, n), inv_buffer[:n]
             bad = ext.cosine_scores_few_queries(xq_hat.numpy(), tile32.numpy(), raw.numpy(), inv.numpy())
             if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled, the tile redone
-                fixed = _rescued(tile32, offset)
+                fixed = _rescued(tile32, inv, bad, offset)
                 if fixed is not None:
                     bad = ext.cosine_scores_few_queries(xq_hat.numpy(), fixed.numpy(), raw.numpy(), inv.numpy())
                 if bad >= 0:
@@ -321,7 +330,7 @@ def _cosine_topk_cpp(
         inv = inv_buffer[:n]
         bad = ext.inverse_row_norms(tile32.numpy(), inv.numpy())
         if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled
-            fixed = _rescued(tile32, offset)
+            fixed = _rescued(tile32, inv, bad, offset)
             if fixed is not None:
                 tile32 = fixed
                 bad = ext.inverse_row_norms(tile32.numpy(), inv.numpy())
@@ -368,7 +377,7 @@ def _cosine_topk_screened(
             # one pass: inverse norms and unit rows in bfloat16 (zero rows stay zero)
             bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())
             if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled
-                fixed = _rescued(block, offset)
+                fixed = _rescued(block, inv, bad, offset)
                 if fixed is not None:
                     block = fixed
                     bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())

@@ -44,6 +44,7 @@ from headwater.kernels.similarity import (
     KeySource,
     iter_key_blocks,
     non_finite_rows_error,
+    rescale_untrusted_rows,
     scaled_rows_and_inverse_norms,
 )
 from headwater.kernels.topk_merge import empty_result, merge_topk
@@ -211,11 +212,13 @@ def cosine_topk_triton(
         if tile.stride(1) != 1:
             tile = tile.contiguous()
         out_s, out_i, sumsq, splits = run_tile(tile, offset)
-        if bool((~torch.isfinite(sumsq) | (sumsq < smallest_sumsq)).any()):
+        flagged = ~torch.isfinite(sumsq) | (sumsq < smallest_sumsq)
+        if bool(flagged.any()):
             # Rare: rows whose squares left float32's normal range (or inf/NaN, which raise
-            # here) are rescaled by powers of two, exactly, and the tile is run again.
-            fixed = scaled_rows_and_inverse_norms(tile, "keys", offset)[0]
-            if not torch.equal(fixed, tile.to(torch.float32)):
+            # here) are rescaled by powers of two, exactly, and the tile is run again. Zero rows
+            # are flagged too but need nothing; only the flagged rows are read.
+            fixed, rows = rescale_untrusted_rows(tile, flagged.nonzero().flatten(), "keys", offset)
+            if rows.numel():
                 out_s, out_i, sumsq, splits = run_tile(fixed.contiguous(), offset)
         bad = (~torch.isfinite(sumsq)).nonzero().flatten()
         if bad.numel():

@@ -162,8 +162,7 @@ class JudgedSamples:
 
     def flat(self) -> tuple[list[Text], list[str], list[bool]]:
         """``(prompt, response, exhibits)`` of every scored sample, prompt-major."""
-        rows = [(p, r, s >= self.threshold) for p, rs, ss in zip(self.prompts, self.responses, self.scores)
-                for r, s in zip(rs, ss) if not math.isnan(s)]
+        rows = [(p, r, e) for p, rs, es in zip(*self.judged()) for r, e in zip(rs, es)]
         return [p for p, _, _ in rows], [r for _, r, _ in rows], [e for _, _, e in rows]
 
 

@@ -8,7 +8,8 @@ in Python):
 
 - ``regex:<pattern>``: exhibits when the pattern (Python ``re`` syntax, searched case-sensitively;
   start it with ``(?i)`` to ignore case) matches anywhere in the response;
-- ``<kind>:<argument>`` for a kind registered with :func:`register_judge`; the model organism
+- ``<kind>:<argument>`` for a kind registered with
+  :func:`headwater.methods.judge_registry.register_judge` (``openai:``, ``hf:``); the model organism
   registers ``organism:<behaviour>`` when :mod:`headwater.organism` is imported (the command
   line always imports it);
 - ``module.path:ClassName``: a user's :class:`Judge` subclass, built with no arguments (the

@@ -292,12 +292,8 @@ class HFJudge(Judge):
         return scores
 
 
-def judge_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    return dict(options or {})
-
-
 def openai_judge(model: str, options: dict[str, Any] | None = None) -> Judge:
-    o = judge_options(options)
+    o = options or {}
     if not model:
         raise ValueError("openai: needs a model name, e.g. openai:gpt-4o-mini or openai:<the name a vLLM server serves>")
     rubric = load_rubric(o.get("rubric") or "yesno", o.get("behavior"))
@@ -306,7 +302,7 @@ def openai_judge(model: str, options: dict[str, Any] | None = None) -> Judge:
 
 
 def hf_judge(path: str, options: dict[str, Any] | None = None) -> Judge:
-    o = judge_options(options)
+    o = options or {}
     if not path:
         raise ValueError("hf: needs a model directory or .gguf file, e.g. hf:path/to/SmolLM2-135M-Instruct")
     rubric = load_rubric(o.get("rubric") or "yesno", o.get("behavior"))
