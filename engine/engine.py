@@ -76,6 +76,7 @@ from headwater.engine.store import (
     model_fingerprint,
     read_shard_record,
     shard_is_intact,
+    resumable_shards,
     start_run,
     store_lock,
     write_shard,
@@ -492,7 +493,7 @@ class Engine:
                 "(--shard-pairs) to at most %d to keep every rank busy",
                 rank.rank, rank.world_size, n, n_shards, shard_pairs, max(1, -(-n // rank.world_size)),
             )
-        pending, resumed = self._split_resumable(root, mine, n, shard_pairs, resume)
+        pending, resumed = resumable_shards(root, mine, n, shard_pairs) if resume else (mine, [])
         resumed_pairs = sum(r.stop - r.start for r in resumed)
         my_pairs = sum(min(n, (i + 1) * shard_pairs) - i * shard_pairs for i in mine)
         stats = {"pairs": 0, "tokens": 0, "seconds": 0.0}
@@ -571,24 +572,6 @@ class Engine:
             "tokens_per_second": round(stats["tokens"] / compute, 1) if compute > 0 else None,
             "rank_pairs_per_second": round(stats["rank_pairs"] / rank_compute, 2) if rank_compute > 0 else None,
         }
-
-    def _split_resumable(
-        self, root: Path, mine: list[int], n: int, shard_pairs: int, resume: bool
-    ) -> tuple[list[int], list[ShardRecord]]:
-        """This rank's shards still to compute, and the complete ones a resumed run keeps."""
-        if not resume:
-            return mine, []
-        pending, kept = [], []
-        for index in mine:
-            record = read_shard_record(root, index)
-            expected = (index * shard_pairs, min(n, (index + 1) * shard_pairs))
-            if record is not None and (record.start, record.stop) == expected and shard_is_intact(root, record):
-                kept.append(record)
-                continue
-            if record is not None:
-                LOG.warning("shard %d of %s does not match its record (corrupt or torn write): recomputing it", index, root)
-            pending.append(index)
-        return pending, kept
 
     def _run_shard(self, work: _ShardWork, writer: _ShardWriter, bar: Any, stats: dict[str, Any], since: float) -> None:
         writer.put(work)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,9 @@ from headwater.engine.store_format import (  # noqa: F401  (re-exported: the sto
     store_lock,
     validate_manifest,
 )
+
+LOG = logging.getLogger(__name__)
+
 
 def _write_json_atomic(path: Path, value: Any) -> None:
     atomic.write_json(path, value, indent=2, sort_keys=True)
@@ -210,6 +214,25 @@ def start_run(root: Path, header: dict[str, Any], *, resume: bool, overwrite: bo
     else:
         _write_json_atomic(root / RUN_FILE, header)
     return None
+
+
+def resumable_shards(root: Path, indices: Sequence[int], n: int, shard_pairs: int) -> tuple[list[int], list[ShardRecord]]:
+    """Split shard ``indices`` of a run over ``n`` pairs into (to compute, complete ones to keep).
+
+    A shard is kept when its record exists, covers the expected positions and its file's sha256
+    matches; anything else (missing, torn write, corrupt) is computed again, with a warning.
+    """
+    pending, kept = [], []
+    for index in indices:
+        record = read_shard_record(root, index)
+        expected = (index * shard_pairs, min(n, (index + 1) * shard_pairs))
+        if record is not None and (record.start, record.stop) == expected and shard_is_intact(root, record):
+            kept.append(record)
+            continue
+        if record is not None:
+            LOG.warning("shard %d of %s does not match its record (corrupt or torn write): recomputing it", index, root)
+        pending.append(index)
+    return pending, kept
 
 
 def clear_store(root: Path) -> None:

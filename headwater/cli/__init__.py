@@ -10,9 +10,20 @@ import logging
 import sys
 
 from headwater import __version__
-from headwater.cli import attribute, behaviors, demo, discover, encode, evaluate, experiment, intervene, retrain
+from headwater.cli import (
+    attribute,
+    behaviors,
+    compare,
+    demo,
+    discover,
+    encode,
+    evaluate,
+    experiment,
+    intervene,
+    retrain,
+)
 
-COMMANDS = (demo, encode, attribute, behaviors, discover, intervene, retrain, evaluate, experiment)
+COMMANDS = (demo, encode, attribute, behaviors, discover, intervene, retrain, evaluate, experiment, compare)
 DESCRIPTION = (
     "Trace the behaviours of a preference-trained (DPO) language model back to the preference pairs that taught "
     "them: datapoint vectors of every pair on the model before preference training, behaviour and probing vectors "

@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -159,6 +159,7 @@ def train_dpo(
     output_dir: str | Path | None = None,
     progress: bool = False,
     weights: Sequence[float] | None = None,
+    on_epoch_end: Callable[[int, torch.optim.Optimizer, float], None] | None = None,
 ) -> DPOResult:
     """Train ``model`` in place with DPO on ``pairs``; the reference is a frozen copy of it.
 
@@ -215,7 +216,8 @@ def train_dpo(
     step = 0
     bar = tqdm(total=total, desc="DPO", unit="step", disable=not progress, leave=False)
     model.train()
-    for _epoch in range(config.epochs):
+    for epoch in range(config.epochs):
+        epoch_lrs: list[float] = []
         batches = bucketed_batches(lengths, config.batch_size, rng)
         for group_start in range(0, len(batches), config.grad_accum):
             group = batches[group_start : group_start + config.grad_accum]
@@ -241,6 +243,7 @@ def train_dpo(
                 ])
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            epoch_lrs.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
             step += 1
@@ -252,6 +255,10 @@ def train_dpo(
                 window = []
                 if progress:
                     bar.set_postfix_str(f"loss {mean[0]:.4f}, reward acc {mean[1]:.2f}")
+        if on_epoch_end is not None:
+            model.eval()
+            on_epoch_end(epoch + 1, optimizer, sum(epoch_lrs) / max(1, len(epoch_lrs)))
+            model.train()
     bar.close()
     model.eval()
     if output_dir is not None:
