@@ -8,7 +8,6 @@ from pathlib import Path
 from headwater.cli.options import (
     add_judge_option,
     add_layer_option,
-    add_organism_options,
     add_tokenization_options,
     judge_from,
     settings_from,
@@ -27,9 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "FLOPs and judge tokens, measured in this run. Data: the model organism (--organism) or your "
                     "files (--model, --data, --labelled).",
     )
-    p.add_argument("--organism", action="store_true",
-                   help="use the model organism of --preset and --seed (pairs, judged answers, ground truth)")
-    add_organism_options(p)
+    p.add_argument("--organism", default=None, metavar="PRESET",
+                   help="use the model organism (default or miniature) of --seed: its pairs, judged answers and "
+                        "ground truth")
+    p.add_argument("--seed", type=int, default=0, help="the organism seed (also seeds sampling and the random ranking)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where the organism is built and cached (default $HEADWATER_CACHE or ~/.cache/headwater)")
     p.add_argument("--behavior", default=None,
                    help="the behaviour (organism: a planted behaviour, default distractor_compliance; files: a name "
                         "for the tables)")
@@ -50,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=int, default=4, help="gradient: warm-up epochs, one checkpoint each")
     p.add_argument("--lora-rank", type=int, default=8, help="gradient: LoRA rank")
     p.add_argument("--beta", type=float, default=None, help="files, gradient: DPO β of the loss (default 0.1)")
-    p.add_argument("--length-normalize", action="store_true",
+    p.add_argument("--length-normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="files, gradient: length-normalised log-probs in the DPO loss (default: summed)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP estimates (they add short counted passes)")
     p.add_argument("--out", type=Path, required=True,
@@ -69,17 +71,19 @@ def run(args: argparse.Namespace) -> int:
     judge = judge_from(args.judge, args) if args.judge else None
     gradient_changes = dict(projection_dim=args.projection_dim, warmup_fraction=args.warmup_fraction,
                             warmup_epochs=args.warmup_epochs, lora_rank=args.lora_rank)
-    if args.organism:
+    if args.organism is not None:
         if any(v is not None for v in (args.model, args.data, args.labelled, args.bank, args.planted)):
             raise ValueError("--organism brings its own model, data and ground truth: drop --model/--data/--labelled/"
                              "--bank/--planted")
-        from headwater.organism import OrganismConfig, build_organism, max_new_tokens_for
+        from headwater.organism import PRESETS, OrganismConfig, build_organism, max_new_tokens_for
         from headwater.workflows.organism_attribution import PRIMARY_BEHAVIOR
 
-        organism = build_organism(OrganismConfig.preset(args.preset, args.seed), cache_dir=args.cache_dir)
+        if args.organism not in PRESETS:
+            raise ValueError(f"--organism must be one of {list(PRESETS)}, got {args.organism!r}")
+        organism = build_organism(OrganismConfig.preset(args.organism, args.seed), cache_dir=args.cache_dir)
         wanted = args.methods or list(METHODS)
         inputs = organism_inputs(organism, args.behavior or PRIMARY_BEHAVIOR, with_bank="bank" in wanted,
-                                 max_new_tokens=max_new_tokens_for(args.preset), ranking_judge=judge)
+                                 max_new_tokens=max_new_tokens_for(args.organism), ranking_judge=judge)
         gradient = organism_gradient_config(organism, **gradient_changes)
     else:
         missing = [flag for flag, v in (("--model", args.model), ("--data", args.data), ("--labelled", args.labelled))
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         inputs = file_inputs(model_path=args.model, data=args.data, labelled=args.labelled,
                              behavior=args.behavior or "behaviour", layer=args.layer, settings=settings,
                              bank=args.bank, planted=args.planted, judge=judge)
-        dpo = DPOConfig(beta=args.beta or 0.1, length_normalize=args.length_normalize, lr=1e-4, settings=settings)
+        dpo = DPOConfig(beta=args.beta or 0.1, length_normalize=bool(args.length_normalize), lr=1e-4, settings=settings)
         gradient = dataclasses.replace(GradientConfig(dpo=dpo), **gradient_changes)
     methods = args.methods or [m for m in METHODS if available(inputs, m) is None]
     doc = compare(inputs, methods, args.out, gradient=gradient, top=args.top, seed=args.seed,

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_judge_option(p, required=False)
     p.add_argument("--n", type=int, nargs="+", default=None, metavar="N",
                    help="how many top pairs to change (default: N/2, N, 2N with N = the planted count)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="ranking methods to compare")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                   help="ranking methods whose top N is filtered and switched (default: activation random; the "
+                        "baselines bank, gradient, judge and lexical rank as `headwater compare` does)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="interventions to apply")
     p.add_argument("--samples", type=int, default=SAMPLES,
                    help=f"responses per test prompt and condition (default {SAMPLES})")
@@ -36,11 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headwater.workflows.experiment import run_experiment, write_outputs
+    from headwater.workflows.experiment import SETUP_METHODS, run_experiment, write_outputs
     from headwater.workflows.experiment_summary import format_table
 
     doc = run_experiment(
-        preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n, methods=args.methods,
+        preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n, methods=args.methods or list(SETUP_METHODS),
         modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
         cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds, judge=args.judge,
         judge_options=judge_options(args),

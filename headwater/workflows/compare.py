@@ -369,7 +369,8 @@ def top_overlap(rankings: dict[str, Ranking], n: int) -> dict[str, dict[str, flo
 
 def compare(inputs: CompareInputs, methods: Sequence[str], out_dir: str | Path, *,
             gradient: GradientConfig | None = None, top: int | None = None, seed: int = 0,
-            flops: bool = True, progress: bool = False) -> dict[str, Any]:
+            flops: bool = True, reuse: bool = False, work_dir: str | Path | None = None,
+            progress: bool = False) -> dict[str, Any]:
     """Rank ``inputs.pairs`` with each of ``methods``; write rankings, ``compare.json`` and
     ``compare.html`` to ``out_dir``; return the JSON document.
 
@@ -381,6 +382,11 @@ def compare(inputs: CompareInputs, methods: Sequence[str], out_dir: str | Path, 
         top: N for precision, recall and overlap (default: the planted count, else 100).
         seed: the random ranking's seed.
         flops: estimate FLOPs from a counted sample (adds a short uncounted pass per method).
+        reuse: keep finished work of an earlier call in ``out_dir`` (vector stores, the gradient
+            warm-up and features, which do not depend on the behaviour): faster, but the seconds
+            and memory then measure only what was left to do (``doc["reused"]`` says so).
+        work_dir: the methods' work files (default ``out_dir/work``; share it between behaviours
+            of one dataset with ``reuse``).
         progress: progress bars on stderr.
 
     Raises:
@@ -392,14 +398,16 @@ def compare(inputs: CompareInputs, methods: Sequence[str], out_dir: str | Path, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gradient = gradient or GradientConfig()
+    work = Path(work_dir) if work_dir is not None else out / "work"
     n = top or (len(inputs.planted) if inputs.planted else min(100, len(inputs.pairs)))
     rankings: dict[str, Ranking] = {}
     rows: dict[str, Any] = {}
     for method in methods:
         LOG.info("ranking with %s", method)
-        ranking, cost = rank_with(method, inputs, out / "work", gradient=gradient, seed=seed, progress=progress)
+        ranking, cost = rank_with(method, inputs, work, gradient=gradient, seed=seed, reuse=reuse,
+                                  progress=progress)
         if flops:
-            cost.update(estimate_flops(method, inputs, cost, out / "work", gradient))
+            cost.update(estimate_flops(method, inputs, cost, work, gradient))
         ranking.save(out / f"rankings-{method}.parquet")
         rankings[method] = ranking
         rows[method] = {"quality": quality(ranking, inputs.planted, n), "cost": cost, "n_ranked": len(ranking.pair_ids)}
@@ -409,6 +417,7 @@ def compare(inputs: CompareInputs, methods: Sequence[str], out_dir: str | Path, 
         "n_pairs": len(inputs.pairs),
         "n_planted": len(inputs.planted) if inputs.planted else None,
         "top_n": n,
+        "reused": reuse,
         "methods": rows,
         "overlap": top_overlap(rankings, n),
         "shared_cost": inputs.shared_cost,

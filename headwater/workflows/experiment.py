@@ -96,7 +96,8 @@ from headwater.workflows.stages import Stages, write_json_atomic
 
 LOG = logging.getLogger(__name__)
 
-METHODS = ("activation", "random")
+METHODS = ("activation", "bank", "gradient", "judge", "lexical", "random")
+SETUP_METHODS = ("activation", "random")  # ranked in the setup; the others on demand (headwater compare's code)
 MODES = ("filter", "switch")
 BASELINE = "baseline"
 CLEAN = "clean-data"  # the cell retrained without the planted pairs (ground truth)
@@ -172,11 +173,11 @@ class Experiment:
     def setup(self) -> dict[str, Any]:
         """Rankings, attribution metrics and the similarity matrix; computed once, then read back."""
         path = self.out / "setup.json"
-        needed = [self.out / f"rankings-{m}.parquet" for m in METHODS] + [self.out / "similarity.npz"]
+        needed = [self.out / f"rankings-{m}.parquet" for m in SETUP_METHODS] + [self.out / "similarity.npz"]
         if path.exists() and not all(p.exists() for p in needed):
             path.unlink()  # a file it was computed with is gone: compute it again
         setup = self.stages.run("setup", path, self._compute_setup, timed=False)
-        self.rankings = {m: Ranking.load(self.out / f"rankings-{m}.parquet") for m in METHODS}
+        self.rankings = {m: Ranking.load(self.out / f"rankings-{m}.parquet") for m in SETUP_METHODS}
         # The ground truth as a ranking: the planted pairs first (dataset order), for the clean-data cell.
         ids = self.rankings["random"].pair_ids
         planted = set(self.planted)
@@ -283,6 +284,32 @@ class Experiment:
             ],
         }
 
+    def extra_rankings(self, methods: Sequence[str]) -> dict[str, Any]:
+        """Rank with the baselines (``bank``, ``gradient``, ``judge``, ``lexical``) among ``methods``
+        through :func:`headwater.workflows.compare.rank_with`, once: each ranking and its metrics
+        and cost are saved (``rankings-<method>.parquet`` and ``.json``) and read back on a re-run."""
+        from headwater.workflows.compare import quality, rank_with
+        from headwater.workflows.compare_inputs import organism_gradient_config, organism_inputs
+
+        inputs = None
+        out: dict[str, Any] = {}
+        for method in [m for m in methods if m not in SETUP_METHODS]:
+            path, record = self.out / f"rankings-{method}.parquet", self.out / f"rankings-{method}.json"
+            if not (path.exists() and record.exists()):
+                if inputs is None:
+                    inputs = organism_inputs(self.organism, self.behavior, judge=self.judge, with_bank="bank" in methods,
+                                             samples=self.probe_samples, seed=self.seed,
+                                             max_new_tokens=self.max_new_tokens)
+                LOG.info("ranking with the %s baseline", method)
+                ranking, cost = rank_with(method, inputs, self.out / "baselines", seed=self.seed, reuse=True,
+                                          gradient=organism_gradient_config(self.organism))
+                ranking.save(path)
+                write_json_atomic(record, {"quality": quality(ranking, set(self.planted), len(self.planted)),
+                                           "cost": cost})
+            self.rankings[method] = Ranking.load(path)
+            out[method] = json.loads(record.read_text())
+        return out
+
     # -- cells --------------------------------------------------------------------------------
 
     def capability_items(self) -> Any:
@@ -372,7 +399,7 @@ def run_experiment(
     seed: int = 0,
     behavior: str | None = None,
     n_values: Sequence[int] | None = None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = SETUP_METHODS,
     modes: Sequence[str] = MODES,
     samples: int = SAMPLES,
     probe_samples: int | None = None,
@@ -391,7 +418,9 @@ def run_experiment(
         seed: the organism seed (also seeds sampling, the random ranking and the bootstrap).
         behavior: the planted behaviour to remove (default: distractor compliance).
         n_values: the N to try (default: :func:`default_n_values` of the planted count).
-        methods: among ``"activation"`` and ``"random"``.
+        methods: among :data:`METHODS`: ``activation`` and ``random`` are ranked in the setup,
+            the baselines (``bank``, ``gradient``, ``judge``, ``lexical``) by
+            :meth:`Experiment.extra_rankings`.
         modes: among ``"filter"`` and ``"switch"``.
         samples: responses per test prompt and condition in each evaluation.
         probe_samples: responses per test prompt and model for the probing vector (default 4).
@@ -429,6 +458,7 @@ def run_experiment(
     torch.set_num_threads(exp.organism.config.num_threads)  # tiny matrices: one thread beats two that wait
     try:
         setup = exp.setup()
+        baselines = exp.extra_rankings(methods)
         too_big = [n for n in n_values if n > len(exp.rankings["random"].pair_ids)]
         if too_big:
             raise ValueError(f"N {too_big} exceeds the {len(exp.rankings['random'].pair_ids)} ranked pairs")
@@ -474,7 +504,8 @@ def run_experiment(
         "training_noise": {
             str(s): summarize(results[f"{BASELINE}-dpo-seed{s}"], base, n_boot=n_boot, seed=seed) for s in noise_seeds
         },
-        "attribution": setup["attribution"],
+        "attribution": {**setup["attribution"], **{m: b["quality"] for m, b in baselines.items()}},
+        "baseline_costs": {m: b["cost"] for m, b in baselines.items()},
         "measured_before": setup["measured"],
         "activation_scores": setup["activation_scores"],
         "discovery": setup["discovery"],
@@ -496,5 +527,5 @@ def write_outputs(doc: dict[str, Any], json_path: Path | None, report_path: Path
         print(f"report written to {report_path}")
 
 
-__all__ = ["BASELINE", "CLEAN", "METHODS", "MODES", "SAMPLES", "Experiment", "cell_name", "default_n_values",
+__all__ = ["BASELINE", "CLEAN", "METHODS", "MODES", "SAMPLES", "SETUP_METHODS", "Experiment", "cell_name", "default_n_values",
            "run_experiment", "write_outputs"]

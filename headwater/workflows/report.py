@@ -193,7 +193,7 @@ def render_report(doc: dict[str, Any], similarity: dict[str, Any] | None = None)
     title = f"headwater experiment: {doc['behavior']} on the {doc['preset']} organism, seed {doc['seed']}"
     attribution_rows = [
         [m, f"{att[m]['precision_at_n']:.3f}", f"{att[m]['recall_at_n']:.3f}", f"{att[m]['auroc']:.3f}"]
-        for m in ("activation", "random")
+        for m in [m for m in doc.get("methods", ["activation", "random"]) if m in att] or ["activation", "random"]
     ]
     cluster_rows = [
         [str(c["cluster"]), str(c["size"]), f"{c['coherence']:.3f}",
