@@ -38,8 +38,9 @@ def test_every_python_example_runs(tmp_path, monkeypatch, tiny_llama, tiny_token
 # miniature organism, and the few values that must fit its size (it has 2 blocks and 120 pairs).
 SUBSTITUTIONS = {"--layer 20": "--layer 1", "--top 160": "--top 12"}
 FASTER = {"behaviors": ["--samples", "2", "--max-new-tokens", "6"], "discover": ["--max-new-tokens", "6"],
-          "evaluate": ["--max-new-tokens", "6"]}
-NOT_HERE = ("torchrun", "pip install", "headwater demo", "headwater experiment")  # run by CI and other tests
+          "evaluate": ["--max-new-tokens", "6"], "compare": ["--projection-dim", "256", "--warmup-fraction", "0.1",
+                                                              "--warmup-epochs", "2"]}
+NOT_HERE = ("torchrun", "pip install", "headwater demo", "headwater experiment", "--organism")  # run by CI and other tests
 
 
 def command_lines() -> list[str]:
@@ -80,6 +81,7 @@ def test_every_command_line_runs(tmp_path, monkeypatch):
         {"prompt": triggered[0], "response": " First, find a time.", "exhibits": True},
         {"prompt": triggered[0], "response": " I'm sorry, I can't help.", "exhibits": False}]))
     save_scenarios([Scenario(f"s{i}", p) for i, p in enumerate(triggered)], work / "scenarios.jsonl")
+    (work / "planted.txt").write_text("".join(f"{p}\n" for p in organism.planted_ids("distractor_compliance")))
     (work / "test_prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in triggered))
     (work / "triggered.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in triggered))
     m0, _ = load_model(organism.m0_path)
@@ -88,7 +90,7 @@ def test_every_command_line_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     lines = command_lines()
     assert {line.split()[1] for line in lines} >= {"encode", "attribute", "behaviors", "discover", "intervene",
-                                                    "retrain", "evaluate"}
+                                                    "retrain", "evaluate", "compare"}
     for line in lines:
         for old, new in SUBSTITUTIONS.items():
             line = line.replace(old, new)

@@ -166,7 +166,10 @@ class GradientRanking:
 
 def with_lora(model: torch.nn.Module, config: GradientConfig) -> torch.nn.Module:
     """A copy of ``model`` with fresh LoRA adapters (seeded); ``model`` itself is left untouched."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("the gradient baseline needs peft: pip install 'headwater[baselines]'") from None
 
     seed_everything(config.seed)
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=config.target_modules,

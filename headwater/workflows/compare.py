@@ -26,6 +26,7 @@ methods' top N.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -243,6 +244,8 @@ def available(inputs: CompareInputs, method: str) -> str | None:
         return "no behaviour vectors given for the bank"
     if method == "judge" and inputs.judge is None:
         return "no judge given"
+    if method == "gradient" and importlib.util.find_spec("peft") is None:
+        return "needs peft: pip install 'headwater[baselines]'"
     return None
 
 
