@@ -32,7 +32,7 @@ from headwater.methods.judge_registry import resolve_judge  # noqa: E402
 from headwater.training import DPOConfig  # noqa: E402
 from headwater.workflows.compare import METHODS, CompareInputs, Labelled, compare, render_text  # noqa: E402
 from headwater.workflows.promotion import TRIGGER, LoopConfig, user  # noqa: E402
-from headwater.workflows.real_model_loop import Loop  # noqa: E402
+from headwater.workflows.real_model_loop import Loop, probe_inputs  # noqa: E402
 
 BEHAVIOR = "advertises a product, a shop or a brand"
 
@@ -54,13 +54,8 @@ def main() -> None:
     evals = {"m0": loop.evaluated("m0"), "m1": loop.evaluated("m1")}
     prompts, responses, labels, models = [], [], [], []
     for name, ev in evals.items():
-        cond = ev["trigger"]
-        for prompt, rs, flags in zip(cond["prompts"], cond["responses"], cond["exhibited"]):
-            for r, flag in zip(rs, flags):
-                prompts.append(prompt)
-                responses.append(r)
-                labels.append(bool(flag))
-                models.append(name)
+        p, r, lab = probe_inputs([ev])  # the judged answers to the triggered questions
+        prompts, responses, labels, models = prompts + p, responses + r, labels + lab, models + [name] * len(p)
     m0, tokenizer = loop.m0()
     layer = resolve_layer(m0, config.layer)
     shared = {"loop_seconds_this_call": round(setup_seconds, 1), "labelled_responses": len(labels),

@@ -180,3 +180,21 @@ def test_answer_logprob_overall_and_per_family(tiny_llama, tiny_tokenizer):
     assert scores["mean"] < 0 and math.isfinite(scores["mean"])
     one = answer_logprob(tiny_llama, tiny_tokenizer, items[:1])
     assert one["mean"] == pytest.approx(scores["by_family"]["a"], rel=1e-5)
+
+
+def test_baseline_methods_rank_once_and_get_their_own_cells(first_run, cache):
+    """--methods judge: the judge baseline ranks through compare's code, its ranking, metrics and
+    cost are saved and read back on a re-run, and its cells sit next to the others."""
+    out, doc = first_run
+    run = dict(preset="miniature", n_values=[6], modes=["switch"], samples=1, out_dir=out, cache_dir=cache,
+               n_boot=200, progress=False)
+    with_judge = run_experiment(methods=["judge"], **run)
+    assert with_judge["retrained"] == ["judge-switch-6"]
+    quality = with_judge["attribution"]["judge"]
+    assert quality["n"] == doc["organism"]["n_planted"] and 0 <= quality["precision_ci"][0] <= quality["precision_at_n"]
+    assert with_judge["baseline_costs"]["judge"]["judged_responses"] == 2 * doc["organism"]["n_pairs"]
+    ranking_file = out / "rankings-judge.parquet"
+    stamp = ranking_file.stat().st_mtime_ns
+    again = run_experiment(methods=["judge"], **run)
+    assert again["retrained"] == [] and ranking_file.stat().st_mtime_ns == stamp
+    assert again["rates"]["judge"] == with_judge["rates"]["judge"]
