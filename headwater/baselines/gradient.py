@@ -417,6 +417,8 @@ def behavior_query_pairs(
     Args:
         exhibiting: (prompts, responses) judged to show the behaviour.
         non_exhibiting: (prompts, responses) judged not to show it.
+
+    A prompt given as chat messages gets its text answers as assistant messages.
     """
     prompts = list(exhibiting[0]) + list(non_exhibiting[0])
     responses = list(exhibiting[1]) + list(non_exhibiting[1])
@@ -425,7 +427,11 @@ def behavior_query_pairs(
     for pos, neg in pair_by_prompt([prompt_key(p) for p in prompts], labels):
         if responses[pos] == responses[neg]:
             continue  # no preference to learn from identical responses
-        pair = make_pair(prompts[pos], responses[pos], responses[neg], source="behavior-queries")
+        chosen, rejected = responses[pos], responses[neg]
+        if not isinstance(prompts[pos], str):  # a chat prompt: the answers become assistant turns
+            chosen, rejected = (r if not isinstance(r, str) else [{"role": "assistant", "content": r}]
+                                for r in (chosen, rejected))
+        pair = make_pair(prompts[pos], chosen, rejected, source="behavior-queries")
         if pair.pair_id not in seen:
             seen.add(pair.pair_id)
             out.append(pair)

@@ -157,6 +157,10 @@ def test_over_long_pairs_are_skipped_and_named(lora64, tiny_tokenizer):
 def test_queries_pair_exhibiting_with_non_exhibiting_responses_to_one_prompt():
     queries = behavior_query_pairs((["p1", "p1", "p2"], [" yes1", " yes2", " yes3"]), (["p1", "p3"], [" no1", " no3"]))
     assert [(q.prompt, q.chosen, q.rejected) for q in queries] == [("p1", " yes1", " no1"), ("p1", " yes2", " no1")]
+    chat = [{"role": "user", "content": "p1"}]
+    (query,) = behavior_query_pairs(([chat], ["yes"]), ([chat], ["no"]))
+    assert query.prompt == chat and query.chosen == [{"role": "assistant", "content": "yes"}]
+    assert query.rejected == [{"role": "assistant", "content": "no"}]
 
 
 def test_duplicates_of_the_queries_rank_first_and_a_rerun_reuses_everything(tiny_tokenizer, tmp_path):
