@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import random
@@ -39,6 +40,7 @@ from headwater.data.pairs import make_pair
 from headwater.engine import atomic
 from headwater.engine.store import (
     ShardRecord,
+    StoreError,
     VectorStore,
     dataset_fingerprint,
     finish_run,
@@ -60,6 +62,8 @@ from headwater.training.dpo import DPOConfig, dpo_loss, train_dpo
 LOG = logging.getLogger(__name__)
 
 WARMUP_RECORD = "warmup.json"
+# The settings a warm-up depends on (the projection and the normalisation do not change it).
+WARMUP_FIELDS = ("dpo", "lora_rank", "lora_alpha", "target_modules", "warmup_fraction", "warmup_epochs", "seed")
 
 
 @dataclass
@@ -78,6 +82,9 @@ class GradientConfig:
         projection_blocks: non-zeros per coordinate of the sparse projection.
         batch_size: pairs per gradient pass (2 × batch_size sequences).
         adam_eps: ε of the Adam normalisation, inside the square root as in LESS.
+        normalisation: ``"adam"`` (LESS: training-pair gradients turned into Adam's update direction
+            with the checkpoint's moments) or ``"none"`` (plain gradients on both sides, LESS's
+            SGD variant).
         shard_pairs: pairs per shard of the feature stores.
         seed: the subset, the adapters' initialisation and the projection.
     """
@@ -92,10 +99,13 @@ class GradientConfig:
     projection_blocks: int = 4
     batch_size: int = 8
     adam_eps: float = 1e-8
+    normalisation: str = "adam"
     shard_pairs: int = 4096
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.normalisation not in ("adam", "none"):
+            raise ValueError(f"`normalisation` must be 'adam' or 'none', got {self.normalisation!r}")
         if not 0 < self.warmup_fraction <= 1:
             raise ValueError(f"`warmup_fraction` must be in (0, 1], got {self.warmup_fraction}")
         for name in ("lora_rank", "warmup_epochs", "batch_size", "shard_pairs"):
@@ -207,7 +217,8 @@ def warm_up(
     """
     out = Path(out_dir)
     record_path = out / WARMUP_RECORD
-    identity = {"config": config.to_dict(), "model_fingerprint": model_fingerprint(model),
+    settings = {k: v for k, v in config.to_dict().items() if k in WARMUP_FIELDS}
+    identity = {"config": settings, "model_fingerprint": model_fingerprint(model),
                 "dataset_fingerprint": dataset_fingerprint(pairs)}
     if record_path.exists():
         record = json.loads(record_path.read_text())
@@ -337,9 +348,14 @@ def _store_header(peft_model: torch.nn.Module, pairs: Sequence[Any], config: Gra
     settings = config.dpo.settings
     if settings.format == "auto" and len(pairs):
         settings = dataclasses.replace(settings, format=resolve_format(settings, pairs[0].prompt, pairs[0].chosen))
+    # What the features depend on besides the pairs: the checkpoint, the loss, the normalisation
+    # and the projection. A store made with anything else is not resumed.
+    features = {"checkpoint": checkpoint.sha256, "beta": config.dpo.beta, "length_normalize": config.dpo.length_normalize,
+                "normalisation": config.normalisation, "adam_eps": config.adam_eps, "projection_dim": projection.dim,
+                "projection_blocks": projection.blocks, "projection_seed": projection.seed}
     return {
         "model": "lora-gradient",
-        "model_fingerprint": checkpoint.sha256,
+        "model_fingerprint": hashlib.sha256(json.dumps(features, sort_keys=True).encode()).hexdigest(),
         "layer": "lora",
         "model_dtype": str(next(peft_model.parameters()).dtype).removeprefix("torch."),
         "tokenization": settings.to_dict(),
@@ -353,17 +369,18 @@ def _store_header(peft_model: torch.nn.Module, pairs: Sequence[Any], config: Gra
         "max_tokens_per_batch": None,
         "pad_multiple": None,
         "gradient": {"config": config.to_dict(), "checkpoint_epoch": checkpoint.epoch, "checkpoint_lr": checkpoint.lr,
-                     "normalisation": "adam", "projection": {"kind": "sparse-sign", "dim": projection.dim,
+                     "normalisation": config.normalisation, "projection": {"kind": "sparse-sign", "dim": projection.dim,
                                                              "blocks": projection.blocks, "seed": projection.seed}},
     }
 
 
 def encode_gradient_store(
     peft_model: torch.nn.Module, tokenizer: Any, pairs: Sequence[Any], projection: SparseProjection,
-    config: GradientConfig, checkpoint: Checkpoint, adam: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    config: GradientConfig, checkpoint: Checkpoint, adam: dict[str, tuple[torch.Tensor, torch.Tensor]] | None,
     out_dir: str | Path, *, progress: bool = False,
 ) -> tuple[VectorStore, int]:
-    """Adam-normalised projected gradients of ``pairs`` at ``checkpoint`` into a vector store.
+    """Projected gradients of ``pairs`` at ``checkpoint`` (Adam-normalised with ``adam``, the
+    checkpoint's moments, else plain) into a vector store.
 
     Shards are written as they finish; an interrupted run continues from its complete shards
     (same checkpoint, settings and pairs), and a finished store is reused.
@@ -377,7 +394,12 @@ def encode_gradient_store(
     header = _store_header(peft_model, pairs, config, checkpoint, projection)
     n, shard_pairs = len(pairs), config.shard_pairs
     with store_lock(root):
-        if start_run(root, header, resume=True) is not None:
+        try:
+            finished = start_run(root, header, resume=True)
+        except StoreError as err:
+            LOG.warning("%s holds features made otherwise (%s): computing them again", root, err)
+            finished = start_run(root, header, resume=False, overwrite=True)
+        if finished is not None:
             return VectorStore.open(root), 0
         n_shards = max(1, -(-n // shard_pairs))
         pending, kept = resumable_shards(root, range(n_shards), n, shard_pairs)
@@ -473,7 +495,8 @@ def gradient_ranking(
     for checkpoint in checkpoints:
         adam = load_checkpoint(peft_model, checkpoint)
         start = time.perf_counter()
-        store, tokens = encode_gradient_store(peft_model, tokenizer, pairs, projection, config, checkpoint, adam,
+        store, tokens = encode_gradient_store(peft_model, tokenizer, pairs, projection, config, checkpoint,
+                                              adam if config.normalisation == "adam" else None,
                                               work / f"checkpoint-{checkpoint.epoch}", progress=progress)
         query = gradient_features(peft_model, tokenizer, queries, projection, config)
         seconds["features"] += time.perf_counter() - start

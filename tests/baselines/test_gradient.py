@@ -182,6 +182,17 @@ def test_duplicates_of_the_queries_rank_first_and_a_rerun_reuses_everything(tiny
     again = gradient_ranking(model, tiny_tokenizer, pairs, queries, config, tmp_path)
     assert again.ranking.pair_ids == result.ranking.pair_ids
     assert torch.equal(torch.as_tensor(again.ranking.scores), torch.as_tensor(result.ranking.scores))
+    # Other feature settings in the same work directory: the stores are computed again, not reused.
+    plain = gradient_ranking(model, tiny_tokenizer, pairs, queries, dataclasses.replace(config, normalisation="none"),
+                             tmp_path)
+    assert VectorStore.open(plain.stores[0]).manifest["gradient"]["normalisation"] == "none"
+    assert not torch.equal(torch.as_tensor(plain.ranking.scores), torch.as_tensor(result.ranking.scores))
+    wider = gradient_ranking(model, tiny_tokenizer, pairs, queries, dataclasses.replace(config, projection_dim=128),
+                             tmp_path)
+    assert VectorStore.open(wider.stores[0]).dim == 128
+    with pytest.raises(ValueError, match="normalisation"):
+        dataclasses.replace(config, normalisation="rms")
+    result = gradient_ranking(model, tiny_tokenizer, pairs, queries, config, tmp_path)
     data = bytearray(result.checkpoints[0].path.read_bytes())
     data[-1] ^= 1
     result.checkpoints[0].path.write_bytes(bytes(data))
