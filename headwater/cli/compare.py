@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-fraction", type=float, default=0.05, help="gradient: share of pairs in the LoRA warm-up")
     p.add_argument("--warmup-epochs", type=int, default=4, help="gradient: warm-up epochs, one checkpoint each")
     p.add_argument("--lora-rank", type=int, default=8, help="gradient: LoRA rank")
+    p.add_argument("--gradient-normalisation", choices=["adam", "none"], default="adam",
+                   help="gradient: training-pair gradients as Adam's update direction (LESS, default) or plain")
     p.add_argument("--beta", type=float, default=None, help="files, gradient: DPO β of the loss (default 0.1)")
     p.add_argument("--length-normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="files, gradient: length-normalised log-probs in the DPO loss (default: summed)")
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     judge = judge_from(args.judge, args) if args.judge else None
     gradient_changes = dict(projection_dim=args.projection_dim, warmup_fraction=args.warmup_fraction,
-                            warmup_epochs=args.warmup_epochs, lora_rank=args.lora_rank)
+                            warmup_epochs=args.warmup_epochs, lora_rank=args.lora_rank,
+                            normalisation=args.gradient_normalisation)
     if args.organism is not None:
         if any(v is not None for v in (args.model, args.data, args.labelled, args.bank, args.planted)):
             raise ValueError("--organism brings its own model, data and ground truth: drop --model/--data/--labelled/"

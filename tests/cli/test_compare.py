@@ -34,7 +34,7 @@ def test_compare_ranks_with_every_method_and_measures_each(saved_model, tmp_path
     code = main(["compare", "--model", str(saved_model), "--data", str(tmp_path / "pairs.jsonl"),
                  "--labelled", str(tmp_path / "labelled.jsonl"), "--planted", str(tmp_path / "planted.txt"),
                  "--judge", "regex:BUY NOW", "--format", "raw", "--projection-dim", "64", "--warmup-fraction", "0.4",
-                 "--warmup-epochs", "2", "--lora-rank", "2", "--out", str(out)])
+                 "--warmup-epochs", "2", "--lora-rank", "2", "--gradient-normalisation", "none", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     doc = json.loads((out / "compare.json").read_text())
@@ -54,6 +54,7 @@ def test_compare_ranks_with_every_method_and_measures_each(saved_model, tmp_path
     assert doc["methods"]["judge"]["cost"]["judged_responses"] == 30
     grad = doc["methods"]["gradient"]["cost"]
     assert grad["checkpoints"] == 2 and grad["queries"] == 4 and grad["warmup_pairs"] == 6
+    assert doc["gradient_config"]["normalisation"] == "none"
     assert grad["flops"] > doc["methods"]["activation"]["cost"]["flops"] > 0
     assert doc["cost_ratios"]["gradient_over_activation_flops"] > 1
     assert doc["overlap"]["judge"]["lexical"] == 1.0 and doc["overlap"]["random"]["random"] == 1.0
@@ -82,3 +83,17 @@ def test_intervals():
     assert auroc_interval(perfect, {"a", "b"}) == (1.0, 1.0)
     tied = Ranking.from_scores(["a", "b", "c", "d"], [1.0, 1.0, 1.0, 1.0], "x")
     assert auroc_interval(tied, {"a"}) == (0.5, 0.5)
+
+
+def test_compare_on_the_miniature_organism(tmp_path, capsys):
+    """--organism: the organism's pairs, judge and ground truth; the miniature shows no behaviour, so
+    only the methods that need no judged answers run, and the others say why not."""
+    out = tmp_path / "out"
+    args = ["compare", "--organism", "miniature", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert main(args + ["--methods", "judge", "random"]) == 0
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["n_pairs"] == 120 and doc["n_planted"] == 12 and list(doc["methods"]) == ["judge", "random"]
+    assert doc["methods"]["judge"]["quality"]["precision_at_n"] > doc["methods"]["random"]["quality"]["precision_at_n"]
+    assert main(args + ["--methods", "lexical"]) != 0
+    assert "no lexical probe" in capsys.readouterr().err
+    assert main(["compare", "--organism", "huge", "--out", str(out)]) != 0
