@@ -75,7 +75,17 @@ def measure(fn: Callable[[], object]) -> tuple[float, int, object]:
     return seconds, peak[0] - base, result
 
 
-def providers(xq: torch.Tensor, xb: torch.Tensor, k: int) -> dict[str, Callable[[], np.ndarray]]:
+def providers(xq: torch.Tensor, xb: torch.Tensor, k: int, prenorm: bool = False) -> dict[str, Callable[[], np.ndarray]]:
+    """The providers on raw vectors, or with ``prenorm`` on unit vectors that every provider is
+    told are unit already (torch and faiss skip their normalisation; headwater cannot be told)."""
+    if prenorm:
+        xq_unit, xb_unit = (np.ascontiguousarray(torch.nn.functional.normalize(x, dim=1).numpy()) for x in (xq, xb))
+        tq, tb = torch.from_numpy(xq_unit), torch.from_numpy(xb_unit)
+        return {
+            "headwater": lambda: cosine_topk(tq, tb, k)[1].numpy(),
+            "torch": lambda: torch.topk(tq @ tb.T, k, dim=1).indices.numpy(),
+            "faiss": lambda: faiss.knn(xq_unit, xb_unit, k, metric=faiss.METRIC_INNER_PRODUCT)[1],
+        }
     xq_np, xb_np = xq.numpy(), xb.numpy()
     xb_unit = np.ascontiguousarray(torch.nn.functional.normalize(xb, dim=1).numpy())
     xq_unit = np.ascontiguousarray(torch.nn.functional.normalize(xq, dim=1).numpy())
@@ -104,11 +114,12 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean())
 
 
-def run_size(q: int, n: int, d: int, k: int, reps: int, seed: int = 0) -> None:
+def run_size(q: int, n: int, d: int, k: int, reps: int, seed: int = 0, prenorm: bool = False) -> dict[str, float]:
+    """Time every provider on one shape; print the table; return provider -> ratio to headwater."""
     g = torch.Generator().manual_seed(seed)
     xq = torch.randn(q, d, generator=g)
     xb = torch.randn(n, d, generator=g)
-    fns = providers(xq, xb, k)
+    fns = providers(xq, xb, k, prenorm)
     times: dict[str, list[float]] = {name: [] for name in fns}
     peaks: dict[str, int] = {name: 0 for name in fns}
     results: dict[str, np.ndarray] = {}
@@ -120,7 +131,7 @@ def run_size(q: int, n: int, d: int, k: int, reps: int, seed: int = 0) -> None:
             times[name].append(seconds)
             peaks[name] = max(peaks[name], peak)
     ours = statistics.median(times["headwater"])
-    print(f"\nQ={q} N={n} d={d} k={k} fp32, {reps} reps (median)")
+    print(f"\nQ={q} N={n} d={d} k={k} fp32{' pre-normalised' if prenorm else ''}, {reps} reps (median)")
     print(f"  {'provider':14s} {'time ms':>10s} {'ratio':>7s} {'peak MiB':>9s} {'same idx':>9s}")
     for name in fns:
         t = statistics.median(times[name])
@@ -129,6 +140,23 @@ def run_size(q: int, n: int, d: int, k: int, reps: int, seed: int = 0) -> None:
             f"{agreement(results[name], results['headwater']):9.4f}",
             flush=True,
         )
+    return {name: statistics.median(times[name]) / ours for name in fns if name != "headwater"}
+
+
+def cpu_description() -> str:
+    """The CPU model and the flags that matter for these kernels (from /proc/cpuinfo)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile") if f in flags]
+    return f"{model}; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
 
 
 def run_flat(q: int, d: int, k: int, sizes: list[int]) -> None:
@@ -145,22 +173,42 @@ def run_flat(q: int, d: int, k: int, sizes: list[int]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="*", default=DEFAULT_SIZES, help="QxNxd items")
-    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("-k", type=int, nargs="+", default=[10], help="k values (each size runs with each)")
+    parser.add_argument("--prenorm", action="store_true", help="unit vectors given to every provider as such")
+    parser.add_argument("--grid", action="store_true",
+                        help="the full grid: k 1 10 100 1000, Q 1 8 64 256 1024, d 576 and 4096 (N = --grid-n), "
+                             "raw and pre-normalised; prints the worst ratios")
+    parser.add_argument("--grid-n", type=int, default=50_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--flat", action="store_true", help="only the memory-vs-N sweep")
     args = parser.parse_args()
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; python "
+        f"{cpu_description()}; {os.cpu_count()} cores; python "
         f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"faiss {faiss.__version__}, numpy {np.__version__}"
     )
     if args.flat:
         for q, d in [(256, 576), (1, 4096)]:
-            run_flat(q, d, args.k, [25_000, 50_000, 100_000, 200_000, 400_000])
+            run_flat(q, d, args.k[0], [25_000, 50_000, 100_000, 200_000, 400_000])
+        return
+    if args.grid:
+        worst: dict[str, tuple[float, str]] = {}
+        for prenorm in (False, True):
+            for d in (576, 4096):
+                for q in (1, 8, 64, 256, 1024):
+                    for k in (1, 10, 100, 1000):
+                        ratios = run_size(q, args.grid_n, d, k, args.reps, prenorm=prenorm)
+                        for name, r in ratios.items():
+                            if name not in worst or r < worst[name][0]:
+                                worst[name] = (r, f"Q={q} d={d} k={k}{' prenorm' if prenorm else ''}")
+        print("\nworst ratio over the grid (provider time / headwater time):")
+        for name, (r, where) in worst.items():
+            print(f"  {name:14s} {r:6.2f}  at {where}")
         return
     for size in args.sizes:
         q, n, d = (int(x) for x in size.split("x"))
-        run_size(q, n, d, args.k, args.reps)
+        for k in args.k:
+            run_size(q, n, d, k, args.reps, prenorm=args.prenorm)
 
 
 if __name__ == "__main__":
