@@ -151,3 +151,24 @@ def test_the_hf_judge_scores_real_responses_in_batches():
     assert max(abs(a - b) for a, b in zip(batched, single)) < 1e-4  # left padding does not change a score
     harm = resolve_judge(f"hf:{smollm2_path()}", {"rubric": "harmfulness"})
     assert harm.threshold == 50.0 and all(0.0 <= s <= 100.0 for s in harm.score_batch(prompts[:2], responses[:2]))
+
+
+def test_the_judge_baseline_on_a_flaky_server_ranks_unscored_pairs_last_and_counts_them(server, tmp_path):
+    """headwater compare's judge method against the fault-injecting server: a pair with a side the
+    judge could not score is never given a made-up score; the failures are in the method's cost."""
+    from headwater.data import make_pair
+    from headwater.engine.tokenization import TokenizationSettings
+    from headwater.workflows.compare import CompareInputs, Labelled, rank_with
+
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    judge = OpenAIJudge("judge-model", rubric=load_rubric("yesno", "agrees"), base_url=url, concurrency=4,
+                        max_retries=2, timeout=1.0, cache_dir=tmp_path / "cache")
+    pairs = [make_pair("Q1", "yes, you are right", "no, that is wrong"), make_pair("Q2", "yes [500]", "no"),
+             make_pair("Q3", "[garbled]", "no way"), make_pair("Q4", "no", "yes [429-once]")]
+    inputs = CompareInputs(model=None, tokenizer=None, layer=0, settings=TokenizationSettings(), pairs=pairs,
+                           labelled=Labelled([], [], []), behavior="agrees", judge=judge)
+    ranking, cost = rank_with("judge", inputs, tmp_path / "work")
+    assert ranking.pair_ids[0] == pairs[0].pair_id and ranking.pair_ids[1] == pairs[3].pair_id  # +1, then -1
+    assert set(ranking.pair_ids[2:]) == {pairs[1].pair_id, pairs[2].pair_id}  # unscored: last
+    assert cost["unscored_pairs"] == 2 and cost["judged_responses"] == 8
+    assert (cost["judge_calls"], cost["judge_failed"], cost["judge_unparsable"]) == (8, 1, 1)
