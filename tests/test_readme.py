@@ -38,7 +38,7 @@ def test_every_python_example_runs(tmp_path, monkeypatch, tiny_llama, tiny_token
 # miniature organism, and the few values that must fit its size (it has 2 blocks and 120 pairs).
 SUBSTITUTIONS = {"--layer 20": "--layer 1", "--top 160": "--top 12"}
 FASTER = {"behaviors": ["--samples", "2", "--max-new-tokens", "6"], "discover": ["--max-new-tokens", "6"],
-          "evaluate": ["--max-new-tokens", "6"], "compare": ["--projection-dim", "256", "--warmup-fraction", "0.1",
+          "evaluate": ["--max-new-tokens", "6"], "steer": ["--samples", "1", "--max-new-tokens", "6"], "compare": ["--projection-dim", "256", "--warmup-fraction", "0.1",
                                                               "--warmup-epochs", "2"]}
 NOT_HERE = ("torchrun", "pip install", "headwater demo", "headwater experiment", "--organism")  # run by CI and other tests
 
@@ -90,7 +90,7 @@ def test_every_command_line_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     lines = command_lines()
     assert {line.split()[1] for line in lines} >= {"encode", "attribute", "behaviors", "discover", "intervene",
-                                                    "retrain", "evaluate", "compare"}
+                                                    "retrain", "evaluate", "compare", "steer"}
     for line in lines:
         for old, new in SUBSTITUTIONS.items():
             line = line.replace(old, new)

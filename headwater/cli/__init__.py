@@ -21,9 +21,10 @@ from headwater.cli import (
     experiment,
     intervene,
     retrain,
+    steer,
 )
 
-COMMANDS = (demo, encode, attribute, behaviors, discover, intervene, retrain, evaluate, experiment, compare)
+COMMANDS = (demo, encode, attribute, behaviors, discover, intervene, retrain, evaluate, experiment, compare, steer)
 DESCRIPTION = (
     "Trace the behaviours of a preference-trained (DPO) language model back to the preference pairs that taught "
     "them: datapoint vectors of every pair on the model before preference training, behaviour and probing vectors "

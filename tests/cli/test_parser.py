@@ -24,7 +24,7 @@ def test_version(capsys):
 def test_every_command_has_a_description_and_every_option_help():
     commands = _subparsers(build_parser())
     assert set(commands) == {"demo", "encode", "attribute", "behaviors", "discover", "intervene", "retrain",
-                             "evaluate", "experiment", "compare"}
+                             "evaluate", "experiment", "compare", "steer"}
     missing = []
     for name, parser in commands.items():
         if not parser.description:
