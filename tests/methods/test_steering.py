@@ -22,7 +22,11 @@ def _block_output(model, tokenizer, layer):
     return seen["x"], logits
 
 
-def test_steering_adds_the_vector_at_the_block_and_only_inside_the_context(tiny_llama, tiny_tokenizer):
+def test_steering_adds_the_vector_at_the_block_and_only_inside_the_context(tiny_tokenizer):
+    from tiny_models import build_tiny_llama
+
+    tiny_llama = build_tiny_llama(tiny_tokenizer)  # its own model: the session's may carry other tests' hooks
+    hooks_before = [len(block._forward_hooks) for block in decoder_blocks(tiny_llama)]
     d = tiny_llama.config.hidden_size
     vector = torch.randn(d, generator=torch.Generator().manual_seed(0))
     before, logits = _block_output(tiny_llama, tiny_tokenizer, 2)  # the input of block 3 = block 2's output
@@ -32,7 +36,7 @@ def test_steering_adds_the_vector_at_the_block_and_only_inside_the_context(tiny_
     assert not torch.allclose(steered_logits, logits)
     after, logits_after = _block_output(tiny_llama, tiny_tokenizer, 2)
     assert torch.equal(after, before) and torch.equal(logits_after, logits)
-    assert not any(block._forward_hooks for block in decoder_blocks(tiny_llama))
+    assert [len(block._forward_hooks) for block in decoder_blocks(tiny_llama)] == hooks_before
     with steered(tiny_llama, vector, -2, 0.0):  # scale 0: the model is unchanged
         _, zero_logits = _block_output(tiny_llama, tiny_tokenizer, 2)
     assert torch.equal(zero_logits, logits)
