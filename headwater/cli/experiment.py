@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"responses per test prompt and condition (default {SAMPLES})")
     p.add_argument("--probe-samples", type=int, default=None, help="responses per test prompt for the probe (default 4)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--random-orders", type=int, default=1, metavar="R",
+                   help="run random selection's cells with R random orders and report each order's rate with their "
+                        "mean and range (default 1)")
     p.add_argument("--training-seeds", type=int, default=0, metavar="K",
                    help="also retrain the unmodified data under K other DPO seeds (training noise)")
     p.add_argument("--out", type=Path, default=None, help="experiment directory (default: under the cache)")
@@ -42,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from headwater.workflows.experiment_summary import format_table
 
     doc = run_experiment(
-        preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n, methods=args.methods or list(SETUP_METHODS),
-        modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
-        cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds, judge=args.judge,
+        preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n,
+        methods=args.methods or list(SETUP_METHODS), modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
+        cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds,
+        random_orders=args.random_orders, judge=args.judge,
         judge_options=judge_options(args),
     )
     print(format_table(doc))

@@ -407,6 +407,7 @@ def run_experiment(
     cache_dir: str | Path | None = None,
     n_boot: int = 2000,
     training_seeds: int = 0,
+    random_orders: int = 1,
     progress: bool = True,
     judge: str | None = None,
     judge_options: dict[str, Any] | None = None,
@@ -427,6 +428,10 @@ def run_experiment(
         out_dir: the experiment directory (default ``<cache>/experiment/<settings hash>``).
         cache_dir: the organism cache root.
         n_boot: bootstrap resamples.
+        random_orders: random selection's cells run this many random orders (seeds ``seed``,
+            ``seed + 1``, ...); each cell summary of ``random`` then carries every order's rate
+            (``orders``) with their mean, minimum and maximum, so one lucky or unlucky draw is seen
+            as such. The first order's cell is the one summarised in full.
         training_seeds: extra retrains of the unmodified data under other DPO seeds (training
             noise: how far the rate moves with no intervention at all).
         progress: progress bars and the organism build's stage lines.
@@ -442,6 +447,8 @@ def run_experiment(
         raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     if training_seeds < 0:
         raise ValueError(f"training_seeds must be ≥ 0, got {training_seeds}")
+    if random_orders < 1:
+        raise ValueError(f"random_orders must be ≥ 1, got {random_orders}")
     exp = Experiment(preset=preset, seed=seed, behavior=behavior, samples=samples, probe_samples=probe_samples,
                      out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress, judge=judge,
                      judge_options=judge_options)
@@ -464,6 +471,13 @@ def run_experiment(
             raise ValueError(f"N {too_big} exceeds the {len(exp.rankings['random'].pair_ids)} ranked pairs")
         noise_seeds = [exp.recipe.seed + k for k in range(1, training_seeds + 1)]
         interventions = [(cell_name(m, mode, n), m, mode, n, None) for m in methods for mode in modes for n in n_values]
+        # More random orders: their own rankings (seeds seed + r) and cells, summarised with random's.
+        extra_orders = [f"random{r}" for r in range(1, random_orders)] if "random" in methods else []
+        ids = sorted(exp.rankings["random"].pair_ids)
+        for r, name in enumerate(extra_orders, start=1):
+            exp.rankings[name] = random_ranking(ids, seed=seed + r)
+        interventions += [(cell_name(m, mode, n), m, mode, n, None) for m in extra_orders for mode in modes
+                          for n in n_values]
         cells = [(BASELINE, None, None, None, None), (CLEAN, "planted", "filter", n_planted, None)] + interventions + [
             (f"{BASELINE}-dpo-seed{s}", None, None, None, s) for s in noise_seeds
         ]
@@ -482,7 +496,16 @@ def run_experiment(
     base = results[BASELINE]
     rates: dict[str, Any] = {}
     for name, method, mode, n, _ in interventions:
+        if method in extra_orders:
+            continue
         rates.setdefault(method, {}).setdefault(mode, {})[str(n)] = summarize(results[name], base, n_boot=n_boot, seed=seed)
+    if extra_orders:
+        for mode in modes:
+            for n in n_values:
+                orders = [results[cell_name(m, mode, n)]["evaluation"]["trigger"]["rate"] for m in ["random", *extra_orders]]
+                cell = rates["random"][mode][str(n)]
+                cell.update(orders=orders, orders_mean=float(np.mean(orders)), orders_min=min(orders),
+                            orders_max=max(orders))
     return {
         "behavior": exp.behavior,
         "preset": preset,
@@ -491,6 +514,7 @@ def run_experiment(
                      "n_pairs": setup["n_pairs"], "n_planted": n_planted},
         "out_dir": str(exp.out),
         "settings": exp.settings,
+        "random_orders": random_orders if "random" in methods else 0,
         "recipe": {k: v for k, v in vars(exp.recipe).items() if k != "settings"},
         "n_values": n_values,
         "methods": list(methods),

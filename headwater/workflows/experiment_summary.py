@@ -141,8 +141,22 @@ def format_table(doc: dict[str, Any]) -> str:
         "",
         *textwrap.wrap(notes, 100),
         f"retrained baseline vs stored M1: max |weight difference| {vs['max_abs_weight_diff']:.3g}",
+        *random_order_lines(doc),
         f"retrained in this run: {len(doc['retrained'])} models; wall time {doc['seconds']:.1f} s",
     ])
 
 
-__all__ = ["RATE_HEADER", "format_table", "rate_table", "summarize", "table_rows"]
+def random_order_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per random cell run with several orders: every order's triggered rate."""
+    lines = []
+    for mode, by_n in doc["rates"].get("random", {}).items():
+        for n, cell in by_n.items():
+            if "orders" in cell:
+                rates = ", ".join(f"{100 * r:.1f}%" for r in cell["orders"])
+                lines.append(f"random {mode} N={n} over {len(cell['orders'])} orders: {rates} (mean "
+                             f"{100 * cell['orders_mean']:.1f}%, range {100 * cell['orders_min']:.1f}-"
+                             f"{100 * cell['orders_max']:.1f}%)")
+    return lines
+
+
+__all__ = ["RATE_HEADER", "format_table", "random_order_lines", "rate_table", "summarize", "table_rows"]

@@ -198,3 +198,21 @@ def test_baseline_methods_rank_once_and_get_their_own_cells(first_run, cache):
     again = run_experiment(methods=["judge"], **run)
     assert again["retrained"] == [] and ranking_file.stat().st_mtime_ns == stamp
     assert again["rates"]["judge"] == with_judge["rates"]["judge"]
+
+
+def test_random_selection_over_several_orders(first_run, cache):
+    """--random-orders 3: two more random orders get their own cells; the random cell summary lists
+    every order's rate with their mean and range, and the table prints them."""
+    from headwater.workflows.experiment_summary import format_table
+
+    out, _ = first_run
+    doc = run_experiment(preset="miniature", n_values=[6], modes=["switch"], methods=["random"], samples=1,
+                         out_dir=out, cache_dir=cache, n_boot=200, random_orders=3, progress=False)
+    assert sorted(doc["retrained"]) == ["random1-switch-6", "random2-switch-6"]
+    cell = doc["rates"]["random"]["switch"]["6"]
+    assert len(cell["orders"]) == 3 and cell["orders"][0] == cell["rate"]
+    assert cell["orders_min"] <= cell["orders_mean"] <= cell["orders_max"]
+    assert set(doc["rates"]) == {"random"} and doc["random_orders"] == 3
+    assert "random switch N=6 over 3 orders" in format_table(doc)
+    with pytest.raises(ValueError, match="random_orders"):
+        run_experiment(preset="miniature", random_orders=0, out_dir=out, cache_dir=cache, progress=False)
