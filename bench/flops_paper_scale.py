@@ -23,7 +23,8 @@ import argparse
 import json
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from headwater.workflows.compare import count_flops as counted
 
 
 def llama_7b(layers: int):
@@ -33,13 +34,6 @@ def llama_7b(layers: int):
                          num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
     with torch.device("meta"):
         return LlamaForCausalLM(config)
-
-
-def counted(fn) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def main() -> None:

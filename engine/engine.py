@@ -87,7 +87,7 @@ from headwater.engine.tokenization import (
     TokenizationError,
     TokenizationSettings,
     encode_pair,
-    resolve_format,
+    settings_as_used,
 )
 
 LOG = logging.getLogger(__name__)
@@ -388,9 +388,7 @@ class Engine:
         The tokenisation is recorded as used: ``format="auto"`` becomes ``"chat"`` or ``"raw"``
         (a dataset is all message lists or all strings), so a reader rebuilds the same tokens.
         """
-        settings = self.settings
-        if settings.format == "auto" and len(pairs):
-            settings = dataclasses.replace(settings, format=resolve_format(settings, pairs[0].prompt, pairs[0].chosen))
+        settings = settings_as_used(self.settings, pairs)
         return {
             "model": self.model_name,
             "model_fingerprint": self.fingerprint,

@@ -24,7 +24,7 @@ Over-long sequences (``max_length``) follow ``overlong``:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Literal, Sequence
 
 import torch
@@ -150,6 +150,15 @@ def resolve_format(settings: TokenizationSettings, prompt: Any, response: Any) -
     if settings.format != "auto":
         return settings.format
     return "chat" if _is_messages(prompt) or _is_messages(response) else "raw"
+
+
+def settings_as_used(settings: TokenizationSettings, pairs: Sequence[Any]) -> TokenizationSettings:
+    """``settings`` with ``format="auto"`` resolved to ``"chat"`` or ``"raw"`` for a dataset (all
+    message lists or all strings, so its first pair decides): what a store records, so a reader
+    rebuilds the same tokens."""
+    if settings.format == "auto" and len(pairs):
+        return replace(settings, format=resolve_format(settings, pairs[0].prompt, pairs[0].chosen))
+    return settings
 
 
 def _as_messages(value: Any, role: str) -> list[dict[str, str]]:

@@ -50,7 +50,7 @@ from headwater.engine.store import (
     store_lock,
     write_shard,
 )
-from headwater.engine.tokenization import encode_pairs, pad_batch, resolve_format
+from headwater.engine.tokenization import encode_pairs, pad_batch, settings_as_used
 from headwater.kernels import cosine_similarity_blocks
 from headwater.methods.attribution import Ranking
 from headwater.methods.vectors import pair_by_prompt, prompt_key
@@ -345,9 +345,7 @@ def gradient_features(
 
 def _store_header(peft_model: torch.nn.Module, pairs: Sequence[Any], config: GradientConfig,
                   checkpoint: Checkpoint, projection: SparseProjection) -> dict[str, Any]:
-    settings = config.dpo.settings
-    if settings.format == "auto" and len(pairs):
-        settings = dataclasses.replace(settings, format=resolve_format(settings, pairs[0].prompt, pairs[0].chosen))
+    settings = settings_as_used(config.dpo.settings, pairs)
     # What the features depend on besides the pairs: the checkpoint, the loss, the normalisation
     # and the projection. A store made with anything else is not resumed.
     features = {"checkpoint": checkpoint.sha256, "beta": config.dpo.beta, "length_normalize": config.dpo.length_normalize,

@@ -45,7 +45,7 @@ from headwater.baselines.gradient import GradientConfig, behavior_query_pairs, g
 from headwater.baselines.judge_ranking import judge_ranking
 from headwater.baselines.lexical import lexical_ranking
 from headwater.data import PreferencePair
-from headwater.engine import Engine
+from headwater.engine import Engine, atomic
 from headwater.engine.tokenization import TokenizationSettings
 from headwater.methods.attribution import Ranking, evaluate_ranking, random_ranking, rank_pairs
 from headwater.methods.judges import Judge
@@ -429,8 +429,6 @@ def compare(inputs: CompareInputs, methods: Sequence[str], out_dir: str | Path, 
     }
     doc["cost_ratios"] = cost_ratios(rows)
     write_json_atomic(out / "compare.json", doc, indent=2)
-    from headwater.engine import atomic
-
     atomic.write_text(out / "compare.html", render_html(doc))
     return doc
 
