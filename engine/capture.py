@@ -166,6 +166,59 @@ def response_activations(
     )
 
 
+@dataclass
+class ResponseTokens:
+    """Layer-ℓ activations of every response token of some sequences, concatenated.
+
+    Attributes:
+        activations: [n_tokens, d] float32 on the CPU, sequence after sequence in input order.
+        lengths: response tokens per sequence (their sum is n_tokens).
+        token_ids: [n_tokens] int64, the response tokens themselves (for highlights).
+    """
+
+    activations: torch.Tensor
+    lengths: list[int]
+    token_ids: torch.Tensor
+
+    def split(self) -> list[torch.Tensor]:
+        """One [length, d] view per sequence."""
+        return list(self.activations.split(self.lengths))
+
+
+@torch.no_grad()
+def response_token_activations(
+    model: Any,
+    encoded: Sequence[EncodedResponse],
+    layer: int,
+    *,
+    pad_token_id: int,
+    max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
+) -> ResponseTokens:
+    """Block-ℓ output at each response token of each sequence (token-level, not pooled).
+
+    What sparse autoencoders train on and encode. Batched by the token budget after sorting by
+    length, like :func:`pool_responses`; rows come back in the order of ``encoded``. Memory is
+    that of the response tokens of these sequences: callers stream a dataset in chunks.
+    """
+    if not encoded:
+        raise ValueError("response_token_activations needs at least one sequence")
+    device = next(model.parameters()).device
+    per_sequence: list[torch.Tensor | None] = [None] * len(encoded)
+    lengths = [len(e.input_ids) for e in encoded]
+    for batch_index in length_bucketed_batches(lengths, max_tokens_per_batch):
+        batch = pad_batch([encoded[i] for i in batch_index], pad_token_id)
+        hidden = forward_to_layer(model, batch.input_ids.to(device), batch.attention_mask.to(device), layer)
+        mask = batch.response_mask.to(device)
+        for row, i in enumerate(batch_index):
+            per_sequence[i] = hidden[row][mask[row]].float().cpu()  # [response_length, d]
+    token_ids = [torch.tensor(e.input_ids[e.prompt_length:], dtype=torch.long) for e in encoded]
+    return ResponseTokens(
+        torch.cat(per_sequence),  # type: ignore[arg-type]
+        [e.response_length for e in encoded],
+        torch.cat(token_ids),
+    )
+
+
 def pad_token_id_of(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
