@@ -196,7 +196,7 @@ class _Run:
         self.state.step += 1
         self.state.tokens += x.shape[0]
         return {"step": self.state.step, "tokens": self.state.tokens, "mse": float(mse.detach()),
-                "fvu": float(mse / variance) if variance > 0 else math.nan,
+                "fvu": float(mse.detach() / variance) if variance > 0 else math.nan,
                 "l0": float((f > 0).sum(dim=1).float().mean()), "aux": float(aux.detach()), "dead": int(dead.sum())}
 
     # -- checkpoints ----------------------------------------------------------------------------
