@@ -174,11 +174,14 @@ class ResponseTokens:
         activations: [n_tokens, d] float32 on the CPU, sequence after sequence in input order.
         lengths: response tokens per sequence (their sum is n_tokens).
         token_ids: [n_tokens] int64, the response tokens themselves (for highlights).
+        prompt_means: [n_sequences, d] float32, the mean activation over each sequence's prompt
+            tokens (zeros for an empty prompt): a representation of the prompt from the same pass.
     """
 
     activations: torch.Tensor
     lengths: list[int]
     token_ids: torch.Tensor
+    prompt_means: torch.Tensor
 
     def split(self) -> list[torch.Tensor]:
         """One [length, d] view per sequence."""
@@ -204,6 +207,7 @@ def response_token_activations(
         raise ValueError("response_token_activations needs at least one sequence")
     device = next(model.parameters()).device
     per_sequence: list[torch.Tensor | None] = [None] * len(encoded)
+    prompt_means: list[torch.Tensor | None] = [None] * len(encoded)
     lengths = [len(e.input_ids) for e in encoded]
     for batch_index in length_bucketed_batches(lengths, max_tokens_per_batch):
         batch = pad_batch([encoded[i] for i in batch_index], pad_token_id)
@@ -211,11 +215,14 @@ def response_token_activations(
         mask = batch.response_mask.to(device)
         for row, i in enumerate(batch_index):
             per_sequence[i] = hidden[row][mask[row]].float().cpu()  # [response_length, d]
+            prompt = hidden[row, :encoded[i].prompt_length].float()
+            prompt_means[i] = prompt.mean(dim=0).cpu() if prompt.shape[0] else torch.zeros(hidden.shape[-1])
     token_ids = [torch.tensor(e.input_ids[e.prompt_length:], dtype=torch.long) for e in encoded]
     return ResponseTokens(
         torch.cat(per_sequence),  # type: ignore[arg-type]
         [e.response_length for e in encoded],
         torch.cat(token_ids),
+        torch.stack(prompt_means),  # type: ignore[arg-type]
     )
 
 

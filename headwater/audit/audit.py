@@ -1,0 +1,206 @@
+"""The concept audit of a preference dataset from its stored SAE features (method.md §6, step 2).
+
+Passes over a :class:`~headwater.audit.features.FeatureStore`, one part in memory at a time:
+
+1. per-latent paired statistics (Δ, d, z, 95% CI, p, BH q, side badge, split-half sign);
+2. prompt topics (spherical k-means on the prompts' activations);
+3. co-activation clusters of the significant latents;
+4. per-cluster statistics, and per prompt topic × cluster.
+
+The result names every concept (``f<latent>``, ``c<cluster>``, ``t<topic>/c<cluster>``) and is
+written as ``audit.json``; cards and the feedback file build on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from headwater.audit.clusters import cluster_columns, coactivation_clusters, prompt_topics, topic_labels
+from headwater.audit.features import FeatureStore
+from headwater.audit.statistics import ConceptStatistics, PairedMoments, concatenate, finish, split_half
+from headwater.engine import atomic
+
+POOLINGS = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """How the audit is computed.
+
+    Attributes:
+        pooling: per-response pooling of the latents, ``"mean"`` or ``"max"`` over its tokens.
+        alpha: the false-discovery rate for "significant" (BH q < alpha, halves agreeing).
+        min_active: responses a concept must be active in to be tested.
+        min_rate: the share of responses on a side for the side badge to count it.
+        max_cluster_latents: significant latents (by |d|) that enter the co-activation clusters.
+        min_similarity: co-activation (Ochiai) under which clusters are cut apart.
+        n_topics: prompt topics.
+        seed: split halves and topics.
+    """
+
+    pooling: str = "mean"
+    alpha: float = 0.05
+    min_active: int = 5
+    min_rate: float = 0.05
+    max_cluster_latents: int = 200
+    min_similarity: float = 0.5
+    n_topics: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclass
+class AuditResult:
+    """What the audit found. ``features``, ``clusters`` and ``topic_clusters`` hold statistics;
+    ``cluster_latents[k]`` the latents of cluster k; ``topics`` [n_pairs] each pair's topic."""
+
+    config: AuditConfig
+    features: ConceptStatistics
+    clusters: ConceptStatistics
+    cluster_latents: list[list[int]]
+    topics: np.ndarray
+    topic_names: dict[int, str]
+    topic_clusters: ConceptStatistics | None
+    store_manifest: dict[str, Any] = field(default_factory=dict)
+
+    def significant_features(self) -> list[int]:
+        return [int(i) for i in self.features.significant(self.config.alpha)]
+
+    def concepts(self, top: int = 20) -> list[dict[str, Any]]:
+        """The top significant concepts by |d|: clusters of several latents (with their latents) and
+        latents in no such cluster."""
+        out = []
+        for i in self.clusters.significant(self.config.alpha):
+            if len(self.cluster_latents[int(i)]) > 1:  # a singleton cluster is its latent, listed below
+                out.append({**self.clusters.row(int(i)), "kind": "cluster", "latents": self.cluster_latents[int(i)]})
+        in_clusters = {lat for c in self.cluster_latents if len(c) > 1 for lat in c}
+        for i in self.significant_features():
+            if i not in in_clusters:
+                out.append({**self.features.row(i), "kind": "latent", "latents": [i]})
+        out.sort(key=lambda row: -abs(row["d"]))
+        return out[:top]
+
+    def to_json(self, top: int = 50) -> dict[str, Any]:
+        significant = self.significant_features()
+        topic_rows = []
+        if self.topic_clusters is not None:
+            topic_rows = [self.topic_clusters.row(int(i)) for i in self.topic_clusters.significant(self.config.alpha)]
+        counts = np.bincount(self.topics, minlength=len(self.topic_names)) if self.topics.size else []
+        return {
+            "config": self.config.__dict__, "n_pairs": self.features.n,
+            "n_latents_tested": int(np.isfinite(self.features.p).sum()), "n_latents_significant": len(significant),
+            "concepts": self.concepts(top),
+            "latents": [self.features.row(i) for i in significant[:top]],
+            "clusters": [{**self.clusters.row(k), "latents": c} for k, c in enumerate(self.cluster_latents)],
+            "topics": [{"topic": t, "label": name, "pairs": int(counts[t])} for t, name in self.topic_names.items()],
+            "topic_clusters": topic_rows[:top],
+            "features": {k: self.store_manifest.get(k) for k in ("layer", "d_sae", "sae_fingerprint",
+                                                                 "dataset_fingerprint", "n_pairs", "n_tokens")},
+        }
+
+    def save(self, path: str | os.PathLike[str], top: int = 50) -> Path:
+        return atomic.write_json(path, self.to_json(top))
+
+
+def _latent_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndarray) -> ConceptStatistics:
+    moments = PairedMoments(store.d_sae)
+    offset = 0
+    for block in store.blocks():
+        rows = block.positions.numel()
+        moments.add(block.chosen.dense(store.d_sae, config.pooling), block.rejected.dense(store.d_sae, config.pooling),
+                    halves[offset:offset + rows], block.positions)
+        offset += rows
+    return finish(moments, [f"f{i}" for i in range(store.d_sae)], min_active=config.min_active,
+                  min_rate=config.min_rate)
+
+
+def _grouped_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndarray, clusters: list[list[int]],
+                        topics: np.ndarray, n_topics: int) -> tuple[ConceptStatistics, ConceptStatistics | None]:
+    c = len(clusters)
+    overall = PairedMoments(c)
+    by_topic = {t: PairedMoments(c) for t in range(n_topics)} if n_topics > 1 else {}
+    offset = 0
+    for block in store.blocks():
+        rows = block.positions.numel()
+        chosen = cluster_columns(block.chosen, clusters, store.d_sae, config.pooling)
+        rejected = cluster_columns(block.rejected, clusters, store.d_sae, config.pooling)
+        half = halves[offset:offset + rows]
+        overall.add(chosen, rejected, half, block.positions)
+        topic = topics[offset:offset + rows]
+        for t, moments in by_topic.items():
+            mask = topic == t
+            if mask.any():
+                rows_t = torch.from_numpy(np.flatnonzero(mask))
+                moments.add(chosen[rows_t], rejected[rows_t], half[mask], block.positions[rows_t])
+        offset += rows
+    options = {"min_active": config.min_active, "min_rate": config.min_rate}
+    stats = finish(overall, [f"c{k}" for k in range(c)], **options)
+    per_topic = [finish(m, [f"t{t}/c{k}" for k in range(c)], **options) for t, m in by_topic.items() if m.n >= 2]
+    return stats, concatenate(per_topic) if per_topic else None
+
+
+def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, prompts: Sequence[str] | None = None,
+              progress: Callable[[str], None] | None = None) -> AuditResult:
+    """Every statistic of the audit from a feature directory (see the module docstring).
+
+    ``prompts`` (the dataset's prompt texts, in dataset order) label the topics; without them
+    topics are numbered.
+    """
+    if len(store) < 2:
+        raise ValueError(f"the audit needs at least two encoded pairs, the feature directory has {len(store)}")
+    say = progress or (lambda _message: None)
+    halves = split_half(store.pair_ids, config.seed)
+    say("latent statistics")
+    latents = _latent_statistics(store, config, halves)
+    say("prompt topics")
+    topics = prompt_topics(store, config.n_topics, seed=config.seed)
+    n_topics = int(topics.max()) + 1
+    positions = np.concatenate([b.positions.numpy() for b in store.blocks()])
+    if prompts is not None:
+        kept_prompts = [_prompt_text(prompts[int(p)]) for p in positions]
+        names = topic_labels(kept_prompts, topics, seed=config.seed)
+    else:
+        names = {t: f"topic {t}" for t in range(n_topics)}
+    say("co-activation clusters")
+    significant = latents.significant(config.alpha)[:config.max_cluster_latents]
+    clusters = coactivation_clusters(store, significant.tolist(), min_similarity=config.min_similarity)
+    say("cluster statistics")
+    if clusters:
+        cluster_stats, topic_stats = _grouped_statistics(store, config, halves, clusters, topics, n_topics)
+    else:
+        cluster_stats, topic_stats = _empty_statistics(latents.n), None
+    return AuditResult(config, latents, cluster_stats, clusters, topics, names, topic_stats, store.manifest)
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):  # chat messages
+        return " ".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+    return str(prompt)
+
+
+def _empty_statistics(n: int) -> ConceptStatistics:
+    empty = np.zeros(0)
+    return ConceptStatistics([], n, empty, empty, empty, empty, empty, empty, empty, empty, empty, empty, [],
+                             np.zeros((2, 0)), np.zeros(0, dtype=bool), np.zeros((0, 0), dtype=np.int64),
+                             np.zeros((0, 0), dtype=np.int64))
+
+
+def load_audit(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A saved ``audit.json`` as a dict."""
+    return json.loads(Path(path).read_text())
+
+
+__all__ = ["AuditConfig", "AuditResult", "POOLINGS", "load_audit", "run_audit"]
