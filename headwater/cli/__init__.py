@@ -12,6 +12,7 @@ import sys
 from headwater import __version__
 from headwater.cli import (
     attribute,
+    audit,
     behaviors,
     compare,
     demo,
@@ -21,10 +22,12 @@ from headwater.cli import (
     experiment,
     intervene,
     retrain,
+    sae,
     steer,
 )
 
-COMMANDS = (demo, encode, attribute, behaviors, discover, intervene, retrain, evaluate, experiment, compare, steer)
+COMMANDS = (demo, encode, attribute, behaviors, discover, intervene, retrain, evaluate, experiment, compare, steer,
+            sae, audit)
 DESCRIPTION = (
     "Trace the behaviours of a preference-trained (DPO) language model back to the preference pairs that taught "
     "them: datapoint vectors of every pair on the model before preference training, behaviour and probing vectors "

@@ -1,0 +1,209 @@
+"""The concept audit as runs on files: train an SAE on a dataset, audit a dataset with an SAE.
+
+- :func:`train_sae_on_dataset`: response-token activations of M0 at ℓ → a BatchTopK/TopK SAE,
+  saved in SAELens's format with headwater's provenance and quality in ``cfg.json``'s metadata;
+  checkpoints in the output directory make an interrupted run resume.
+- :func:`audit_dataset`: per-response features (resumable parts), the statistics, concept cards,
+  ``audit.json``, ``audit.html`` and a feedback file to edit.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from headwater.audit.audit import AuditConfig, run_audit
+from headwater.audit.cards import concept_cards, format_cards, render_cards_html, write_feedback_template
+from headwater.audit.features import encode_features
+from headwater.audit.sae import SparseAutoencoder
+from headwater.audit.sae_io import load_sae, load_sparsify, sae_metadata, save_sae
+from headwater.audit.sae_training import SAETrainingConfig, train_sae
+from headwater.audit.token_stream import ResponseTokenStream
+from headwater.data import load_preferences
+from headwater.engine import atomic
+from headwater.engine.models import load_model, resolve_layer
+from headwater.engine.store import model_fingerprint
+from headwater.engine.tokenization import TokenizationSettings, settings_as_used
+from headwater.workflows.tables import text_table
+
+LOG = logging.getLogger(__name__)
+CHECKPOINT = ".training-checkpoint"
+
+
+def hook_name(layer: int) -> str:
+    """TransformerLens's name of block ℓ's output (what SAELens users call the hook)."""
+    return f"blocks.{layer - 1}.hook_resid_post"
+
+
+def layer_from_hook(name: str) -> int | None:
+    """Block ℓ (1-based) whose output a hook or hookpoint name reads, or None if unknown.
+
+    ``blocks.i.hook_resid_post`` → i + 1; ``blocks.i.hook_resid_pre`` → i; sparsify's
+    ``layers.i`` (the output of decoder layer i) → i + 1.
+    """
+    if m := re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", name):
+        return int(m.group(1)) + 1
+    if m := re.fullmatch(r"blocks\.(\d+)\.hook_resid_pre", name):
+        return int(m.group(1)) or None
+    if m := re.fullmatch(r"(?:model\.)?layers\.(\d+)", name):
+        return int(m.group(1)) + 1
+    return None
+
+
+def train_sae_on_dataset(
+    *, model_path: str, data: str, out_dir: str | Path, config: SAETrainingConfig = SAETrainingConfig(),
+    layer: int | None = None, settings: TokenizationSettings = TokenizationSettings(), split: str | None = None,
+    on_error: str = "raise", dtype: str = "auto", device: str = "cpu", max_tokens_per_batch: int = 16384,
+    chunk_pairs: int = 64, progress: bool = True,
+) -> dict[str, Any]:
+    """Train an SAE on the response tokens of ``data`` at block ℓ of ``model_path``; save it.
+
+    Returns a summary: path, layer, quality (FVU, L0, dead latents over the last steps), tokens
+    and tokens/s. A finished SAE for the same model, layer, data and config is not trained again.
+    """
+    out = Path(out_dir)
+    model, tokenizer = load_model(model_path, dtype=dtype, device=device)  # type: ignore[arg-type]
+    dataset = load_preferences(data, split=split, on_error=on_error)  # type: ignore[arg-type]
+    pairs = list(dataset)
+    layer = resolve_layer(model, layer)
+    used = settings_as_used(settings, pairs)
+    identity = {"model_fingerprint": model_fingerprint(model), "layer": layer,
+                "dataset_fingerprint": dataset.fingerprint, "tokenization": used.to_dict()}
+    if (out / "cfg.json").exists():
+        finished = sae_metadata(out).get("headwater", {})
+        if finished.get("identity") == atomic.json_safe(identity) and finished.get("config") == config.to_dict():
+            LOG.info("%s already holds this SAE; not training again", out)
+            return {"path": str(out), "layer": layer, **finished.get("quality", {}), "reused": True}
+    stream = ResponseTokenStream(model, tokenizer, pairs, layer, used, chunk_pairs=chunk_pairs, seed=config.seed,
+                                 max_tokens_per_batch=max_tokens_per_batch)
+    total = config.total_tokens or math.ceil(config.epochs * stream.n_tokens)
+    bar = _bar(total, progress)
+    result = train_sae(stream.chunks, int(model.config.hidden_size), config, total_tokens=total,
+                       checkpoint_dir=out / CHECKPOINT, fingerprint=identity,
+                       progress=(lambda m: bar.update(m["tokens"] - bar.n) or bar.set_postfix(
+                           fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}", dead=m["dead"])) if bar else None)
+    if bar:
+        bar.close()
+    assert result is not None  # only stop_after_steps returns None
+    quality = {k: result.quality[k] for k in ("fvu", "l0", "dead", "dead_fraction", "tokens", "tokens_per_second",
+                                              "seconds")}
+    metadata = {"model_name": str(model_path), "hook_name": hook_name(layer),
+                "headwater": {"identity": identity, "config": config.to_dict(), "quality": quality,
+                              "skipped_pairs": len(stream.skipped), "layer": layer}}
+    save_sae(result.sae, out, metadata=metadata)  # replaces the directory, checkpoint included
+    return {"path": str(out), "layer": layer, **quality, "d_sae": result.sae.d_sae, "k": config.k,
+            "architecture": config.architecture, "skipped_pairs": len(stream.skipped)}
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training SAE", unit="tok", unit_scale=True, smoothing=0.1)
+
+
+def open_sae(path: str | Path, *, sparsify: bool = False, hookpoint: str | None = None) -> tuple[SparseAutoencoder, int | None]:
+    """An SAE (SAELens layout, or sparsify's) and the block ℓ its files say it reads, if any."""
+    if sparsify:
+        sae = load_sparsify(path, hookpoint=hookpoint)
+        return sae, layer_from_hook(hookpoint or Path(path).name)
+    meta = sae_metadata(path)
+    layer = (meta.get("headwater") or {}).get("layer") or layer_from_hook(str(meta.get("hook_name") or ""))
+    return load_sae(path), layer
+
+
+def audit_dataset(
+    *, model_path: str, data: str, sae_path: str | Path, out_dir: str | Path, config: AuditConfig = AuditConfig(),
+    layer: int | None = None, sparsify: bool = False, hookpoint: str | None = None,
+    settings: TokenizationSettings = TokenizationSettings(), split: str | None = None, on_error: str = "raise",
+    dtype: str = "auto", device: str = "cpu", max_tokens_per_batch: int = 16384, part_pairs: int = 256,
+    top: int = 20, cards: int = 10, progress: bool = True,
+) -> dict[str, Any]:
+    """Audit ``data`` through an SAE on M0 (``model_path``); write the results into ``out_dir``.
+
+    Writes ``features/`` (resumable), ``audit.json`` (every statistic), ``audit.html`` (cards with
+    highlighted tokens), and ``feedback.tsv`` (left alone if it exists: it may hold decisions).
+    Returns the summary printed by the CLI (table and cards as text included).
+    """
+    out = Path(out_dir)
+    sae, sae_layer = open_sae(sae_path, sparsify=sparsify, hookpoint=hookpoint)
+    if layer is None and sae_layer is None:
+        raise ValueError(f"{sae_path} does not say which block it reads: give --layer")
+    model, tokenizer = load_model(model_path, dtype=dtype, device=device)  # type: ignore[arg-type]
+    if sae.d_in != int(model.config.hidden_size):
+        raise ValueError(f"the SAE reads {sae.d_in}-dimensional activations, the model's are {model.config.hidden_size}")
+    layer = resolve_layer(model, layer if layer is not None else sae_layer)
+    if sae_layer is not None and layer != sae_layer:
+        LOG.warning("--layer %d differs from the block the SAE's files name (%d); using --layer", layer, sae_layer)
+    dataset = load_preferences(data, split=split, on_error=on_error)  # type: ignore[arg-type]
+    pairs = list(dataset)
+    bar = _pairs_bar(len(pairs), progress)
+    store = encode_features(model, tokenizer, pairs, layer, sae, out / "features", settings,
+                            identity={"model_fingerprint": model_fingerprint(model)}, part_pairs=part_pairs,
+                            max_tokens_per_batch=max_tokens_per_batch, progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    result = run_audit(store, config, prompts=[p.prompt for p in pairs],
+                       progress=(lambda stage: LOG.info("audit: %s", stage)))
+    concepts = result.concepts(top)
+    made = concept_cards(model, tokenizer, sae, layer, pairs, concepts[:cards], settings_as_used(settings, pairs))
+    labels = {c["concept"]: c["label"] for c in made}
+    doc = result.to_json(top=max(top, 50))
+    doc["cards"] = made
+    doc["sae"] = {"path": str(sae_path), "format": "sparsify" if sparsify else "saelens", "d_sae": sae.d_sae,
+                  "architecture": sae.architecture, "k": sae.k, "layer": layer}
+    atomic.write_json(out / "audit.json", doc)
+    atomic.write_text(out / "audit.html", _html_page(doc))
+    feedback = out / "feedback.tsv"
+    if not feedback.exists():
+        write_feedback_template(concepts, feedback, labels=labels)
+    table = concept_table(concepts, labels)
+    return {"out": str(out), "n_pairs": doc["n_pairs"], "n_latents_tested": doc["n_latents_tested"],
+            "n_latents_significant": doc["n_latents_significant"], "n_clusters": len(result.cluster_latents),
+            "topics": doc["topics"], "table": table, "cards": format_cards(made), "feedback": str(feedback)}
+
+
+def _pairs_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="SAE features", unit="pair", smoothing=0.1)
+
+
+def concept_table(concepts: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    """The audit's concepts as a text table (|d| order)."""
+    rows = [[c["concept"], c["kind"], str(len(c["latents"])), f"{c['delta']:+.4g}",
+             f"[{c['ci95'][0]:+.3g}, {c['ci95'][1]:+.3g}]", f"{c['d']:+.3f}", f"{c['q']:.2g}", c["side"],
+             f"{c['chosen_rate']:.0%}/{c['rejected_rate']:.0%}", labels.get(c["concept"], "")[:40]]
+            for c in concepts]
+    return text_table(["concept", "kind", "latents", "Δ", "95% CI", "d", "q", "fires on", "active c/r", "label"],
+                        rows)
+
+
+def _html_page(doc: dict[str, Any]) -> str:
+    import html
+
+    topics = "".join(f"<li>t{t['topic']}: {html.escape(t['label'])} ({t['pairs']} pairs)</li>" for t in doc["topics"])
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>headwater audit</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}.card{border:1px solid #ccc;"
+        "padding:.5em 1em;margin:1em 0}span{white-space:pre-wrap}</style></head><body>"
+        f"<h1>Concept audit</h1><p>{doc['n_pairs']} pairs; {doc['n_latents_tested']} latents tested, "
+        f"{doc['n_latents_significant']} significant (BH q &lt; {doc['config']['alpha']}, split halves agreeing); "
+        f"pooling: {html.escape(doc['config']['pooling'])}.</p><h2>Prompt topics</h2><ul>{topics}</ul>"
+        f"{render_cards_html(doc['cards'])}</body></html>\n"
+    )
+
+
+def remove_checkpoint(out_dir: str | Path) -> None:
+    """Drop an SAE training checkpoint (to start over)."""
+    shutil.rmtree(Path(out_dir) / CHECKPOINT, ignore_errors=True)
+
+
+__all__ = ["audit_dataset", "concept_table", "hook_name", "layer_from_hook", "open_sae", "remove_checkpoint",
+           "train_sae_on_dataset"]
