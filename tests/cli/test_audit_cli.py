@@ -1,0 +1,112 @@
+"""`headwater sae train` and `headwater audit` end to end on a saved tiny model and a real file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from headwater.audit.cards import DECISIONS, read_feedback, write_feedback_template
+from headwater.audit.sae_io import load_sae, sae_metadata, save_sparsify
+from headwater.cli import main
+from headwater.workflows.audit import hook_name, layer_from_hook
+
+TOPICS = ["bread", "the sea", "rivers", "chess", "gardens", "music", "trains", "stars"]
+
+
+def _rows():
+    rows = []
+    for i in range(48):
+        topic = TOPICS[i % len(TOPICS)]
+        chosen = f" Here is what I know about {topic}, part {i}."
+        rejected = f" I do not know much about {topic}."
+        if i % 3 == 0:  # a stylistic marker on the chosen side of a third of the pairs
+            chosen += " Great question!!!"
+        rows.append({"prompt": f"Tell me about {topic} ({i}).", "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def test_sae_train_then_audit(tmp_path, saved_model, capsys):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()) + '{"prompt": "Q:", "chosen": "", "rejected": ""}\n')
+    sae_dir = tmp_path / "sae"
+    train = ["sae", "train", "--model", str(saved_model), "--data", str(data), "--layer", "2", "--out", str(sae_dir),
+             "--format", "raw", "--on-error", "skip", "--d-sae", "64", "--k", "4", "--tokens", "6000",
+             "--batch-tokens", "128", "--buffer-tokens", "512", "--lr", "0.01", "--no-progress"]
+    assert main(train) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["layer"] == 2 and summary["tokens"] == 6000 and summary["d_sae"] == 64
+    assert 0 <= summary["fvu"] < 1 and summary["architecture"] == "batchtopk"
+    meta = sae_metadata(sae_dir)
+    assert meta["hook_name"] == "blocks.1.hook_resid_post" and meta["headwater"]["layer"] == 2
+    assert load_sae(sae_dir).architecture == "jumprelu"  # BatchTopK's inference form, as SAELens saves it
+    assert not (sae_dir / ".training-checkpoint").exists()
+    assert main(train) == 0  # the same SAE again: reused, not retrained
+    assert json.loads(capsys.readouterr().out)["reused"] is True
+
+    out = tmp_path / "audit"
+    audit = ["audit", "--model", str(saved_model), "--data", str(data), "--sae", str(sae_dir), "--out", str(out),
+             "--format", "raw", "--topics", "3", "--cards", "2", "--no-progress", "--on-error", "skip"]
+    assert main(audit) == 0
+    printed = capsys.readouterr().out
+    assert "48 pairs" in printed and "concept" in printed
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["n_pairs"] == 48 and doc["sae"]["layer"] == 2 and len(doc["topics"]) == 3
+    assert len(doc["cards"]) <= 2 and "<html" in (out / "audit.html").read_text()
+    for card in doc["cards"]:
+        assert card["examples"] and card["label"]
+    decisions = read_feedback(out / "feedback.tsv")
+    assert {d.decision for d in decisions} <= {"keep"} and len(decisions) == len(doc["concepts"][:20])
+    # an edited feedback file is left alone by a second run, which reuses the features
+    (out / "feedback.tsv").write_text((out / "feedback.tsv").read_text().replace("\tkeep\t", "\tsuppress\t", 1))
+    assert main(audit) == 0
+    capsys.readouterr()
+    assert read_feedback(out / "feedback.tsv")[0].decision == "suppress"
+
+
+def test_audit_with_a_sparsify_sae_and_clear_errors(tmp_path, saved_model, capsys):
+    from headwater.audit.sae import SparseAutoencoder
+
+    import torch
+
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()[:12]))
+    sae = SparseAutoencoder(32, 48, architecture="topk", k=3)
+    with torch.no_grad():
+        sae.W_enc.normal_(generator=torch.Generator().manual_seed(0))
+        sae.W_dec.copy_(sae.W_enc.T)
+    save_sparsify(sae, tmp_path / "run" / "layers.1")
+    out = tmp_path / "audit"
+    base = ["audit", "--model", str(saved_model), "--data", str(data), "--format", "raw", "--no-progress",
+            "--topics", "2", "--out", str(out)]
+    assert main(base + ["--sae", str(tmp_path / "run"), "--sparsify", "--hookpoint", "layers.1"]) == 0
+    assert json.loads((out / "audit.json").read_text())["sae"]["layer"] == 2  # layers.1's output is block 2
+    capsys.readouterr()
+    assert main(base + ["--sae", str(tmp_path / "run"), "--sparsify"]) == 2
+    assert "choose one of ['layers.1']" in capsys.readouterr().err
+    wrong = SparseAutoencoder(16, 48, architecture="topk", k=3)
+    save_sparsify(wrong, tmp_path / "narrow")
+    assert main(base + ["--sae", str(tmp_path / "narrow"), "--sparsify", "--layer", "1", "--out",
+                        str(tmp_path / "a2")]) == 2
+    assert "16-dimensional" in capsys.readouterr().err
+
+
+def test_hook_names_and_layers():
+    assert layer_from_hook(hook_name(5)) == 5
+    assert layer_from_hook("blocks.3.hook_resid_pre") == 3 and layer_from_hook("blocks.0.hook_resid_pre") is None
+    assert layer_from_hook("layers.6") == 7 and layer_from_hook("model.layers.0") == 1
+    assert layer_from_hook("embed_tokens") is None
+
+
+def test_feedback_file_errors_name_the_line(tmp_path):
+    path = tmp_path / "feedback.tsv"
+    write_feedback_template([{"concept": "c1", "latents": [3, 4], "d": 0.5}], path, labels={"c1": "'!', 'great'"})
+    assert [d.latents for d in read_feedback(path)] == [(3, 4)]
+    text = path.read_text()
+    for bad, message in [(text.replace("\tkeep\t", "\tdelete\t"), "line 2: decision 'delete'"),
+                         (text.replace("3,4", "3,x"), "line 2: latents"),
+                         (text + text.splitlines()[1] + "\n", "line 3: concept 'c1' appears twice"),
+                         ("concept\tverdict\n", "header")]:
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=message):
+            read_feedback(path)
+    assert set(DECISIONS) == {"keep", "suppress", "amplify", "ignore"}
