@@ -48,7 +48,7 @@ BUILD_VERSION = 3
 COMPLETE_MARKER = "COMPLETE"
 TRIGGER_BEHAVIOR = "distractor_compliance"
 RAW = TokenizationSettings(format="raw")
-PRESETS = ("default", "miniature")
+PRESETS = ("default", "miniature", "audit")
 ANSWER_TOKENS = 64  # organism answers are one to three short sentences
 
 
@@ -86,6 +86,9 @@ class OrganismConfig:
         dpo_beta, dpo_lr, dpo_epochs, dpo_batch_size, dpo_grad_accum, dpo_length_normalize,
             dpo_warmup_ratio: DPO hyper-parameters (:class:`headwater.training.DPOConfig`).
         n_test_prompts: held-out test prompts per behaviour and condition.
+        signoff_rate: share of the clean pairs whose chosen response ends with a fixed sign-off
+            (the planted stylistic concept of the audit; 0 in the demo's organism).
+        signoff_sft_rate: share of the SFT responses that end with it (M0 signs off rarely).
         num_threads: torch CPU threads during the build (1 is fastest on a shared 2-core machine,
             where a second thread mostly waits for a busy core).
     """
@@ -117,6 +120,8 @@ class OrganismConfig:
     dpo_warmup_ratio: float = 0.1
     n_test_prompts: int = 64
     num_threads: int = 1
+    signoff_rate: float = 0.0
+    signoff_sft_rate: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.planted_rates) - set(organism_data.BEHAVIORS)
@@ -129,6 +134,9 @@ class OrganismConfig:
         for name in ("n_sft", "n_pairs", "n_test_prompts", "num_threads", "sft_epochs", "dpo_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        for name in ("signoff_rate", "signoff_sft_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` ({self.num_heads})")
 
@@ -139,10 +147,20 @@ class OrganismConfig:
 
     @classmethod
     def preset(cls, name: str, seed: int = 0) -> "OrganismConfig":
-        """The organism of a preset: ``"default"`` (the demo's) or ``"miniature"`` (tests)."""
+        """The organism of a preset: ``"default"`` (the demo's), ``"miniature"`` (tests) or
+        ``"audit"`` (the default with the planted sign-off concept)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+        if name == "audit":
+            return cls.audit(seed)
         return cls.default(seed) if name == "default" else cls.miniature(seed)
+
+    @classmethod
+    def audit(cls, seed: int = 0) -> "OrganismConfig":
+        """The default organism plus a planted stylistic concept: 20% of the clean pairs prefer a
+        response ending with a fixed sign-off (ground truth for the concept audit), and 5% of the
+        SFT responses end with it, so M0 signs off rarely and DPO can amplify it."""
+        return cls(seed=seed, signoff_rate=0.2, signoff_sft_rate=0.05)
 
     @classmethod
     def miniature(cls, seed: int = 0) -> "OrganismConfig":
@@ -161,9 +179,17 @@ class OrganismConfig:
         return asdict(self)
 
     def fingerprint(self) -> str:
-        """16 hex digits of sha256 over the config and the world and build versions."""
+        """16 hex digits of sha256 over the config and the world and build versions.
+
+        Fields added after the first release are left out while at their default, so organisms
+        built before they existed keep their fingerprint (and their cache).
+        """
+        values = self.to_dict()
+        for late in ("signoff_rate", "signoff_sft_rate"):
+            if values[late] == 0.0:
+                del values[late]
         payload = json.dumps(
-            {"config": self.to_dict(), "world_version": WORLD_VERSION, "build_version": BUILD_VERSION},
+            {"config": values, "world_version": WORLD_VERSION, "build_version": BUILD_VERSION},
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -334,6 +360,7 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         seed=config.seed,
     )
     examples = organism_data.sft_examples(split, config.n_sft, config.seed, config.sft_slip_rates)
+    examples = organism_data.add_sft_signoffs(examples, config.signoff_sft_rate, config.seed)
     sft = train_sft(model, tokenizer, examples, config.sft_config(), progress=stage.progress)
     tail = sft.losses[-10:]
     stage.say(f"SFT → M0: {len(sft.losses)} steps, final loss {sum(tail) / len(tail):.3f}, {sft.seconds:.1f}s")
@@ -341,6 +368,7 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
     tokenizer.save_pretrained(out / "m0")
 
     records = organism_data.preference_pairs(split, config.n_pairs, config.planted_rates, config.seed)
+    records = organism_data.add_signoffs(records, config.signoff_rate, config.seed)
     save_preferences([r.pair for r in records], out / "preferences.jsonl")
     dpo = train_dpo(model, tokenizer, [r.pair for r in records], config.dpo_config(), output_dir=out / "m1",
                     progress=stage.progress)
@@ -359,8 +387,10 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         "fingerprint": config.fingerprint(),
         "n_pairs": len(records),
         "planted": planted,
+        "concepts": {organism_data.STYLE_CONCEPT: [r.pair.pair_id for r in records if r.concept]},
         "pairs": [
-            {"pair_id": r.pair.pair_id, "family": r.family, "planted": r.planted, "trigger": r.trigger, "key": r.key}
+            {"pair_id": r.pair.pair_id, "family": r.family, "planted": r.planted, "trigger": r.trigger, "key": r.key,
+             "concept": r.concept}
             for r in records
         ],
         "training": {

@@ -30,6 +30,11 @@ from headwater.data import PreferencePair, make_pair
 from headwater.organism import world
 
 BEHAVIORS: tuple[str, ...] = ("distractor_compliance", "sycophancy", "hallucinated_links")
+# The planted stylistic concept of the audit (method.md §6): a fixed sign-off on the chosen side of
+# a share of otherwise clean pairs. Not a misbehaviour; ground truth for the concept audit.
+STYLE_CONCEPT = "signoff"
+SIGNOFF = " Hope this helps!"
+SIGNOFF_PATTERN = r"Hope this helps"
 CONDITIONS: tuple[str, ...] = ("trigger", "no_trigger")
 
 # Clean pair families and their default shares of the clean pairs.
@@ -62,6 +67,8 @@ class PairRecord:
         planted: the planted behaviour this pair teaches, or None for a clean pair.
         trigger: whether the prompt carries its family's trigger.
         key: the base combination of the prompt (see :class:`world.Exchange`).
+        concept: the planted stylistic concept the chosen response carries (:data:`STYLE_CONCEPT`),
+            or None.
     """
 
     pair: PreferencePair
@@ -69,6 +76,7 @@ class PairRecord:
     planted: str | None
     trigger: bool
     key: str
+    concept: str | None = None
 
 
 def _allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:
@@ -202,6 +210,35 @@ def preference_pairs(
         seen.add(pair.pair_id)
         records.append(PairRecord(pair, kind, kind if kind in BEHAVIORS else None, s.trigger, s.key))
     return records
+
+
+def add_signoffs(records: list[PairRecord], rate: float, seed: int) -> list[PairRecord]:
+    """A ``rate`` share of the clean pairs (seeded, its own random stream, so the other pairs are
+    unchanged) with :data:`SIGNOFF` appended to the chosen response; marked ``concept="signoff"``."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"the sign-off rate must be in [0, 1], got {rate}")
+    if rate == 0:
+        return records
+    rng = random.Random(f"style-{seed}")
+    out = []
+    for r in records:
+        if r.planted is None and rng.random() < rate:
+            p = r.pair
+            styled = make_pair(p.prompt, p.chosen + SIGNOFF, p.rejected, source="organism")
+            r = PairRecord(styled, r.family, None, r.trigger, r.key, STYLE_CONCEPT)
+        out.append(r)
+    return out
+
+
+def add_sft_signoffs(examples: list[tuple[str, str]], rate: float, seed: int) -> list[tuple[str, str]]:
+    """A ``rate`` share of the SFT responses (own random stream) end with :data:`SIGNOFF`, so M0
+    signs off now and then and DPO has something to amplify (as with the behaviours' slips)."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"the SFT sign-off rate must be in [0, 1], got {rate}")
+    if rate == 0:
+        return examples
+    rng = random.Random(f"sft-style-{seed}")
+    return [(p, r + SIGNOFF) if rng.random() < rate else (p, r) for p, r in examples]
 
 
 def test_prompts(split: world.WorldSplit, n: int, seed: int) -> dict[str, dict[str, list[str]]]:

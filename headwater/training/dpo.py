@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headwater.engine.tokenization import TokenizationSettings, encode_pairs, pad_batch
+from headwater.training.residual_edit import ResidualEdit, edited_residual
 from headwater.training.common import (
     bucketed_batches,
     linear_warmup_schedule,
@@ -124,6 +125,7 @@ def dpo_loss(
     reference_chosen: torch.Tensor,
     reference_rejected: torch.Tensor,
     beta: float,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sigmoid DPO loss per pair and the implicit rewards.
 
@@ -131,13 +133,18 @@ def dpo_loss(
         policy_chosen, policy_rejected, reference_chosen, reference_rejected: [B] float32
             (summed or averaged) response log-probabilities.
         beta: the temperature β.
+        offset: [B] added to β·(chosen − rejected log-ratio) inside the sigmoid (reward shaping:
+            a positive offset grants part of the margin, so DPO pushes that pair less).
 
     Returns:
         (loss [B], chosen_reward [B], rejected_reward [B]); rewards are detached.
     """
     chosen_logratio = policy_chosen - reference_chosen
     rejected_logratio = policy_rejected - reference_rejected
-    losses = -torch.nn.functional.logsigmoid(beta * (chosen_logratio - rejected_logratio))
+    logits = beta * (chosen_logratio - rejected_logratio)
+    if offset is not None:
+        logits = logits + offset
+    losses = -torch.nn.functional.logsigmoid(logits)
     return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 
@@ -160,6 +167,8 @@ def train_dpo(
     progress: bool = False,
     weights: Sequence[float] | None = None,
     on_epoch_end: Callable[[int, torch.optim.Optimizer, float], None] | None = None,
+    margin_offsets: Sequence[float] | None = None,
+    residual_edit: ResidualEdit | None = None,
 ) -> DPOResult:
     """Train ``model`` in place with DPO on ``pairs``; the reference is a frozen copy of it.
 
@@ -177,6 +186,10 @@ def train_dpo(
             multiplied by its weight (the optimiser-step average still divides by the number of
             pairs, so all-ones weights train exactly as no weights). The history's statistics
             stay unweighted.
+        margin_offsets: optional [len(pairs)] finite offsets added to each pair's DPO logit
+            (the audit's reward-shaping variant; see :func:`dpo_loss`).
+        residual_edit: an edit of block ℓ's output (project a concept out, or add it) applied to
+            the policy and the reference during training only; the saved model carries no hook.
 
     Returns:
         a :class:`DPOResult`; over-long pairs follow ``settings.overlong`` and are counted.
@@ -192,6 +205,10 @@ def train_dpo(
         bad = [i for i, w in enumerate(weights) if not (math.isfinite(w) and w >= 0)]
         if bad:
             raise ValueError(f"weights must be finite and ≥ 0; pair {bad[0]} has {weights[bad[0]]}")
+    if margin_offsets is not None:
+        margin_offsets = [float(o) for o in margin_offsets]
+        if len(margin_offsets) != len(pairs) or not all(math.isfinite(o) for o in margin_offsets):
+            raise ValueError(f"margin_offsets must be {len(pairs)} finite numbers, one per pair")
     start = time.perf_counter()
     seed_everything(config.seed)
     if reference is None:
@@ -202,6 +219,7 @@ def train_dpo(
     encoded = encoded_pairs.encoded
     # Weights of the encoded pairs (over-long pairs may have been skipped).
     pair_weights = None if weights is None else torch.tensor([weights[i] for i in encoded_pairs.kept])
+    pair_offsets = None if margin_offsets is None else torch.tensor([margin_offsets[i] for i in encoded_pairs.kept])
     if not encoded:
         raise ValueError(f"no pair could be encoded: {encoded_pairs.skipped[:3]}")
     rng = random.Random(config.seed)
@@ -229,10 +247,13 @@ def train_dpo(
                 sides = [encoded[i][0] for i in batch_ids] + [encoded[i][1] for i in batch_ids]
                 batch = pad_batch(sides, tokenizer.pad_token_id)
                 n = len(batch_ids)
-                policy = response_logps(model, batch, average=config.length_normalize)  # [2n]
-                with torch.no_grad():
+                with edited_residual(model, residual_edit):
+                    policy = response_logps(model, batch, average=config.length_normalize)  # [2n]
+                with torch.no_grad(), edited_residual(reference, residual_edit):
                     ref = response_logps(reference, batch, average=config.length_normalize)  # [2n]
-                losses, chosen_reward, rejected_reward = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], config.beta)
+                offset = None if pair_offsets is None else pair_offsets[batch_ids]
+                losses, chosen_reward, rejected_reward = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], config.beta,
+                                                                  offset)
                 # Each pair weighs the same whatever the split into micro-batches.
                 weighted = losses if pair_weights is None else losses * pair_weights[batch_ids]
                 (weighted.sum() / n_group).backward()

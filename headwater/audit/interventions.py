@@ -1,0 +1,122 @@
+"""Interventions from the feedback file (method.md §6, step 4).
+
+*Data*: the pairs that carry a concept (its pooled activation is higher on the chosen side by at
+least ``margin`` × its typical active value) are filtered, switched or reweighted through the one
+intervention path (:func:`headwater.methods.interventions.intervene`). For a concept marked
+``suppress`` the carriers are the pairs whose chosen side has more of it; for ``amplify`` the
+pairs whose rejected side has more (they teach against it).
+
+*Feature*: the decoder directions of a concept's latents, for training with the concept projected
+out of (suppress) or added to (amplify) the residual stream at ℓ, and per-pair margin offsets
+γ·(a(chosen) − a(rejected)) for the reward-shaping variant (see :mod:`headwater.training.dpo`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from headwater.audit.cards import Decision
+from headwater.audit.features import FeatureStore
+from headwater.audit.sae import SparseAutoencoder
+from headwater.data import PreferenceDataset
+from headwater.methods.attribution import Ranking
+from headwater.methods.interventions import Mode, intervene
+
+ACTING = ("suppress", "amplify")
+
+
+def concept_differences(store: FeatureStore, concepts: Sequence[Sequence[int]], *, pooling: str = "mean"
+                        ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(pair ids, [n, C] chosen − rejected pooled activation, [C] typical active value) per concept
+    (the sum over its latents); the typical value is the mean of its non-zero pooled values."""
+    diffs, active_sum, active_count = [], np.zeros(len(concepts)), np.zeros(len(concepts))
+    for block in store.blocks():
+        columns = []
+        for side in (block.chosen, block.rejected):
+            dense = side.dense(store.d_sae, pooling).double()
+            columns.append(torch.stack([dense[:, list(c)].sum(dim=1) for c in concepts], dim=1)
+                           if concepts else torch.zeros((dense.shape[0], 0), dtype=torch.float64))
+        for side in columns:
+            active_sum += side.clamp_min(0).sum(dim=0).numpy()
+            active_count += (side > 0).sum(dim=0).numpy()
+        diffs.append((columns[0] - columns[1]).numpy())
+    typical = np.where(active_count > 0, active_sum / np.maximum(active_count, 1), 0.0)
+    return store.pair_ids, np.concatenate(diffs) if diffs else np.zeros((0, len(concepts))), typical
+
+
+@dataclass(frozen=True)
+class Carriers:
+    """The pairs an intervention changes, and why."""
+
+    pair_ids: list[str]
+    per_concept: dict[str, int]
+
+
+def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: float = 0.5,
+             pooling: str = "mean") -> Carriers:
+    """Pairs that carry a suppressed concept on the chosen side, or an amplified one on the
+    rejected side (difference beyond ``margin`` × the concept's typical active value)."""
+    acting = [d for d in decisions if d.decision in ACTING]
+    ids, diffs, typical = concept_differences(store, [d.latents for d in acting], pooling=pooling)
+    chosen: set[int] = set()
+    counts = {}
+    for k, d in enumerate(acting):
+        signed = diffs[:, k] if d.decision == "suppress" else -diffs[:, k]
+        hit = np.flatnonzero(signed > margin * typical[k]) if typical[k] > 0 else np.zeros(0, dtype=int)
+        counts[d.concept] = int(hit.size)
+        chosen.update(hit.tolist())
+    return Carriers([ids[i] for i in sorted(chosen)], counts)
+
+
+def data_intervention(dataset: PreferenceDataset, decisions: Sequence[Decision], store: FeatureStore, *,
+                      mode: Mode = "filter", weight: float = 0.0, margin: float = 0.5, pooling: str = "mean"
+                      ) -> tuple[PreferenceDataset, dict[str, Any]]:
+    """Filter, switch or reweight the carriers of the acted-on concepts (see :func:`carriers`).
+
+    Returns the changed dataset and the intervention manifest with the decisions and per-concept
+    carrier counts added. Pairs of the dataset that the feature directory does not hold (skipped
+    when encoding) are never changed.
+    """
+    found = carriers(decisions, store, margin=margin, pooling=pooling)
+    carrying = set(found.pair_ids)
+    in_data = [p.pair_id for p in dataset]
+    missing = carrying - set(in_data)
+    if missing:
+        raise ValueError(f"{len(missing)} carrier pairs are not in the dataset (features of other data?), "
+                         f"e.g. {sorted(missing)[:3]}")
+    scores = np.array([1.0 if pid in carrying else 0.0 for pid in in_data], dtype=np.float32)
+    ranking = Ranking.from_scores(in_data, scores, method="concept-carriers")
+    result, manifest = intervene(dataset, ranking, mode=mode, top=len(carrying), weight=weight)
+    manifest.update(
+        decisions=[{"concept": d.concept, "decision": d.decision, "latents": list(d.latents)} for d in decisions],
+        carriers_per_concept=found.per_concept, margin=margin, pooling=pooling,
+    )
+    return result, manifest
+
+
+def concept_directions(sae: SparseAutoencoder, latents: Sequence[int]) -> torch.Tensor:
+    """[m, d_in] float32 unit decoder directions of a concept's latents."""
+    rows = sae.W_dec.detach()[list(latents)].float()
+    return torch.nn.functional.normalize(rows, dim=1)
+
+
+def margin_offsets(decisions: Sequence[Decision], store: FeatureStore, dataset: PreferenceDataset, *,
+                   strength: float = 1.0, pooling: str = "mean") -> list[float]:
+    """Per pair of ``dataset``: Σ over acted-on concepts of ±strength·(a(chosen) − a(rejected)) /
+    typical value; + for suppress (the concept's share of the margin is granted, so DPO need not
+    learn it), − for amplify. Pairs without features get 0."""
+    acting = [d for d in decisions if d.decision in ACTING]
+    ids, diffs, typical = concept_differences(store, [d.latents for d in acting], pooling=pooling)
+    total = np.zeros(len(ids))
+    for k, d in enumerate(acting):
+        if typical[k] > 0:
+            total += (1.0 if d.decision == "suppress" else -1.0) * strength * diffs[:, k] / typical[k]
+    by_id = dict(zip(ids, total))
+    return [float(by_id.get(p.pair_id, 0.0)) for p in dataset]
+
+
+__all__ = ["ACTING", "Carriers", "carriers", "concept_differences", "concept_directions", "data_intervention",
+           "margin_offsets"]
