@@ -1,4 +1,5 @@
-"""``headwater audit``: which concepts separate chosen from rejected responses, before training."""
+"""``headwater audit run|apply|retrain|check``: the concept audit of preference data, and what
+follows from it (method.md §6)."""
 from __future__ import annotations
 
 import argparse
@@ -10,46 +11,116 @@ from headwater.cli.options import (
     add_layer_option,
     add_model_options,
     add_on_error_option,
+    add_overwrite_option,
     add_tokenization_options,
     settings_from,
 )
+from headwater.methods.interventions import MODES
+
+
+def _data_options(p: argparse.ArgumentParser, what: str = "preference data") -> None:
+    p.add_argument("--data", required=True, help=f"{what}: .jsonl, .parquet or a saved HF dataset dir")
+    p.add_argument("--split", default=None, help="split of a saved DatasetDict")
+    add_on_error_option(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "audit", help="concepts (SAE features) that separate chosen from rejected responses, before training",
+    p = sub.add_parser("audit", help="the concept audit of preference data before training (run, apply, retrain, "
+                                     "check)",
+                       description="Which interpretable concepts (SAE features of M0) separate chosen from rejected "
+                                   "responses, what a person decides about them, and whether DPO then learned what "
+                                   "the audit predicted.")
+    actions = p.add_subparsers(dest="audit_command", required=True, metavar="action")
+    r = actions.add_parser(
+        "run", help="concepts that separate chosen from rejected responses: table, cards, feedback file",
         description="Encode every chosen and rejected response through an SAE on M0 at block ℓ, pool the features "
                     "per response, and test per latent, per co-activation cluster and per prompt topic × cluster "
                     "whether chosen responses carry more of it than rejected ones (paired t, 95% CI, effect size, "
                     "Benjamini-Hochberg q, split-half sign). Writes audit.json, audit.html (concept cards with "
                     "highlighted tokens) and feedback.tsv (mark each concept keep/suppress/amplify/ignore).",
     )
-    add_model_options(p, what="M0, the model before preference training")
-    add_layer_option(p)
-    add_batch_tokens_option(p)
-    p.add_argument("--data", required=True, help="preference data: .jsonl, .parquet or a saved HF dataset dir")
-    p.add_argument("--split", default=None, help="split of a saved DatasetDict")
-    add_on_error_option(p)
-    p.add_argument("--sae", required=True, type=Path,
+    add_model_options(r, what="M0, the model before preference training")
+    add_layer_option(r)
+    add_batch_tokens_option(r)
+    _data_options(r)
+    r.add_argument("--sae", required=True, type=Path,
                    help="an SAE directory in SAELens's format (from `headwater sae train` or SAELens), or with "
                         "--sparsify one in EleutherAI sparsify's")
-    p.add_argument("--sparsify", action="store_true", help="--sae is in sparsify's format")
-    p.add_argument("--hookpoint", default=None, help="with --sparsify: the hookpoint subdirectory, e.g. layers.6")
-    p.add_argument("--out", required=True, type=Path, help="directory for features/, audit.json, audit.html, feedback.tsv")
-    p.add_argument("--pooling", choices=["mean", "max"], default="mean",
+    r.add_argument("--sparsify", action="store_true", help="--sae is in sparsify's format")
+    r.add_argument("--hookpoint", default=None, help="with --sparsify: the hookpoint subdirectory, e.g. layers.6")
+    r.add_argument("--out", required=True, type=Path, help="directory for features/, audit.json, audit.html, feedback.tsv")
+    r.add_argument("--pooling", choices=["mean", "max"], default="mean",
                    help="per-response pooling of a latent over its tokens (default mean)")
-    p.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for significance (default 0.05)")
-    p.add_argument("--topics", type=int, default=8, help="prompt topics (default 8)")
-    p.add_argument("--top", type=int, default=20, help="concepts in the table (default 20)")
-    p.add_argument("--cards", type=int, default=10, help="concepts with a card (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="split halves and topics (default 0)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
-    add_tokenization_options(p)
-    p.set_defaults(func=run)
+    r.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for significance (default 0.05)")
+    r.add_argument("--topics", type=int, default=8, help="prompt topics (default 8)")
+    r.add_argument("--top", type=int, default=20, help="concepts in the table and the feedback file (default 20)")
+    r.add_argument("--cards", type=int, default=10, help="concepts with a card (default 10)")
+    r.add_argument("--seed", type=int, default=0, help="split halves and topics (default 0)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
+    add_tokenization_options(r)
+    r.set_defaults(func=run_audit)
+
+    a = actions.add_parser(
+        "apply", help="a data intervention from the feedback file: filter, switch or reweight concept carriers",
+        description="The pairs that carry a concept marked suppress (more of it on the chosen side) or amplify "
+                    "(more on the rejected side) are filtered, switched or reweighted; written like `headwater "
+                    "intervene` (pairs + manifest), ready for `headwater retrain` or TRL.",
+    )
+    _data_options(a, "the audited preference data")
+    a.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
+    a.add_argument("--feedback", type=Path, default=None, help="the feedback file (default <audit>/feedback.tsv)")
+    a.add_argument("--mode", choices=MODES, default="filter", help="what happens to the carriers (default filter)")
+    a.add_argument("--weight", type=float, default=0.0, help="their weight with --mode reweight (default 0)")
+    a.add_argument("--margin", type=float, default=0.5,
+                   help="a carrier's difference must exceed this × the concept's typical activation (default 0.5)")
+    a.add_argument("--out", required=True, type=Path, help="output directory")
+    a.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl")
+    add_overwrite_option(a, "an intervention")
+    a.set_defaults(func=run_apply)
+
+    t = actions.add_parser(
+        "retrain", help="DPO from M0 with a feature intervention from the feedback file",
+        description="Train DPO from M0 while the concepts marked suppress are projected out of the residual stream "
+                    "at ℓ (amplify: added), or with reward shaping (--mode offset: the concept's activation "
+                    "difference is added to each pair's DPO margin). The edit is gone from the saved model.",
+    )
+    t.add_argument("--model", required=True, help="M0: a transformers model directory or a .gguf file")
+    _data_options(t, "the audited preference data")
+    t.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
+    t.add_argument("--feedback", type=Path, default=None, help="the feedback file (default <audit>/feedback.tsv)")
+    t.add_argument("--mode", choices=["project", "offset"], default="project",
+                   help="project the concept out at ℓ (amplify: add it), or shape the margin (default project)")
+    t.add_argument("--strength", type=float, default=1.0,
+                   help="offset per typical activation (offset), or the added multiple (project, amplify)")
+    t.add_argument("--recipe", default="organism", help="the DPO recipe (default organism)")
+    t.add_argument("--device", default="cpu", help="torch device to train on")
+    t.add_argument("--out", required=True, type=Path, help="output directory for M1")
+    add_overwrite_option(t, "a retrained model")
+    t.set_defaults(func=run_retrain)
+
+    c = actions.add_parser(
+        "check", help="the prediction check: predicted against measured concept shifts after training, with R²",
+        description="Sample M0 and M1 on held-out prompts, read both through M0 and the SAE, and compare each "
+                    "concept's measured shift (M1 − M0) with its predicted shift (Δ in the data). Writes "
+                    "prediction.json and prediction.png into the audit directory.",
+    )
+    c.add_argument("--model", required=True, help="M0, the model the audit read")
+    c.add_argument("--trained", required=True, help="M1, the model trained on the audited data")
+    c.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
+    c.add_argument("--prompts", required=True, type=Path, help="held-out prompts: a text file, one per line")
+    c.add_argument("--samples", type=int, default=4, help="generations per prompt and model (default 4)")
+    c.add_argument("--max-new-tokens", type=int, default=64, help="the longest generation (default 64)")
+    c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    c.add_argument("--latents", type=int, default=50, help="top significant latents checked (default 50)")
+    c.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed (default 0)")
+    c.add_argument("--device", default="cpu", help="torch device")
+    c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_tokenization_options(c, lengths=False)
+    c.set_defaults(func=run_check)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_audit(args: argparse.Namespace) -> int:
     from headwater.audit.audit import AuditConfig
     from headwater.workflows.audit import audit_dataset
 
@@ -69,4 +140,43 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(summary["cards"])
     print(f"\nwritten: {summary['out']}/audit.json, audit.html; decisions go in {summary['feedback']}")
+    return 0
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from headwater.workflows.audit_feedback import apply_feedback
+
+    formats = ("jsonl", "parquet") if args.output_format == "both" else (args.output_format,)
+    summary = apply_feedback(data=args.data, audit_dir=args.audit, out_dir=args.out, feedback=args.feedback,
+                             mode=args.mode, weight=args.weight, margin=args.margin, split=args.split,
+                             on_error=args.on_error, overwrite=args.overwrite, formats=formats)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    import headwater.organism  # noqa: F401  (registers the organism recipe)
+    from headwater.workflows.audit_feedback import retrain_with_feedback
+
+    summary = retrain_with_feedback(model_path=args.model, data=args.data, audit_dir=args.audit, out_dir=args.out,
+                                    feedback=args.feedback, mode=args.mode, strength=args.strength,
+                                    config=args.recipe, split=args.split, on_error=args.on_error,
+                                    overwrite=args.overwrite, device=args.device)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from headwater.workflows.audit_feedback import check_predictions
+
+    prompts = [line.strip() for line in args.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{args.prompts} holds no prompt")
+    result = check_predictions(model_path=args.model, trained_path=args.trained, audit_dir=args.audit,
+                               prompts=prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, seed=args.seed, n_latents=args.latents,
+                               settings=settings_from(args), device=args.device, progress=args.progress)
+    a = result["agreement"]
+    print(f"prediction check over {a['n']} concepts: R² = {a['r2']:.3f}, Pearson r = {a['pearson']:.3f}, "
+          f"Spearman ρ = {a['spearman']:.3f} (slope {a['slope']:.3g}); {args.audit}/prediction.json, prediction.png")
     return 0

@@ -30,6 +30,7 @@ from headwater.engine.models import decoder_blocks, load_model, make_saveable
 from headwater.methods.interventions import read_intervention
 from headwater.training.dpo import DPOConfig, DPOResult, train_dpo
 from headwater.training.recipes import recipe
+from headwater.training.residual_edit import ResidualEdit
 
 WEIGHT = "weight"
 RECORD = "retrain.json"
@@ -138,6 +139,9 @@ def retrain(
     overwrite: bool = False,
     progress: bool = False,
     trainable_blocks: int | None = None,
+    margin_offsets: Sequence[float] | None = None,
+    residual_edit: ResidualEdit | None = None,
+    feature_intervention: dict[str, Any] | None = None,
 ) -> Path:
     """Train DPO from M0 on ``data`` and save the result in ``out_dir``.
 
@@ -154,6 +158,11 @@ def retrain(
         progress: log the training history as it comes.
         trainable_blocks: train only this many top decoder blocks and the final norm (see
             :func:`freeze_lower_blocks`); None trains every parameter.
+        margin_offsets: per pair of ``data``, an offset of its DPO logit (the audit's
+            reward-shaping intervention; builtin trainer only).
+        residual_edit: a concept projected out of, or added to, block ℓ's output while training
+            (the audit's feature intervention; builtin trainer only).
+        feature_intervention: what produced the two above (decisions, mode), for the record.
 
     Returns:
         ``out_dir`` as a Path. ``retrain.json`` is written last: its presence marks a finished
@@ -174,6 +183,8 @@ def retrain(
     weights = pair_weights(dataset) if use_weights else None
     if trainer == "trl" and weights is not None:
         raise ValueError("TRL's DPOTrainer has no per-pair weights; use the builtin trainer or pass use_weights=False")
+    if trainer == "trl" and (margin_offsets is not None or residual_edit is not None):
+        raise ValueError("feature interventions (margin offsets, residual edits) need the builtin trainer")
     model, tokenizer = load_model(m0_path, dtype="float32", device=device)
     make_saveable(model)  # an M0 loaded from GGUF must be saved as plain weights, not fail after training
     n_trainable = freeze_lower_blocks(model, trainable_blocks)
@@ -184,7 +195,8 @@ def retrain(
         result = DPOResult([], trl_result["n_steps"], len(dataset), [], time.perf_counter() - start)
         history = trl_result["history"]
     else:
-        result = train_dpo(model, tokenizer, list(dataset), config, progress=progress, weights=weights)
+        result = train_dpo(model, tokenizer, list(dataset), config, progress=progress, weights=weights,
+                           margin_offsets=margin_offsets, residual_edit=residual_edit)
         history = [asdict(h) for h in result.history]
     record: dict[str, Any] = {
         "trainer": trainer,
@@ -205,6 +217,7 @@ def retrain(
         "seconds": result.seconds,
         "history": history,
         "intervention": manifest,
+        "feature_intervention": feature_intervention,
     }
     # The model, its tokenizer and the record are built in a temporary directory and swapped in
     # whole: a reader sees the old complete directory or the new one, never a model without its

@@ -154,8 +154,9 @@ def audit_dataset(
     labels = {c["concept"]: c["label"] for c in made}
     doc = result.to_json(top=max(top, 50))
     doc["cards"] = made
-    doc["sae"] = {"path": str(sae_path), "format": "sparsify" if sparsify else "saelens", "d_sae": sae.d_sae,
-                  "architecture": sae.architecture, "k": sae.k, "layer": layer}
+    doc["sae"] = {"path": str(Path(sae_path).resolve()), "format": "sparsify" if sparsify else "saelens",
+                  "hookpoint": hookpoint, "d_sae": sae.d_sae, "architecture": sae.architecture, "k": sae.k,
+                  "layer": layer}
     atomic.write_json(out / "audit.json", doc)
     atomic.write_text(out / "audit.html", _html_page(doc))
     feedback = out / "feedback.tsv"

@@ -44,7 +44,7 @@ def test_sae_train_then_audit(tmp_path, saved_model, capsys):
     assert json.loads(capsys.readouterr().out)["reused"] is True
 
     out = tmp_path / "audit"
-    audit = ["audit", "--model", str(saved_model), "--data", str(data), "--sae", str(sae_dir), "--out", str(out),
+    audit = ["audit", "run", "--model", str(saved_model), "--data", str(data), "--sae", str(sae_dir), "--out", str(out),
              "--format", "raw", "--topics", "3", "--cards", "2", "--no-progress", "--on-error", "skip"]
     assert main(audit) == 0
     printed = capsys.readouterr().out
@@ -76,7 +76,7 @@ def test_audit_with_a_sparsify_sae_and_clear_errors(tmp_path, saved_model, capsy
         sae.W_dec.copy_(sae.W_enc.T)
     save_sparsify(sae, tmp_path / "run" / "layers.1")
     out = tmp_path / "audit"
-    base = ["audit", "--model", str(saved_model), "--data", str(data), "--format", "raw", "--no-progress",
+    base = ["audit", "run", "--model", str(saved_model), "--data", str(data), "--format", "raw", "--no-progress",
             "--topics", "2", "--out", str(out)]
     assert main(base + ["--sae", str(tmp_path / "run"), "--sparsify", "--hookpoint", "layers.1"]) == 0
     assert json.loads((out / "audit.json").read_text())["sae"]["layer"] == 2  # layers.1's output is block 2
@@ -110,3 +110,40 @@ def test_feedback_file_errors_name_the_line(tmp_path):
         with pytest.raises(ValueError, match=message):
             read_feedback(path)
     assert set(DECISIONS) == {"keep", "suppress", "amplify", "ignore"}
+
+
+def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, capsys):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    sae_dir, out = tmp_path / "sae", tmp_path / "audit"
+    assert main(["sae", "train", "--model", str(saved_model), "--data", str(data), "--layer", "2", "--out",
+                 str(sae_dir), "--format", "raw", "--d-sae", "64", "--k", "4", "--tokens", "6000", "--batch-tokens",
+                 "128", "--buffer-tokens", "512", "--lr", "0.01", "--no-progress"]) == 0
+    assert main(["audit", "run", "--model", str(saved_model), "--data", str(data), "--sae", str(sae_dir), "--out",
+                 str(out), "--format", "raw", "--topics", "2", "--cards", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    # nothing marked: apply refuses to do nothing silently
+    assert main(["audit", "apply", "--data", str(data), "--audit", str(out), "--out", str(tmp_path / "i0")]) == 2
+    assert "marks no concept" in capsys.readouterr().err
+    lines = (out / "feedback.tsv").read_text().splitlines()
+    lines[1] = lines[1].replace("\tkeep\t", "\tsuppress\t")
+    (out / "feedback.tsv").write_text("\n".join(lines) + "\n")
+    assert main(["audit", "apply", "--data", str(data), "--audit", str(out), "--out", str(tmp_path / "i1"),
+                 "--margin", "0"]) == 0
+    applied = json.loads(capsys.readouterr().out)
+    assert applied["n_changed"] == sum(applied["carriers_per_concept"].values()) or applied["n_changed"] > 0
+    assert applied["n_output"] == 48 - applied["n_changed"]
+    for mode in ("project", "offset"):
+        assert main(["audit", "retrain", "--model", str(saved_model), "--data", str(data), "--audit", str(out),
+                     "--mode", mode, "--out", str(tmp_path / f"m1-{mode}")]) == 0
+        record = json.loads((tmp_path / f"m1-{mode}" / "retrain.json").read_text())
+        assert record["feature_intervention"]["mode"] == mode
+    capsys.readouterr()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Tell me about bread (99).\nTell me about chess (98).\nTell me about stars (97).\n")
+    assert main(["audit", "check", "--model", str(saved_model), "--trained", str(tmp_path / "m1-project"), "--audit",
+                 str(out), "--prompts", str(prompts), "--samples", "2", "--max-new-tokens", "8", "--format", "raw",
+                 "--no-progress"]) == 0
+    assert "prediction check over" in capsys.readouterr().out
+    check = json.loads((out / "prediction.json").read_text())
+    assert check["agreement"]["n"] == len(check["concepts"]) >= 3 and (out / "prediction.png").stat().st_size > 1000

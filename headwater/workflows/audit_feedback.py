@@ -1,0 +1,161 @@
+"""After the audit: act on a person's feedback, and check the audit's predictions after training.
+
+- :func:`apply_feedback`: a data intervention (filter, switch or reweight the pairs that carry the
+  concepts marked suppress or amplify), written like ``headwater intervene``'s output;
+- :func:`retrain_with_feedback`: DPO from M0 with a feature intervention: the marked concepts'
+  decoder directions projected out of (suppress) or added to (amplify) the residual stream at ℓ,
+  or the reward-shaping margin offsets;
+- :func:`check_predictions`: each concept's predicted shift (its Δ in the data) against its
+  measured shift (M1's generations against M0's, read through M0 and the SAE), with R².
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from headwater.audit.cards import Decision, read_feedback
+from headwater.audit.features import FeatureStore
+from headwater.audit.interventions import concept_directions, data_intervention, margin_offsets
+from headwater.audit.prediction import agreement, agreement_figure, concept_activations, measured_shifts
+from headwater.data import load_preferences
+from headwater.engine import atomic
+from headwater.engine.models import load_model
+from headwater.engine.tokenization import TokenizationSettings
+from headwater.methods.generation import sample_responses
+from headwater.methods.interventions import write_intervention
+from headwater.training.residual_edit import ResidualEdit
+from headwater.training.retrain import retrain
+from headwater.workflows.audit import open_sae
+
+FEATURE_MODES = ("project", "offset")
+
+
+def _audit(audit_dir: Path) -> dict[str, Any]:
+    path = audit_dir / "audit.json"
+    if not path.exists():
+        raise ValueError(f"{audit_dir} holds no audit.json; run `headwater audit run` first")
+    return json.loads(path.read_text())
+
+
+def _decisions(audit_dir: Path, feedback: str | Path | None) -> list[Decision]:
+    decisions = read_feedback(Path(feedback) if feedback is not None else audit_dir / "feedback.tsv")
+    if not any(d.decision in ("suppress", "amplify") for d in decisions):
+        raise ValueError("the feedback file marks no concept suppress or amplify: nothing to do")
+    return decisions
+
+
+def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, feedback: str | Path | None = None,
+                   mode: str = "filter", weight: float = 0.0, margin: float = 0.5, split: str | None = None,
+                   on_error: str = "raise", overwrite: bool = False, formats: Sequence[str] = ("jsonl",)
+                   ) -> dict[str, Any]:
+    """The data intervention of a feedback file, written to ``out_dir`` (pairs + manifest)."""
+    audit = Path(audit_dir)
+    doc = _audit(audit)
+    dataset = load_preferences(data, split=split, on_error=on_error)  # type: ignore[arg-type]
+    store = FeatureStore.open(audit / "features")
+    if store.manifest["dataset_fingerprint"] != dataset.fingerprint:
+        raise ValueError(f"{audit} audited other data (dataset fingerprint differs from {data}'s)")
+    result, manifest = data_intervention(dataset, _decisions(audit, feedback), store, mode=mode,  # type: ignore[arg-type]
+                                         weight=weight, margin=margin, pooling=doc["config"]["pooling"])
+    written = write_intervention(out_dir, result, manifest, formats=formats, overwrite=overwrite)
+    return {"out": str(out_dir), "mode": mode, "n_input": manifest["n_input"], "n_changed": manifest["n_changed"],
+            "n_output": manifest["n_output"], "carriers_per_concept": manifest["carriers_per_concept"],
+            "files": {k: str(v) for k, v in written.items()}}
+
+
+def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, out_dir: str | Path,
+                          feedback: str | Path | None = None, mode: str = "project", strength: float = 1.0,
+                          config: Any = None, split: str | None = None, on_error: str = "raise",
+                          overwrite: bool = False, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Retrain M0 on ``data`` with the feature intervention of a feedback file.
+
+    ``mode="project"``: suppressed concepts' directions are projected out at ℓ (amplified ones
+    added with scale ``strength``); ``mode="offset"``: reward shaping with margin offsets of
+    ``strength`` per typical activation.
+    """
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"mode must be one of {FEATURE_MODES}, got {mode!r}")
+    audit = Path(audit_dir)
+    doc = _audit(audit)
+    decisions = _decisions(audit, feedback)
+    dataset = load_preferences(data, split=split, on_error=on_error)  # type: ignore[arg-type]
+    sae, _ = open_sae(doc["sae"]["path"], sparsify=doc["sae"]["format"] == "sparsify",
+                      hookpoint=doc["sae"].get("hookpoint"))
+    layer = int(doc["sae"]["layer"])
+    record: dict[str, Any] = {"mode": mode, "strength": strength, "layer": layer, "audit": str(audit),
+                              "decisions": [{"concept": d.concept, "decision": d.decision, "latents": list(d.latents)}
+                                            for d in decisions]}
+    edit, offsets = None, None
+    if mode == "project":
+        suppress = [lat for d in decisions if d.decision == "suppress" for lat in d.latents]
+        amplify = [lat for d in decisions if d.decision == "amplify" for lat in d.latents]
+        if suppress and amplify:
+            raise ValueError("mode project edits one way at a time: mark concepts either suppress or amplify")
+        latents = suppress or amplify
+        edit = ResidualEdit(layer, concept_directions(sae, latents), "project" if suppress else "add", strength)
+        record["n_directions"] = len(latents)
+    else:
+        store = FeatureStore.open(audit / "features")
+        offsets = margin_offsets(decisions, store, dataset, strength=strength, pooling=doc["config"]["pooling"])
+        record["offsets"] = {"n_nonzero": int(sum(o != 0 for o in offsets)), "min": min(offsets), "max": max(offsets)}
+    retrain(model_path, dataset, out_dir, config=config, overwrite=overwrite, device=device, progress=progress,
+            margin_offsets=offsets, residual_edit=edit, feature_intervention=record)
+    return {"out": str(out_dir), **{k: v for k, v in record.items() if k != "decisions"}}
+
+
+def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Path, prompts: Sequence[Any],
+                      samples: int = 4, max_new_tokens: int = 64, temperature: float = 0.7, seed: int = 0,
+                      n_latents: int = 50, settings: TokenizationSettings = TokenizationSettings(),
+                      device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Predicted (audit Δ) against measured (M1 − M0 generations) concept shifts; writes
+    ``prediction.json`` and ``prediction.png`` into the audit directory.
+
+    Concepts: the audit's reported concepts (clusters and lone latents) and its top ``n_latents``
+    significant latents.
+    """
+    audit = Path(audit_dir)
+    doc = _audit(audit)
+    sae, _ = open_sae(doc["sae"]["path"], sparsify=doc["sae"]["format"] == "sparsify",
+                      hookpoint=doc["sae"].get("hookpoint"))
+    layer, pooling = int(doc["sae"]["layer"]), doc["config"]["pooling"]
+    concepts: dict[str, tuple[list[int], float]] = {}
+    for row in doc["concepts"]:
+        concepts[row["concept"]] = (list(row["latents"]), row["delta"])
+    for row in doc["latents"][:n_latents]:
+        concepts.setdefault(row["concept"], ([int(row["concept"][1:])], row["delta"]))
+    if len(concepts) < 3:
+        raise ValueError(f"the audit in {audit} reports {len(concepts)} concepts; the check needs at least 3")
+    names = list(concepts)
+    m0, tokenizer = load_model(model_path, device=device)
+    m1, _ = load_model(trained_path, device=device)
+    options = dict(n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, settings=settings)
+    owners = [i for i in range(len(prompts)) for _ in range(samples)]
+    acts = {}
+    generations = {}
+    for name, model in (("m0", m0), ("m1", m1)):
+        responses = sample_responses(model, tokenizer, prompts, progress=f"{name} generations" if progress else None,
+                                     **options)
+        flat = [r for rs in responses for r in rs]
+        generations[name] = flat
+        with torch.no_grad():
+            acts[name] = concept_activations(m0, tokenizer, sae, layer, [prompts[i] for i in owners], flat,
+                                             [concepts[n][0] for n in names], settings, pooling=pooling)
+    shifts = measured_shifts(acts["m0"], acts["m1"], owners, owners, seed=seed)
+    predicted = np.array([concepts[n][1] for n in names])
+    summary = agreement(predicted, shifts["shift"])
+    rows = [{"concept": n, "latents": concepts[n][0], "predicted": float(predicted[k]),
+             "measured": float(shifts["shift"][k]), "measured_ci95": [float(shifts["low"][k]), float(shifts["high"][k])],
+             "m0_mean": float(acts["m0"][:, k].mean()), "m1_mean": float(acts["m1"][:, k].mean())}
+            for k, n in enumerate(names)]
+    result = {"agreement": summary, "concepts": rows, "n_prompts": len(prompts), "samples": samples,
+              "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "trained": str(trained_path)}
+    atomic.write_json(audit / "prediction.json", result)
+    atomic.write_bytes(audit / "prediction.png", agreement_figure(names, predicted, shifts, summary))
+    return result
+
+
+__all__ = ["FEATURE_MODES", "apply_feedback", "check_predictions", "retrain_with_feedback"]
