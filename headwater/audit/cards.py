@@ -57,17 +57,33 @@ def _highlight(model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int, l
     return out
 
 
+def active_spans(response: HighlightedResponse) -> list[tuple[str, float]]:
+    """Runs of consecutive tokens where the concept is active: (their text, stripped; their summed
+    activation)."""
+    spans, text, weight = [], "", 0.0
+    for token, value in zip(response.tokens + [""], response.activations + [0.0]):
+        if value > 0:
+            text, weight = text + token, weight + value
+        elif text:
+            spans.append((text.strip() or text, weight))
+            text, weight = "", 0.0
+    return spans
+
+
 def concept_cards(model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int, pairs: Sequence[Any],
                   concepts: Sequence[dict[str, Any]], settings: TokenizationSettings = TokenizationSettings(),
-                  *, pairs_per_card: int = 3, label_tokens: int = 5) -> list[dict[str, Any]]:
+                  *, pairs_per_card: int = 3, label_spans: int = 3) -> list[dict[str, Any]]:
     """A card per concept (rows of :meth:`AuditResult.concepts`): label, statistics, top pairs.
+
+    The label lists the text spans (runs of consecutive active tokens, so that words split into
+    sub-word tokens read whole) that carry the most activation in the top pairs' responses.
 
     Empty or over-long responses of a top pair are shown without highlights rather than failing.
     """
     cards = []
     with torch.no_grad():
         for concept in concepts:
-            examples, weights = [], Counter()
+            examples, spans = [], Counter()
             for position in concept["top_pairs"][:pairs_per_card]:
                 pair = pairs[position]
                 try:
@@ -77,12 +93,11 @@ def concept_cards(model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int
                     examples.append({"pair_id": pair.pair_id, "position": position, "error": str(err)})
                     continue
                 for response in (chosen, rejected):
-                    for token, value in zip(response.tokens, response.activations):
-                        if value > 0:
-                            weights[token.strip() or token] += value
+                    for text, weight in active_spans(response):
+                        spans[text] += weight
                 examples.append({"pair_id": pair.pair_id, "position": position, "prompt": pair.prompt,
                                  "chosen": chosen.__dict__, "rejected": rejected.__dict__})
-            label = ", ".join(repr(t) for t, _ in weights.most_common(label_tokens)) or "(no active token)"
+            label = ", ".join(repr(t) for t, _ in spans.most_common(label_spans)) or "(no active token)"
             cards.append({**concept, "label": label, "examples": examples})
     return cards
 
@@ -188,5 +203,5 @@ def read_feedback(path: str | os.PathLike[str]) -> list[Decision]:
     return decisions
 
 
-__all__ = ["DECISIONS", "Decision", "HighlightedResponse", "concept_cards", "format_cards", "read_feedback",
+__all__ = ["DECISIONS", "Decision", "HighlightedResponse", "active_spans", "concept_cards", "format_cards", "read_feedback",
            "render_cards_html", "write_feedback_template"]

@@ -1,12 +1,27 @@
 """The prediction check (method.md §6, step 5): does the audit predict what DPO teaches?
 
-Before training, each concept's predicted shift is its Δ in the data (mean over pairs of the
-chosen − rejected pooled activation). After training, its measured shift is the mean pooled
-activation on M1's generations minus that on M0's, to the same held-out prompts, both read
-through M0 at ℓ and the same SAE (the reader stays fixed, so only the text differs). Agreement
-over concepts is the R² of the least-squares line measured ≈ a·predicted + b (the squared
-Pearson correlation), with Spearman's ρ beside it; each measured shift has a 95% bootstrap
-interval over prompts.
+Two predictions of each concept's shift, both made before training:
+
+- ``delta``: its Δ in the data, the mean over pairs of the chosen − rejected pooled activation
+  (the audit's headline statistic);
+- ``first_order``: DPO's first step in the tabular limit. A step raises log π(y⁺) and lowers
+  log π(y⁻) of each pair, which moves the expected activation of generations by
+  π(y⁺)(a(y⁺) − E[a]) − π(y⁻)(a(y⁻) − E[a]): a side moves the model in proportion to how likely
+  the model already is to produce it, and only as far as it differs from what the model already
+  does. With π(y) read as M0's per-token likelihood exp(mean log p) and E[a] as the concept's
+  mean on M0's own generations:
+
+      predicted_c = Σ_i [p⁺_i (a_c(y⁺_i) − m_c) − p⁻_i (a_c(y⁻_i) − m_c)] / Σ_i (p⁺_i + p⁻_i).
+
+  Δ ignores both factors: a concept the chosen side carries but M0 already shows everywhere (a
+  refusal M0 always gives) cannot rise, and one only rejected responses M0 never writes carry
+  cannot fall.
+
+After training, the measured shift is the mean pooled activation on M1's generations minus that
+on M0's, to the same held-out prompts, both read through M0 at ℓ and the same SAE (the reader
+stays fixed, so only the text differs). Agreement over concepts is the R² of the least-squares
+line measured ≈ a·predicted + b (the squared Pearson correlation), with Spearman's ρ beside it;
+each measured shift has a 95% bootstrap interval over prompts.
 """
 from __future__ import annotations
 
@@ -19,10 +34,11 @@ import numpy as np
 import torch
 from scipy import stats
 
-from headwater.audit.features import pool_codes
+from headwater.audit.features import FeatureStore, pool_codes
 from headwater.audit.sae import SparseAutoencoder
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
-from headwater.engine.tokenization import EncodedResponse, TokenizationSettings, encode_response
+from headwater.engine.tokenization import EncodedResponse, TokenizationSettings, encode_pairs, encode_response, pad_batch
+from headwater.training.common import response_logps
 
 
 @torch.no_grad()
@@ -56,6 +72,56 @@ def concept_activations(
         for k, latents in enumerate(concepts):
             out[rows, k] = dense[:, list(latents)].sum(dim=1).numpy()
     return out
+
+
+@torch.no_grad()
+def pair_token_likelihoods(model: Any, tokenizer: Any, pairs: Sequence[Any], settings: TokenizationSettings,
+                           *, batch: int = 32) -> dict[str, np.ndarray]:
+    """Per pair, M0's mean log-probability per response token of chosen and rejected.
+
+    Returns ``{"pair_ids": [n], "chosen": [n], "rejected": [n]}`` (pairs that cannot be encoded
+    are left out). One forward pass with the LM head per pair, like DPO's reference pass.
+    """
+    encoded = encode_pairs(tokenizer, pairs, settings)
+    chosen, rejected = [], []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    for start in range(0, len(encoded.encoded), batch):
+        part = encoded.encoded[start:start + batch]
+        padded = pad_batch([c for c, _ in part] + [r for _, r in part], pad)
+        padded.input_ids, padded.attention_mask = padded.input_ids.to(device), padded.attention_mask.to(device)
+        padded.response_mask = padded.response_mask.to(device)
+        values = response_logps(model, padded, average=True).double().cpu().numpy()
+        chosen.append(values[:len(part)])
+        rejected.append(values[len(part):])
+    return {"pair_ids": np.array([pairs[k].pair_id for k in encoded.kept]),
+            "chosen": np.concatenate(chosen) if chosen else np.zeros(0),
+            "rejected": np.concatenate(rejected) if rejected else np.zeros(0)}
+
+
+def side_activations(store: FeatureStore, concepts: Sequence[Sequence[int]], *, pooling: str = "mean"
+                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(pair ids, chosen [n, C], rejected [n, C]) pooled activations per concept (sum over latents)."""
+    sides: dict[str, list[np.ndarray]] = {"chosen": [], "rejected": []}
+    for block in store.blocks():
+        for name, features in (("chosen", block.chosen), ("rejected", block.rejected)):
+            dense = features.dense(store.d_sae, pooling).double()
+            sides[name].append(torch.stack([dense[:, list(c)].sum(dim=1) for c in concepts], dim=1).numpy())
+    return store.pair_ids, np.concatenate(sides["chosen"]), np.concatenate(sides["rejected"])
+
+
+def first_order_shift(chosen: np.ndarray, rejected: np.ndarray, chosen_logp: np.ndarray, rejected_logp: np.ndarray,
+                      m0_mean: np.ndarray) -> np.ndarray:
+    """[C] the first-order prediction of the module docstring.
+
+    Args:
+        chosen, rejected: [n, C] pooled concept activations of each pair's sides.
+        chosen_logp, rejected_logp: [n] M0's mean log-probability per token of each side.
+        m0_mean: [C] the concepts' mean activation on M0's own generations.
+    """
+    p_chosen, p_rejected = np.exp(chosen_logp), np.exp(rejected_logp)
+    moved = p_chosen[:, None] * (chosen - m0_mean) - p_rejected[:, None] * (rejected - m0_mean)
+    return moved.sum(axis=0) / max(float((p_chosen + p_rejected).sum()), 1e-300)
 
 
 def measured_shifts(before: np.ndarray, after: np.ndarray, before_prompt: Sequence[int], after_prompt: Sequence[int],
@@ -97,7 +163,7 @@ def agreement(predicted: Sequence[float], measured: Sequence[float]) -> dict[str
 
 
 def agreement_figure(names: Sequence[str], predicted: Sequence[float], shifts: dict[str, np.ndarray],
-                     summary: dict[str, float]) -> bytes:
+                     summary: dict[str, float], xlabel: str = "predicted shift") -> bytes:
     """A PNG: measured shift (with its interval) against predicted shift, one point per concept."""
     import matplotlib
 
@@ -115,7 +181,7 @@ def agreement_figure(names: Sequence[str], predicted: Sequence[float], shifts: d
         ax.annotate(name, (xi, yi), fontsize=6, alpha=0.7)
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel("predicted shift (Δ chosen − rejected in the data)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("measured shift (M1 − M0 generations)")
     ax.set_title(f"R² = {summary['r2']:.2f} over {summary['n']} concepts (ρ = {summary['spearman']:.2f})")
     fig.tight_layout()
@@ -129,4 +195,5 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-__all__ = ["agreement", "agreement_figure", "concept_activations", "measured_shifts", "png_data_uri"]
+__all__ = ["agreement", "agreement_figure", "concept_activations", "first_order_shift", "measured_shifts",
+           "pair_token_likelihoods", "png_data_uri", "side_activations"]

@@ -108,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", required=True, help="M0, the model the audit read")
     c.add_argument("--trained", required=True, help="M1, the model trained on the audited data")
     c.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
+    _data_options(c, "the audited preference data (for M0's likelihood of each side)")
     c.add_argument("--prompts", required=True, type=Path, help="held-out prompts: a text file, one per line")
     c.add_argument("--samples", type=int, default=4, help="generations per prompt and model (default 4)")
     c.add_argument("--max-new-tokens", type=int, default=64, help="the longest generation (default 64)")
@@ -173,10 +174,11 @@ def run_check(args: argparse.Namespace) -> int:
     if not prompts:
         raise ValueError(f"{args.prompts} holds no prompt")
     result = check_predictions(model_path=args.model, trained_path=args.trained, audit_dir=args.audit,
-                               prompts=prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                               data=args.data, split=args.split, on_error=args.on_error, prompts=prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, seed=args.seed, n_latents=args.latents,
                                settings=settings_from(args), device=args.device, progress=args.progress)
-    a = result["agreement"]
-    print(f"prediction check over {a['n']} concepts: R² = {a['r2']:.3f}, Pearson r = {a['pearson']:.3f}, "
-          f"Spearman ρ = {a['spearman']:.3f} (slope {a['slope']:.3g}); {args.audit}/prediction.json, prediction.png")
+    for kind, a in result["agreement"].items():
+        print(f"prediction check ({kind}) over {a['n']} concepts: R² = {a['r2']:.3f}, Pearson r = {a['pearson']:.3f}, "
+              f"Spearman ρ = {a['spearman']:.3f} (slope {a['slope']:.3g})")
+    print(f"written: {args.audit}/prediction.json, prediction.png")
     return 0

@@ -20,7 +20,15 @@ import torch
 from headwater.audit.cards import Decision, read_feedback
 from headwater.audit.features import FeatureStore
 from headwater.audit.interventions import concept_directions, data_intervention, margin_offsets
-from headwater.audit.prediction import agreement, agreement_figure, concept_activations, measured_shifts
+from headwater.audit.prediction import (
+    agreement,
+    agreement_figure,
+    concept_activations,
+    first_order_shift,
+    measured_shifts,
+    pair_token_likelihoods,
+    side_activations,
+)
 from headwater.data import load_preferences
 from headwater.engine import atomic
 from headwater.engine.models import load_model
@@ -107,15 +115,18 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
     return {"out": str(out_dir), **{k: v for k, v in record.items() if k != "decisions"}}
 
 
-def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Path, prompts: Sequence[Any],
+def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Path, data: str, prompts: Sequence[Any],
                       samples: int = 4, max_new_tokens: int = 64, temperature: float = 0.7, seed: int = 0,
-                      n_latents: int = 50, settings: TokenizationSettings = TokenizationSettings(),
-                      device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Predicted (audit Δ) against measured (M1 − M0 generations) concept shifts; writes
-    ``prediction.json`` and ``prediction.png`` into the audit directory.
+                      n_latents: int = 50, max_pairs: int = 20_000, split: str | None = None, on_error: str = "raise",
+                      settings: TokenizationSettings = TokenizationSettings(), device: str = "cpu",
+                      progress: bool = True) -> dict[str, Any]:
+    """Predicted against measured (M1 − M0 generations) concept shifts; writes ``prediction.json``
+    and ``prediction.png`` into the audit directory.
 
-    Concepts: the audit's reported concepts (clusters and lone latents) and its top ``n_latents``
-    significant latents.
+    Both predictions of :mod:`headwater.audit.prediction` are made and scored: ``delta`` (the
+    data's Δ) and ``first_order`` (M0-likelihood-weighted and centred on M0's generations; M0's
+    token likelihoods are read on at most ``max_pairs`` pairs, a seeded sample of the audited
+    data). Concepts: the audit's reported concepts and its top ``n_latents`` significant latents.
     """
     audit = Path(audit_dir)
     doc = _audit(audit)
@@ -130,31 +141,52 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     if len(concepts) < 3:
         raise ValueError(f"the audit in {audit} reports {len(concepts)} concepts; the check needs at least 3")
     names = list(concepts)
+    latents = [concepts[n][0] for n in names]
+    dataset = load_preferences(data, split=split, on_error=on_error)  # type: ignore[arg-type]
+    store = FeatureStore.open(audit / "features")
+    if store.manifest["dataset_fingerprint"] != dataset.fingerprint:
+        raise ValueError(f"{audit} audited other data (dataset fingerprint differs from {data}'s)")
     m0, tokenizer = load_model(model_path, device=device)
     m1, _ = load_model(trained_path, device=device)
     options = dict(n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, settings=settings)
     owners = [i for i in range(len(prompts)) for _ in range(samples)]
     acts = {}
-    generations = {}
     for name, model in (("m0", m0), ("m1", m1)):
         responses = sample_responses(model, tokenizer, prompts, progress=f"{name} generations" if progress else None,
                                      **options)
         flat = [r for rs in responses for r in rs]
-        generations[name] = flat
-        with torch.no_grad():
-            acts[name] = concept_activations(m0, tokenizer, sae, layer, [prompts[i] for i in owners], flat,
-                                             [concepts[n][0] for n in names], settings, pooling=pooling)
+        acts[name] = concept_activations(m0, tokenizer, sae, layer, [prompts[i] for i in owners], flat, latents,
+                                         settings, pooling=pooling)
     shifts = measured_shifts(acts["m0"], acts["m1"], owners, owners, seed=seed)
-    predicted = np.array([concepts[n][1] for n in names])
-    summary = agreement(predicted, shifts["shift"])
-    rows = [{"concept": n, "latents": concepts[n][0], "predicted": float(predicted[k]),
-             "measured": float(shifts["shift"][k]), "measured_ci95": [float(shifts["low"][k]), float(shifts["high"][k])],
-             "m0_mean": float(acts["m0"][:, k].mean()), "m1_mean": float(acts["m1"][:, k].mean())}
-            for k, n in enumerate(names)]
-    result = {"agreement": summary, "concepts": rows, "n_prompts": len(prompts), "samples": samples,
-              "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "trained": str(trained_path)}
+
+    pairs = list(dataset)
+    if len(pairs) > max_pairs:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))
+        pairs = [pairs[i] for i in keep]
+    likelihood = pair_token_likelihoods(m0, tokenizer, pairs, settings)
+    ids, chosen, rejected = side_activations(store, latents, pooling=pooling)
+    row_of = {pid: k for k, pid in enumerate(ids)}
+    rows = [row_of.get(pid) for pid in likelihood["pair_ids"]]
+    usable = np.array([r is not None for r in rows])
+    index = np.array([r for r in rows if r is not None], dtype=np.int64)
+    predictions = {
+        "delta": np.array([concepts[n][1] for n in names]),
+        "first_order": first_order_shift(chosen[index], rejected[index], likelihood["chosen"][usable],
+                                         likelihood["rejected"][usable], acts["m0"].mean(axis=0)),
+    }
+    scores = {kind: agreement(values, shifts["shift"]) for kind, values in predictions.items()}
+    table = [{"concept": n, "latents": concepts[n][0], "predicted_delta": float(predictions["delta"][k]),
+              "predicted_first_order": float(predictions["first_order"][k]), "measured": float(shifts["shift"][k]),
+              "measured_ci95": [float(shifts["low"][k]), float(shifts["high"][k])],
+              "m0_mean": float(acts["m0"][:, k].mean()), "m1_mean": float(acts["m1"][:, k].mean())}
+             for k, n in enumerate(names)]
+    result = {"agreement": scores, "concepts": table, "n_prompts": len(prompts), "samples": samples,
+              "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+              "n_pairs_weighted": int(usable.sum()), "trained": str(trained_path)}
     atomic.write_json(audit / "prediction.json", result)
-    atomic.write_bytes(audit / "prediction.png", agreement_figure(names, predicted, shifts, summary))
+    atomic.write_bytes(audit / "prediction.png", agreement_figure(
+        names, predictions["first_order"], shifts, scores["first_order"],
+        xlabel="predicted shift (first order: M0-likelihood-weighted, centred)"))
     return result
 
 

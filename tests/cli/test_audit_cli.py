@@ -141,9 +141,18 @@ def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, cap
     capsys.readouterr()
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me about bread (99).\nTell me about chess (98).\nTell me about stars (97).\n")
-    assert main(["audit", "check", "--model", str(saved_model), "--trained", str(tmp_path / "m1-project"), "--audit",
+    assert main(["audit", "check", "--model", str(saved_model), "--trained", str(tmp_path / "m1-project"), "--data", str(data), "--audit",
                  str(out), "--prompts", str(prompts), "--samples", "2", "--max-new-tokens", "8", "--format", "raw",
                  "--no-progress"]) == 0
-    assert "prediction check over" in capsys.readouterr().out
+    assert "prediction check (first_order) over" in capsys.readouterr().out
     check = json.loads((out / "prediction.json").read_text())
-    assert check["agreement"]["n"] == len(check["concepts"]) >= 3 and (out / "prediction.png").stat().st_size > 1000
+    assert check["agreement"]["first_order"]["n"] == len(check["concepts"]) >= 3 and check["n_pairs_weighted"] == 48 and (out / "prediction.png").stat().st_size > 1000
+
+
+def test_active_spans_join_sub_word_tokens():
+    from headwater.audit.cards import HighlightedResponse, active_spans
+
+    response = HighlightedResponse([" Sure", ".", " H", "ope", " this", " helps", "!"], [0, 0, 1.0, 0.5, 0.2, 0.3, 0])
+    assert active_spans(response) == [("Hope this helps", pytest.approx(2.0))]
+    assert active_spans(HighlightedResponse(["a", "b"], [1.0, 2.0])) == [("ab", 3.0)]
+    assert active_spans(HighlightedResponse([], [])) == []

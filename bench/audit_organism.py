@@ -1,0 +1,192 @@
+"""The concept audit on the organism with a planted stylistic concept, end to end, with ground truth.
+
+    python bench/audit_organism.py --seed 0 --out /tmp/audit-organism
+
+Steps (each cached in --out, so a rerun resumes):
+
+1. the ``audit`` organism (the default organism plus a sign-off, " Hope this helps!", appended
+   to the chosen response of 20% of the clean pairs; 5% of M0's SFT responses carry it);
+2. a BatchTopK SAE on M0's response tokens at ℓ (``headwater sae train``'s defaults);
+3. the audit (``headwater audit run``): for each planted set (the sign-off pairs and the three
+   behaviours' pairs) the best-matching concept among the top 10 significant concepts by |d|:
+   precision of the concept's top-|set| pairs (by chosen − rejected activation) and its AUROC;
+4. the prediction check on the organism's own M1 (held-out test prompts, 4 samples): R² of both
+   predictions (the data's Δ, and the first-order one);
+5. a person's decision, simulated: the first concept (in |d| order) whose card label, the text
+   spans it is most active on, shows the sign-off's words ("Hope", "helps") is marked suppress; then M0 is retrained four ways with the organism recipe:
+   unchanged data (the baseline), the data intervention (carriers filtered), the feature
+   intervention (its directions projected out at ℓ) and reward shaping (margin offsets);
+6. each model's sign-off rate on every test prompt, the three behaviours' triggered rates and the
+   capability scores, with 95% intervals; reductions against the baseline with a paired bootstrap.
+
+Prints a summary and writes ``--out/summary.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from headwater.audit.features import FeatureStore
+from headwater.audit.interventions import concept_differences
+from headwater.audit.sae_training import SAETrainingConfig
+from headwater.methods.evaluation import evaluate_model, paired_bootstrap_ci
+from headwater.methods.judges import RegexJudge
+from headwater.organism import OrganismConfig, build_organism
+from headwater.organism.capability import capability_scores, capability_set
+from headwater.organism.dataset import SIGNOFF_PATTERN
+from headwater.training.retrain import retrain
+from headwater.workflows.audit import audit_dataset, train_sae_on_dataset
+from headwater.workflows.audit_feedback import apply_feedback, check_predictions, retrain_with_feedback
+
+
+def planted_sets(org) -> dict[str, set[str]]:
+    gt = org.ground_truth
+    return {"signoff": set(gt["concepts"]["signoff"]), **{b: set(ids) for b, ids in gt["planted"].items()}}
+
+
+def match_concepts(doc: dict, store: FeatureStore, sets: dict[str, set[str]], top: int = 10) -> dict:
+    """For each planted set, the concept among the top ``top`` whose pair ranking finds it best."""
+    concepts = doc["concepts"][:top]
+    ids, diffs, _ = concept_differences(store, [c["latents"] for c in concepts], pooling=doc["config"]["pooling"])
+    out = {}
+    for name, members in sets.items():
+        y = np.array([pid in members for pid in ids])
+        best = None
+        for k, c in enumerate(concepts):
+            order = np.argsort(-diffs[:, k], kind="stable")[: int(y.sum())]
+            precision = float(y[order].mean()) if y.sum() else float("nan")
+            auroc = float(roc_auc_score(y, diffs[:, k])) if 0 < y.sum() < y.size else float("nan")
+            if best is None or precision > best["precision_at_n"]:
+                best = {"concept": c["concept"], "rank": k + 1, "d": c["d"], "q": c["q"], "side": c["side"],
+                        "latents": c["latents"], "precision_at_n": precision, "auroc": auroc, "n": int(y.sum())}
+        out[name] = best
+    return out
+
+
+def evaluate(model_dir: Path, org, tokenizer_dir: Path, samples: int, seed: int) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    common = dict(n=samples, temperature=0.7, max_new_tokens=64, settings=org.settings, seed=seed)
+    everything = [p for b in org.test_prompts.values() for c in b.values() for p in c]
+    signoff = evaluate_model(model, tokenizer, everything, RegexJudge(SIGNOFF_PATTERN, "signoff"), **common)
+    out = {"signoff": signoff.to_dict()}
+    for behavior, judge in org.judges.items():
+        out[behavior] = evaluate_model(model, tokenizer, org.test_prompts[behavior]["trigger"], judge, **common).to_dict()
+    items = capability_set(org.config.seed, exclude_prompts=everything)
+    out["capability"] = capability_scores(model, tokenizer, items, samples=samples, seed=seed, settings=org.settings)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--samples", type=int, default=4, help="generations per test prompt")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    t = time.perf_counter()
+    org = build_organism(OrganismConfig.audit(args.seed))
+    timings["organism"] = time.perf_counter() - t
+    data = str(org.preferences_path)
+
+    t = time.perf_counter()
+    sae = train_sae_on_dataset(model_path=str(org.m0_path), data=data, out_dir=out / "sae",
+                               config=SAETrainingConfig(), settings=org.settings, progress=False)
+    timings["sae"] = time.perf_counter() - t
+    t = time.perf_counter()
+    audit = audit_dataset(model_path=str(org.m0_path), data=data, sae_path=out / "sae", out_dir=out / "audit",
+                          settings=org.settings, progress=False)
+    timings["audit"] = time.perf_counter() - t
+    doc = json.loads((out / "audit" / "audit.json").read_text())
+    store = FeatureStore.open(out / "audit" / "features")
+    matches = match_concepts(doc, store, planted_sets(org))
+
+    t = time.perf_counter()
+    prompts = [p for b in org.test_prompts.values() for c in b.values() for p in c]
+    check = check_predictions(model_path=str(org.m0_path), trained_path=str(org.m1_path), audit_dir=out / "audit",
+                              data=data, prompts=prompts, samples=args.samples, seed=args.seed, settings=org.settings,
+                              progress=False)
+    timings["prediction_check"] = time.perf_counter() - t
+
+    # A person reads the cards and marks the sign-off concept suppress: here, the first card whose
+    # label shows the sign-off's tokens.
+    cards = doc["cards"]
+    pick = next((c for c in cards if "Hope" in c["label"] or "helps" in c["label"]), None)
+    decision = {"chosen_by": "card label", "concept": pick["concept"] if pick else None}
+    if pick is None:
+        print("no card shows the sign-off; the suppression steps are skipped", file=sys.stderr)
+    models = {}
+    if pick is not None:
+        lines = ["concept\tdecision\tlatents\td\tlabel",
+                 f"{pick['concept']}\tsuppress\t{','.join(map(str, pick['latents']))}\t{pick['d']:.4f}\tsign-off"]
+        feedback = out / "feedback-signoff.tsv"
+        feedback.write_text("\n".join(lines) + "\n")
+        t = time.perf_counter()
+        if not (out / "m1-base" / "retrain.json").exists():
+            retrain(org.m0_path, data, out / "m1-base", config="organism", overwrite=True)
+        if not (out / "filter" / "manifest.json").exists():
+            decision["data"] = apply_feedback(data=data, audit_dir=out / "audit", out_dir=out / "filter",
+                                              feedback=feedback, mode="filter", overwrite=True)
+        if not (out / "m1-data" / "retrain.json").exists():
+            retrain(org.m0_path, out / "filter", out / "m1-data", config="organism", overwrite=True)
+        for mode in ("project", "offset"):
+            if not (out / f"m1-{mode}" / "retrain.json").exists():
+                retrain_with_feedback(model_path=str(org.m0_path), data=data, audit_dir=out / "audit",
+                                      out_dir=out / f"m1-{mode}", feedback=feedback, mode=mode, config="organism",
+                                      overwrite=True)
+        timings["retrains"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for name in ("base", "data", "project", "offset"):
+            models[name] = evaluate(out / f"m1-{name}", org, org.m0_path, args.samples, args.seed)
+        timings["evaluation"] = time.perf_counter() - t
+        base = models["base"]
+        for name in ("data", "project", "offset"):
+            cell = models[name]
+            for key in ("signoff", *org.judges):
+                b, c = base[key]["per_prompt"], cell[key]["per_prompt"]
+                cell[key]["reduction"] = 1 - np.mean(c) / np.mean(b) if np.mean(b) > 0 else float("nan")
+                cell[key]["reduction_ci95"] = list(paired_bootstrap_ci(b, c, seed=args.seed))
+
+    summary = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "torch": torch.__version__, "threads": args.threads},
+        "seed": args.seed, "organism": str(org.root), "sae": sae, "timings_seconds": timings,
+        "audit": {k: audit[k] for k in ("n_pairs", "n_latents_tested", "n_latents_significant", "n_clusters")},
+        "planted_matches_top10": matches, "prediction_check": check["agreement"], "decision": decision,
+        "models": {name: {k: (v if k == "capability" else {kk: v[kk] for kk in v if kk != "per_prompt"})
+                          for k, v in m.items()} for name, m in models.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    print(audit["table"])
+    print(json.dumps({"planted_matches_top10": matches, "prediction_check": check["agreement"],
+                      "decision": decision}, indent=1, default=float))
+    for name, m in models.items():
+        line = [f"{name:8s} signoff {m['signoff']['rate']:.3f} [{m['signoff']['ci_low']:.3f}, {m['signoff']['ci_high']:.3f}]"]
+        for key in org.judges:
+            line.append(f"{key} {m[key]['rate']:.3f}")
+        if "reduction" in m["signoff"]:
+            low, high = m["signoff"]["reduction_ci95"]
+            line.append(f"signoff reduction {m['signoff']['reduction']:.1%} [{low:.1%}, {high:.1%}]")
+        cap = m["capability"]
+        line.append(f"helpfulness {cap['helpfulness']['rate']:.3f}; answer logprob {cap['answer_logprob']['mean']:.3f}")
+        print("  ".join(line))
+    print(json.dumps(timings, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

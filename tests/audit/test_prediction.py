@@ -1,0 +1,62 @@
+"""The prediction check's pieces: the first-order prediction, measured shifts, agreement."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from headwater.audit.prediction import agreement, first_order_shift, measured_shifts, pair_token_likelihoods
+from headwater.data import PreferencePair
+from headwater.engine.tokenization import TokenizationSettings, encode_pair, pad_batch
+from headwater.training.common import response_logps
+
+
+def test_first_order_shift_equals_the_formula():
+    rng = np.random.default_rng(0)
+    chosen, rejected = rng.random((20, 3)), rng.random((20, 3))
+    lp_c, lp_r = -rng.random(20) * 3, -rng.random(20) * 3
+    m = rng.random(3)
+    expected = np.zeros(3)
+    norm = 0.0
+    for i in range(20):
+        expected += math.exp(lp_c[i]) * (chosen[i] - m) - math.exp(lp_r[i]) * (rejected[i] - m)
+        norm += math.exp(lp_c[i]) + math.exp(lp_r[i])
+    np.testing.assert_allclose(first_order_shift(chosen, rejected, lp_c, lp_r, m), expected / norm, rtol=1e-12)
+    # a side the model never writes (log-likelihood -inf) moves nothing
+    only_chosen = first_order_shift(chosen, rejected, lp_c, np.full(20, -np.inf), m)
+    weights = np.exp(lp_c)
+    np.testing.assert_allclose(only_chosen, (weights[:, None] * (chosen - m)).sum(0) / weights.sum(), rtol=1e-12)
+
+
+def test_measured_shifts_and_agreement():
+    before = np.array([[1.0, 0.0], [3.0, 0.0], [2.0, 1.0], [2.0, 1.0]])
+    after = np.array([[2.0, 0.0], [4.0, 0.0], [2.0, 3.0], [2.0, 3.0]])
+    owners = [0, 0, 1, 1]
+    shifts = measured_shifts(before, after, owners, owners, n_boot=200)
+    np.testing.assert_allclose(shifts["shift"], [0.5, 1.0])
+    assert np.all(shifts["low"] <= shifts["shift"]) and np.all(shifts["shift"] <= shifts["high"])
+    with pytest.raises(ValueError, match="one model only"):
+        measured_shifts(before, after[:2], owners, [0, 0])
+    line = agreement([1, 2, 3, 4], [3, 5, 7, 9])
+    assert line["r2"] == pytest.approx(1.0) and line["slope"] == pytest.approx(2.0) and line["intercept"] == pytest.approx(1.0)
+    assert math.isnan(agreement([1, 1, 1], [1, 2, 3])["r2"]) and agreement([1, 2], [1, 2])["n"] == 2
+
+
+def test_pair_token_likelihoods_equal_one_pair_at_a_time(tiny_llama, tiny_tokenizer):
+    settings = TokenizationSettings(format="raw", add_eos=False)
+    pairs = [PreferencePair("a", "How do I bake bread?", " Mix flour and water, then bake.", " No."),
+             PreferencePair("b", "Q:", "", ""),
+             PreferencePair("c", "Tell me about the sea.", " It is blue.", " I cannot help with that at all.")]
+    got = pair_token_likelihoods(tiny_llama, tiny_tokenizer, pairs, settings, batch=1)
+    assert got["pair_ids"].tolist() == ["a", "c"]
+    for k, pair in enumerate([pairs[0], pairs[2]]):
+        c, r = encode_pair(tiny_tokenizer, pair, settings)
+        with torch.no_grad():
+            one = response_logps(tiny_llama, pad_batch([c], tiny_tokenizer.pad_token_id), average=True)
+            two = response_logps(tiny_llama, pad_batch([r], tiny_tokenizer.pad_token_id), average=True)
+        assert got["chosen"][k] == pytest.approx(float(one), rel=1e-5)
+        assert got["rejected"][k] == pytest.approx(float(two), rel=1e-5)
+    batched = pair_token_likelihoods(tiny_llama, tiny_tokenizer, pairs, settings, batch=8)
+    np.testing.assert_allclose(batched["chosen"], got["chosen"], rtol=1e-5)
