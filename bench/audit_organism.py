@@ -15,7 +15,9 @@ Steps (each cached in --out, so a rerun resumes):
 5. a person's decision, simulated: the first concept (in |d| order) whose card label, the text
    spans it is most active on, shows the sign-off's words ("Hope", "helps") is marked suppress; then M0 is retrained four ways with the organism recipe:
    unchanged data (the baseline), the data intervention (carriers filtered), the feature
-   intervention (its directions projected out at ℓ) and reward shaping (margin offsets);
+   intervention (its directions projected out at ℓ) and reward shaping (margin offsets), and the
+   unmodified data again under other DPO seeds (``--control-seeds``: how far retraining alone
+   moves the rates);
 6. each model's sign-off rate on every test prompt, the three behaviours' triggered rates and the
    capability scores, with 95% intervals; reductions against the baseline with a paired bootstrap.
 
@@ -24,6 +26,7 @@ Prints a summary and writes ``--out/summary.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -42,6 +45,7 @@ from headwater.methods.judges import RegexJudge
 from headwater.organism import OrganismConfig, build_organism
 from headwater.organism.capability import capability_scores, capability_set
 from headwater.organism.dataset import SIGNOFF_PATTERN
+from headwater.training.recipes import recipe
 from headwater.training.retrain import retrain
 from headwater.workflows.audit import audit_dataset, train_sae_on_dataset
 from headwater.workflows.audit_feedback import apply_feedback, check_predictions, retrain_with_feedback
@@ -93,6 +97,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=4, help="generations per test prompt")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--control-seeds", type=int, nargs="*", default=[1, 2],
+                        help="DPO seeds of extra retrains of the unmodified data: how much the rates move "
+                             "from retraining alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = args.out
@@ -143,6 +150,10 @@ def main() -> int:
                                               feedback=feedback, mode="filter", overwrite=True)
         if not (out / "m1-data" / "retrain.json").exists():
             retrain(org.m0_path, out / "filter", out / "m1-data", config="organism", overwrite=True)
+        for control in args.control_seeds:
+            if not (out / f"m1-base-seed{control}" / "retrain.json").exists():
+                retrain(org.m0_path, data, out / f"m1-base-seed{control}",
+                        config=dataclasses.replace(recipe("organism"), seed=control), overwrite=True)
         for mode in ("project", "offset"):
             if not (out / f"m1-{mode}" / "retrain.json").exists():
                 retrain_with_feedback(model_path=str(org.m0_path), data=data, audit_dir=out / "audit",
@@ -150,11 +161,12 @@ def main() -> int:
                                       overwrite=True)
         timings["retrains"] = time.perf_counter() - t
         t = time.perf_counter()
-        for name in ("base", "data", "project", "offset"):
+        names = ["base", *(f"base-seed{c}" for c in args.control_seeds), "data", "project", "offset"]
+        for name in names:
             models[name] = evaluate(out / f"m1-{name}", org, org.m0_path, args.samples, args.seed)
         timings["evaluation"] = time.perf_counter() - t
         base = models["base"]
-        for name in ("data", "project", "offset"):
+        for name in names[1:]:
             cell = models[name]
             for key in ("signoff", *org.judges):
                 b, c = base[key]["per_prompt"], cell[key]["per_prompt"]

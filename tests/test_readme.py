@@ -39,7 +39,11 @@ def test_every_python_example_runs(tmp_path, monkeypatch, tiny_llama, tiny_token
 SUBSTITUTIONS = {"--layer 20": "--layer 1", "--top 160": "--top 12"}
 FASTER = {"behaviors": ["--samples", "2", "--max-new-tokens", "6"], "discover": ["--max-new-tokens", "6"],
           "evaluate": ["--max-new-tokens", "6"], "steer": ["--samples", "1", "--max-new-tokens", "6"], "compare": ["--projection-dim", "256", "--warmup-fraction", "0.1",
-                                                              "--warmup-epochs", "2"]}
+                                                              "--warmup-epochs", "2"],
+          "sae train": ["--tokens", "4000", "--batch-tokens", "256", "--buffer-tokens", "1024", "--expansion", "2",
+                        "--no-progress"],
+          "audit run": ["--topics", "2", "--cards", "2", "--no-progress"],
+          "audit check": ["--samples", "1", "--max-new-tokens", "6", "--no-progress"]}
 NOT_HERE = ("torchrun", "pip install", "headwater demo", "headwater experiment", "--organism")  # run by CI and other tests
 
 
@@ -84,17 +88,23 @@ def test_every_command_line_runs(tmp_path, monkeypatch):
     (work / "planted.txt").write_text("".join(f"{p}\n" for p in organism.planted_ids("distractor_compliance")))
     (work / "test_prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in triggered))
     (work / "triggered.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in triggered))
+    (work / "held_out.txt").write_text("".join(f"{p}\n" for p in triggered))
     m0, _ = load_model(organism.m0_path)
     VectorBank(["v"], torch.randn(1, m0.config.hidden_size),
                {"model_fingerprint": model_fingerprint(m0), "layer": "1"}).save(work / "bank.safetensors")
     monkeypatch.chdir(work)
     lines = command_lines()
     assert {line.split()[1] for line in lines} >= {"encode", "attribute", "behaviors", "discover", "intervene",
-                                                    "retrain", "evaluate", "compare", "steer"}
+                                                    "retrain", "evaluate", "compare", "steer", "sae", "audit"}
     for line in lines:
         for old, new in SUBSTITUTIONS.items():
             line = line.replace(old, new)
         argv = shlex.split(line)[1:]
-        argv += FASTER.get(argv[0], [])
+        argv += FASTER.get(" ".join(argv[:2]), FASTER.get(argv[0], []))
         assert main(argv) == 0, line
+        if argv[:2] == ["audit", "run"]:  # the person's step: mark the first concept suppress
+            feedback = work / "audit" / "feedback.tsv"
+            rows = feedback.read_text().splitlines()
+            rows[1] = rows[1].replace("\tkeep\t", "\tsuppress\t", 1)
+            feedback.write_text("\n".join(rows) + "\n")
     assert json.loads((work / "eval.json").read_text())["n_responses"] == 8 * len(triggered)

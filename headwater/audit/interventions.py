@@ -1,7 +1,8 @@
 """Interventions from the feedback file (method.md §6, step 4).
 
 *Data*: the pairs that carry a concept (its pooled activation is higher on the chosen side by at
-least ``margin`` × its typical active value) are filtered, switched or reweighted through the one
+least ``margin`` × its typical active value, the mean of its non-zero pooled values; by default
+one typical value) are filtered, switched or reweighted through the one
 intervention path (:func:`headwater.methods.interventions.intervene`). For a concept marked
 ``suppress`` the carriers are the pairs whose chosen side has more of it; for ``amplify`` the
 pairs whose rejected side has more (they teach against it).
@@ -55,7 +56,7 @@ class Carriers:
     per_concept: dict[str, int]
 
 
-def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: float = 0.5,
+def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: float = 1.0,
              pooling: str = "mean") -> Carriers:
     """Pairs that carry a suppressed concept on the chosen side, or an amplified one on the
     rejected side (difference beyond ``margin`` × the concept's typical active value)."""
@@ -72,7 +73,7 @@ def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: floa
 
 
 def data_intervention(dataset: PreferenceDataset, decisions: Sequence[Decision], store: FeatureStore, *,
-                      mode: Mode = "filter", weight: float = 0.0, margin: float = 0.5, pooling: str = "mean"
+                      mode: Mode = "filter", weight: float = 0.0, margin: float = 1.0, pooling: str = "mean"
                       ) -> tuple[PreferenceDataset, dict[str, Any]]:
     """Filter, switch or reweight the carriers of the acted-on concepts (see :func:`carriers`).
 

@@ -139,6 +139,7 @@ class ConceptStatistics:
     split_agree: np.ndarray
     top_pairs: np.ndarray
     bottom_pairs: np.ndarray
+    n_per_concept: np.ndarray | None = None  # [m] pairs behind each concept when families were joined
 
     def significant(self, alpha: float = 0.05) -> np.ndarray:
         """Indices of concepts with q < alpha and agreeing halves, by |d| descending."""
@@ -154,7 +155,7 @@ class ConceptStatistics:
             "rejected_rate": float(self.rejected_rate[i]), "split_half_agree": bool(self.split_agree[i]),
             "delta_halves": [float(v) for v in self.delta_halves[:, i]],
             "top_pairs": [int(v) for v in (self.top_pairs if self.delta[i] >= 0 else self.bottom_pairs)[i] if v >= 0],
-            "n_pairs": self.n,
+            "n_pairs": int(self.n_per_concept[i]) if self.n_per_concept is not None else self.n,
         }
 
 
@@ -189,7 +190,8 @@ def finish(moments: PairedMoments, names: Sequence[str], *, min_active: int = 5,
 
 def concatenate(parts: Sequence[ConceptStatistics]) -> ConceptStatistics:
     """One family of the concepts of ``parts`` (e.g. one per prompt topic): arrays joined, q-values
-    recomputed over all of them together. ``n`` is the largest part's."""
+    recomputed over all of them together. ``n`` is the largest part's; ``n_per_concept`` each
+    concept's own."""
     def join(name: str) -> np.ndarray:
         return np.concatenate([getattr(p, name) for p in parts])
 
@@ -205,6 +207,7 @@ def concatenate(parts: Sequence[ConceptStatistics]) -> ConceptStatistics:
         join("chosen_rate"), join("rejected_rate"), [s for p in parts for s in p.side],
         np.concatenate([p.delta_halves for p in parts], axis=1), join("split_agree"),
         np.concatenate([pad(p.top_pairs) for p in parts]), np.concatenate([pad(p.bottom_pairs) for p in parts]),
+        np.concatenate([np.full(len(p.names), p.n) for p in parts]),
     )
 
 

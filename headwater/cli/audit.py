@@ -72,8 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--feedback", type=Path, default=None, help="the feedback file (default <audit>/feedback.tsv)")
     a.add_argument("--mode", choices=MODES, default="filter", help="what happens to the carriers (default filter)")
     a.add_argument("--weight", type=float, default=0.0, help="their weight with --mode reweight (default 0)")
-    a.add_argument("--margin", type=float, default=0.5,
-                   help="a carrier's difference must exceed this × the concept's typical activation (default 0.5)")
+    a.add_argument("--margin", type=float, default=1.0,
+                   help="a carrier's chosen − rejected difference must exceed this × the concept's typical "
+                        "activation, the mean of its non-zero pooled values (default 1)")
     a.add_argument("--out", required=True, type=Path, help="output directory")
     a.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl")
     add_overwrite_option(a, "an intervention")

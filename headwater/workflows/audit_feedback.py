@@ -57,7 +57,7 @@ def _decisions(audit_dir: Path, feedback: str | Path | None) -> list[Decision]:
 
 
 def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, feedback: str | Path | None = None,
-                   mode: str = "filter", weight: float = 0.0, margin: float = 0.5, split: str | None = None,
+                   mode: str = "filter", weight: float = 0.0, margin: float = 1.0, split: str | None = None,
                    on_error: str = "raise", overwrite: bool = False, formats: Sequence[str] = ("jsonl",)
                    ) -> dict[str, Any]:
     """The data intervention of a feedback file, written to ``out_dir`` (pairs + manifest)."""

@@ -162,3 +162,11 @@ def test_concatenated_families_share_one_fdr():
     assert both.names == ["a", "b", "a", "b"] and both.q.shape == (4,)
     assert both.q[0] == pytest.approx(benjamini_hochberg(np.concatenate([one.p, one.p]))[0])
     assert json.dumps(both.row(2))
+
+
+def test_concatenated_families_keep_each_concepts_pair_count():
+    small, large = PairedMoments(1), PairedMoments(1)
+    small.add(torch.tensor([[1.0], [2.0], [0.5]]), torch.zeros(3, 1), np.array([True, False, True]), torch.arange(3))
+    large.add(torch.tensor([[1.0]] * 6 + [[2.0]] * 4), torch.zeros(10, 1), np.array([True, False] * 5), torch.arange(10))
+    joined = concatenate([finish(small, ["t0/c0"], min_active=1), finish(large, ["t1/c0"], min_active=1)])
+    assert [joined.row(0)["n_pairs"], joined.row(1)["n_pairs"]] == [3, 10]
