@@ -52,10 +52,8 @@ def coactivation_clusters(store: FeatureStore, latents: Sequence[int], *, min_si
 
 def cluster_columns(features: PooledFeatures, clusters: Sequence[Sequence[int]], d_sae: int, pooling: str
                     ) -> torch.Tensor:
-    """[rows, n_clusters]: each cluster's activation, the sum of its latents' pooled values."""
-    dense = features.dense(d_sae, pooling)
-    return torch.stack([dense[:, list(c)].sum(dim=1) for c in clusters], dim=1) if clusters else \
-        torch.zeros((features.rows, 0))
+    """[rows, n_clusters] float32: each cluster's activation, the sum of its latents' pooled values."""
+    return features.concept_columns(clusters, d_sae, pooling).float()
 
 
 def _normalised(x: torch.Tensor) -> np.ndarray:

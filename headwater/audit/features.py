@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -83,6 +84,14 @@ class PooledFeatures:
         row = torch.repeat_interleave(torch.arange(self.rows), self.indptr.diff())
         out[row, self.indices.long()] = values
         return out
+
+    def concept_columns(self, concepts: Sequence[Sequence[int]], d_sae: int, pooling: str = "mean") -> torch.Tensor:
+        """[rows, len(concepts)] float64: each concept's activation, the sum of its latents' pooled
+        values (a concept is a latent or a cluster of them)."""
+        dense = self.dense(d_sae, pooling).double()
+        if not concepts:
+            return torch.zeros((self.rows, 0), dtype=torch.float64)
+        return torch.stack([dense[:, list(c)].sum(dim=1) for c in concepts], dim=1)
 
     def select(self, rows: torch.Tensor) -> PooledFeatures:
         """The given rows, in that order."""
@@ -304,6 +313,16 @@ class FeatureStore:
     @property
     def pair_ids(self) -> list[str]:
         return list(self.manifest["pair_ids"])
+
+    def concept_sides(self, concepts: Sequence[Sequence[int]], pooling: str = "mean"
+                      ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(pair ids, chosen [n, C], rejected [n, C]) float64 concept activations of every pair."""
+        chosen, rejected = [], []
+        for block in self.blocks():
+            chosen.append(block.chosen.concept_columns(concepts, self.d_sae, pooling).numpy())
+            rejected.append(block.rejected.concept_columns(concepts, self.d_sae, pooling).numpy())
+        empty = np.zeros((0, len(concepts)))
+        return self.pair_ids, np.concatenate(chosen) if chosen else empty, np.concatenate(rejected) if rejected else empty
 
     def blocks(self) -> Iterator[FeatureBlock]:
         """The parts in dataset order, one in memory at a time."""

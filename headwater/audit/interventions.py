@@ -33,19 +33,11 @@ def concept_differences(store: FeatureStore, concepts: Sequence[Sequence[int]], 
                         ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(pair ids, [n, C] chosen − rejected pooled activation, [C] typical active value) per concept
     (the sum over its latents); the typical value is the mean of its non-zero pooled values."""
-    diffs, active_sum, active_count = [], np.zeros(len(concepts)), np.zeros(len(concepts))
-    for block in store.blocks():
-        columns = []
-        for side in (block.chosen, block.rejected):
-            dense = side.dense(store.d_sae, pooling).double()
-            columns.append(torch.stack([dense[:, list(c)].sum(dim=1) for c in concepts], dim=1)
-                           if concepts else torch.zeros((dense.shape[0], 0), dtype=torch.float64))
-        for side in columns:
-            active_sum += side.clamp_min(0).sum(dim=0).numpy()
-            active_count += (side > 0).sum(dim=0).numpy()
-        diffs.append((columns[0] - columns[1]).numpy())
-    typical = np.where(active_count > 0, active_sum / np.maximum(active_count, 1), 0.0)
-    return store.pair_ids, np.concatenate(diffs) if diffs else np.zeros((0, len(concepts))), typical
+    ids, chosen, rejected = store.concept_sides(concepts, pooling)
+    both = np.concatenate([chosen, rejected])
+    active = (both > 0).sum(axis=0)
+    typical = np.where(active > 0, np.clip(both, 0, None).sum(axis=0) / np.maximum(active, 1), 0.0)
+    return ids, chosen - rejected, typical
 
 
 @dataclass(frozen=True)

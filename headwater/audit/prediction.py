@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from headwater.audit.features import FeatureStore, pool_codes
+from headwater.audit.features import pool_codes
 from headwater.audit.sae import SparseAutoencoder
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
 from headwater.engine.tokenization import EncodedResponse, TokenizationSettings, encode_pairs, encode_response, pad_batch
@@ -68,9 +68,8 @@ def concept_activations(
             continue
         captured = response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer),
                                               max_tokens_per_batch=max_tokens_per_batch)
-        dense = pool_codes(sae, captured.activations, captured.lengths).dense(sae.d_sae, pooling).double()
-        for k, latents in enumerate(concepts):
-            out[rows, k] = dense[:, list(latents)].sum(dim=1).numpy()
+        pooled = pool_codes(sae, captured.activations, captured.lengths)
+        out[rows] = pooled.concept_columns(concepts, sae.d_sae, pooling).numpy()
     return out
 
 
@@ -97,17 +96,6 @@ def pair_token_likelihoods(model: Any, tokenizer: Any, pairs: Sequence[Any], set
     return {"pair_ids": np.array([pairs[k].pair_id for k in encoded.kept]),
             "chosen": np.concatenate(chosen) if chosen else np.zeros(0),
             "rejected": np.concatenate(rejected) if rejected else np.zeros(0)}
-
-
-def side_activations(store: FeatureStore, concepts: Sequence[Sequence[int]], *, pooling: str = "mean"
-                     ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(pair ids, chosen [n, C], rejected [n, C]) pooled activations per concept (sum over latents)."""
-    sides: dict[str, list[np.ndarray]] = {"chosen": [], "rejected": []}
-    for block in store.blocks():
-        for name, features in (("chosen", block.chosen), ("rejected", block.rejected)):
-            dense = features.dense(store.d_sae, pooling).double()
-            sides[name].append(torch.stack([dense[:, list(c)].sum(dim=1) for c in concepts], dim=1).numpy())
-    return store.pair_ids, np.concatenate(sides["chosen"]), np.concatenate(sides["rejected"])
 
 
 def first_order_shift(chosen: np.ndarray, rejected: np.ndarray, chosen_logp: np.ndarray, rejected_logp: np.ndarray,
@@ -196,4 +184,4 @@ def png_data_uri(png: bytes) -> str:
 
 
 __all__ = ["agreement", "agreement_figure", "concept_activations", "first_order_shift", "measured_shifts",
-           "pair_token_likelihoods", "png_data_uri", "side_activations"]
+           "pair_token_likelihoods", "png_data_uri"]

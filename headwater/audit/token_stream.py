@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from headwater.engine.capture import (
@@ -46,7 +47,7 @@ class ResponseTokenStream:
         max_tokens_per_batch: the forward passes' padded token budget.
 
     Pairs that cannot be encoded (empty or over-long under ``"skip"``) are left out once, at
-    construction, and listed in :attr:`skipped`.
+    construction, and listed in :attr:`skipped`; :attr:`kept` holds the positions of the others.
     """
 
     def __init__(
@@ -63,17 +64,27 @@ class ResponseTokenStream:
     ) -> None:
         if chunk_pairs < 1:
             raise ValueError(f"chunk_pairs must be positive, got {chunk_pairs}")
-        encoded = encode_pairs(tokenizer, pairs, settings)
-        if not encoded.encoded:
-            raise ValueError(f"no pair could be encoded; reasons: {encoded.skipped[:5]}")
-        self.model, self.layer, self.seed = model, layer, seed
+        self.model, self.tokenizer, self.pairs, self.layer, self.seed = model, tokenizer, pairs, layer, seed
+        self.settings = settings
         self.pad_token_id = pad_token_id_of(tokenizer)
         self.max_tokens_per_batch = max_tokens_per_batch
-        self.sequences: list[EncodedResponse] = [side for pair in encoded.encoded for side in pair]
-        self.kept, self.skipped = encoded.kept, encoded.skipped
-        self.chunk_sequences = 2 * chunk_pairs
-        self.n_chunks = -(-len(self.sequences) // self.chunk_sequences)
-        self.n_tokens = sum(s.response_length for s in self.sequences)
+        # One pass to learn which pairs encode and how many response tokens they hold; the token
+        # ids themselves are not kept (a chunk is tokenised again when it is read), so memory is a
+        # few integers per pair however large the dataset.
+        kept: list[int] = []
+        self.skipped: list[tuple[int, str]] = []
+        n_tokens = 0
+        for start in range(0, len(pairs), 4096):
+            part = encode_pairs(tokenizer, pairs[start:start + 4096], settings)
+            kept.extend(start + k for k in part.kept)
+            self.skipped.extend((start + k, why) for k, why in part.skipped)
+            n_tokens += sum(c.response_length + r.response_length for c, r in part.encoded)
+        if not kept:
+            raise ValueError(f"no pair could be encoded; reasons: {self.skipped[:5]}")
+        self.kept = np.asarray(kept, dtype=np.int64)
+        self.chunk_pairs = chunk_pairs
+        self.n_chunks = -(-len(kept) // chunk_pairs)
+        self.n_tokens = n_tokens
 
     def chunk_order(self, epoch: int) -> list[int]:
         """The order in which epoch ``epoch`` visits the chunks (seeded by seed and epoch)."""
@@ -81,12 +92,15 @@ class ResponseTokenStream:
         return torch.randperm(self.n_chunks, generator=generator).tolist()
 
     def read_chunk(self, number: int) -> ResponseTokens:
-        """The response-token activations of chunk ``number`` (its sequences in dataset order)."""
-        start = number * self.chunk_sequences
-        return response_token_activations(
-            self.model, self.sequences[start:start + self.chunk_sequences], self.layer,
-            pad_token_id=self.pad_token_id, max_tokens_per_batch=self.max_tokens_per_batch,
-        )
+        """The response-token activations of chunk ``number``: its pairs' chosen and rejected
+        responses, pair after pair in dataset order."""
+        positions = self.kept[number * self.chunk_pairs:(number + 1) * self.chunk_pairs]
+        encoded = encode_pairs(self.tokenizer, [self.pairs[int(i)] for i in positions], self.settings)
+        if len(encoded.encoded) != len(positions):  # the same pairs, the same settings: never
+            raise RuntimeError("a pair encoded at construction no longer encodes; was the dataset changed?")
+        sequences: list[EncodedResponse] = [side for pair in encoded.encoded for side in pair]
+        return response_token_activations(self.model, sequences, self.layer, pad_token_id=self.pad_token_id,
+                                          max_tokens_per_batch=self.max_tokens_per_batch)
 
     def chunks(self, start: StreamPosition = StreamPosition()) -> Iterator[tuple[StreamPosition, torch.Tensor]]:
         """Endless (position after the chunk, [n_tokens, d] float32) from ``start`` on."""

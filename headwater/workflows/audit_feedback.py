@@ -27,7 +27,6 @@ from headwater.audit.prediction import (
     first_order_shift,
     measured_shifts,
     pair_token_likelihoods,
-    side_activations,
 )
 from headwater.data import load_preferences
 from headwater.engine import atomic
@@ -164,7 +163,7 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
         keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))
         pairs = [pairs[i] for i in keep]
     likelihood = pair_token_likelihoods(m0, tokenizer, pairs, settings)
-    ids, chosen, rejected = side_activations(store, latents, pooling=pooling)
+    ids, chosen, rejected = store.concept_sides(latents, pooling)
     row_of = {pid: k for k, pid in enumerate(ids)}
     rows = [row_of.get(pid) for pid in likelihood["pair_ids"]]
     usable = np.array([r is not None for r in rows])

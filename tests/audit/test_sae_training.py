@@ -117,7 +117,7 @@ def test_response_token_stream_equals_transformers_hidden_states(tiny_llama, tin
     settings = TokenizationSettings(format="raw", add_eos=False)
     stream = ResponseTokenStream(tiny_llama, tiny_tokenizer, PAIRS, 2, settings, chunk_pairs=2, seed=0,
                                  max_tokens_per_batch=16)
-    assert stream.kept == [0, 2, 3] and stream.skipped[0][0] == 1 and stream.n_chunks == 2
+    assert stream.kept.tolist() == [0, 2, 3] and stream.skipped[0][0] == 1 and stream.n_chunks == 2
     expected = []
     for pair in (PAIRS[0], PAIRS[2], PAIRS[3]):
         for response in (pair.chosen, pair.rejected):
