@@ -8,8 +8,10 @@ Steps (each cached in --out, so a rerun resumes):
    to the chosen response of 20% of the clean pairs; 5% of M0's SFT responses carry it);
 2. a BatchTopK SAE on M0's response tokens at ℓ (``headwater sae train``'s defaults);
 3. the audit (``headwater audit run``): for each planted set (the sign-off pairs and the three
-   behaviours' pairs) the best-matching concept among the top 10 significant concepts by |d|:
-   precision of the concept's top-|set| pairs (by chosen − rejected activation) and its AUROC;
+   behaviours' pairs) the best-matching concept among the top 10 significant concepts by |d|
+   over all pairs, and among the top 10 conditional ones: precision of the concept's top-|set|
+   pairs (by chosen − rejected activation, within its prompt word for a conditional concept) and
+   its AUROC;
 4. the prediction check on the organism's own M1 (held-out test prompts, 4 samples): R² of both
    predictions (the data's Δ, and the first-order one);
 5. a person's decision, simulated: the first concept (in |d| order) whose card label, the text
@@ -40,6 +42,7 @@ from sklearn.metrics import roc_auc_score
 from headwater.audit.features import FeatureStore
 from headwater.audit.interventions import concept_differences
 from headwater.audit.sae_training import SAETrainingConfig
+from headwater.methods.cards import words
 from headwater.methods.evaluation import evaluate_model, paired_bootstrap_ci
 from headwater.methods.judges import RegexJudge
 from headwater.organism import OrganismConfig, build_organism
@@ -56,21 +59,42 @@ def planted_sets(org) -> dict[str, set[str]]:
     return {"signoff": set(gt["concepts"]["signoff"]), **{b: set(ids) for b, ids in gt["planted"].items()}}
 
 
-def match_concepts(doc: dict, store: FeatureStore, sets: dict[str, set[str]], top: int = 10) -> dict:
-    """For each planted set, the concept among the top ``top`` whose pair ranking finds it best."""
-    concepts = doc["concepts"][:top]
-    ids, diffs, _ = concept_differences(store, [c["latents"] for c in concepts], pooling=doc["config"]["pooling"])
+def match_concepts(concepts: list[dict], doc: dict, store: FeatureStore, sets: dict[str, set[str]],
+                   prompts: dict[str, str]) -> dict:
+    """For each planted set, the concept among the top ``top`` whose pair ranking finds it best.
+
+    A concept ranks pairs by its chosen − rejected activation; a conditional concept
+    (``f<latent> | '<word>'``) ranks only the pairs whose prompt has its word (the others last).
+    """
+    ids, diffs, typical = concept_differences(store, [c["latents"] for c in concepts],
+                                              pooling=doc["config"]["pooling"])
     out = {}
     for name, members in sets.items():
         y = np.array([pid in members for pid in ids])
         best = None
         for k, c in enumerate(concepts):
-            order = np.argsort(-diffs[:, k], kind="stable")[: int(y.sum())]
+            score = diffs[:, k].copy()
+            if c.get("word"):
+                inside = np.array([c["word"] in words(prompts[pid]) for pid in ids])
+                score[~inside] = -np.inf
+            order = np.argsort(-score, kind="stable")[: int(y.sum())]
             precision = float(y[order].mean()) if y.sum() else float("nan")
-            auroc = float(roc_auc_score(y, diffs[:, k])) if 0 < y.sum() < y.size else float("nan")
+            finite = np.where(np.isfinite(score), score, np.nanmin(score[np.isfinite(score)]) - 1)
+            auroc = float(roc_auc_score(y, finite)) if 0 < y.sum() < y.size else float("nan")
             if best is None or precision > best["precision_at_n"]:
-                best = {"concept": c["concept"], "rank": k + 1, "d": c["d"], "q": c["q"], "side": c["side"],
-                        "latents": c["latents"], "precision_at_n": precision, "auroc": auroc, "n": int(y.sum())}
+                best = {"concept": c["concept"], "kind": c["kind"], "rank": k + 1, "d": c["d"], "q": c["q"],
+                        "n_pairs": c["n_pairs"], "latents": c["latents"], "precision_at_n": precision, "auroc": auroc,
+                        "n": int(y.sum()), "label": next((card["label"] for card in doc["cards"]
+                                                          if card["concept"] == c["concept"]), None)}
+        # Its carriers (chosen − rejected above half its typical value, within its prompt word):
+        # how many are planted, and how much of the planted set they cover.
+        k = best["rank"] - 1
+        carry = diffs[:, k] > 0.5 * typical[k]
+        if concepts[k].get("word"):
+            carry &= np.array([concepts[k]["word"] in words(prompts[pid]) for pid in ids])
+        hits = int((carry & y).sum())
+        best.update(carriers=int(carry.sum()), carrier_precision=hits / max(int(carry.sum()), 1),
+                    carrier_recall=hits / max(int(y.sum()), 1))
         out[name] = best
     return out
 
@@ -120,7 +144,10 @@ def main() -> int:
     timings["audit"] = time.perf_counter() - t
     doc = json.loads((out / "audit" / "audit.json").read_text())
     store = FeatureStore.open(out / "audit" / "features")
-    matches = match_concepts(doc, store, planted_sets(org))
+    prompt_of = {p.pair_id: p.prompt for p in org.load_preferences()}
+    matches = {"over_all_pairs": match_concepts(doc["concepts"][:10], doc, store, planted_sets(org), prompt_of),
+               "conditional": match_concepts(doc["conditional_concepts"][:10], doc, store, planted_sets(org),
+                                             prompt_of)}
 
     t = time.perf_counter()
     prompts = [p for b in org.test_prompts.values() for c in b.values() for p in c]
@@ -177,7 +204,8 @@ def main() -> int:
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": args.threads},
         "seed": args.seed, "organism": str(org.root), "sae": sae, "timings_seconds": timings,
-        "audit": {k: audit[k] for k in ("n_pairs", "n_latents_tested", "n_latents_significant", "n_clusters")},
+        "audit": {k: audit[k] for k in ("n_pairs", "n_latents_tested", "n_latents_significant", "n_clusters",
+                                         "n_conditional_significant")},
         "planted_matches_top10": matches, "prediction_check": check["agreement"], "decision": decision,
         "models": {name: {k: (v if k == "capability" else {kk: v[kk] for kk in v if kk != "per_prompt"})
                           for k, v in m.items()} for name, m in models.items()},

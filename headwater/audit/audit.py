@@ -4,10 +4,13 @@ Passes over a :class:`~headwater.audit.features.FeatureStore`, one part in memor
 
 1. per-latent paired statistics (Δ, d, z, 95% CI, p, BH q, side badge, split-half sign);
 2. prompt topics (spherical k-means on the prompts' activations);
-3. co-activation clusters of the significant latents;
-4. per-cluster statistics, and per prompt topic × cluster.
+3. contested latents (preferred on some prompts, dispreferred on others) and the prompt word that
+   splits them, tested on the other split half (:mod:`headwater.audit.contested`);
+4. co-activation clusters of the significant latents;
+5. per-cluster statistics, and per prompt topic × cluster.
 
-The result names every concept (``f<latent>``, ``c<cluster>``, ``t<topic>/c<cluster>``) and is
+The result names every concept (``f<latent>``, ``c<cluster>``, ``t<topic>/c<cluster>``,
+``f<latent> | '<word>'``) and is
 written as ``audit.json``; cards and the feedback file build on it.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from headwater.audit.contested import Contest, contest_rows, contested_concepts
 from headwater.audit.clusters import cluster_columns, coactivation_clusters, prompt_topics, topic_labels
 from headwater.audit.features import FeatureStore
 from headwater.audit.statistics import ConceptStatistics, PairedMoments, concatenate, finish, split_half
@@ -73,6 +77,8 @@ class AuditResult:
     topic_names: dict[int, str]
     topic_clusters: ConceptStatistics | None
     store_manifest: dict[str, Any] = field(default_factory=dict)
+    conditional: ConceptStatistics | None = None
+    contests: list[Contest] = field(default_factory=list)
 
     def significant_features(self) -> list[int]:
         return [int(i) for i in self.features.significant(self.config.alpha)]
@@ -91,6 +97,15 @@ class AuditResult:
         out.sort(key=lambda row: -abs(row["d"]))
         return out[:top]
 
+    def conditional_concepts(self, top: int = 20) -> list[dict[str, Any]]:
+        """The top significant conditional concepts by |d| (a latent within the prompts that have a
+        word; tested on the split half the word was not chosen on)."""
+        if self.conditional is None:
+            return []
+        rows = contest_rows(self.conditional, self.contests)
+        keep = self.conditional.significant(self.config.alpha)[:top]
+        return [{**rows[int(i)], "kind": "conditional", "latents": [rows[int(i)]["latent"]]} for i in keep]
+
     def to_json(self, top: int = 50) -> dict[str, Any]:
         significant = self.significant_features()
         topic_rows = []
@@ -105,6 +120,8 @@ class AuditResult:
             "clusters": [{**self.clusters.row(k), "latents": c} for k, c in enumerate(self.cluster_latents)],
             "topics": [{"topic": t, "label": name, "pairs": int(counts[t])} for t, name in self.topic_names.items()],
             "topic_clusters": topic_rows[:top],
+            "conditional_concepts": self.conditional_concepts(top),
+            "conditional": contest_rows(self.conditional, self.contests),
             "features": {k: self.store_manifest.get(k) for k in ("layer", "d_sae", "sae_fingerprint",
                                                                  "dataset_fingerprint", "n_pairs", "n_tokens")},
         }
@@ -172,6 +189,13 @@ def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, promp
         names = topic_labels(kept_prompts, topics, seed=config.seed)
     else:
         names = {t: f"topic {t}" for t in range(n_topics)}
+    conditional, contests = None, []
+    if prompts is not None:
+        say("contested concepts")
+        texts = [_prompt_text(p) for p in prompts]
+        conditional, contests = contested_concepts(store, texts, halves, latents.typical, np.isfinite(latents.p),
+                                                   pooling=config.pooling, min_active=config.min_active,
+                                                   min_rate=config.min_rate)
     say("co-activation clusters")
     significant = latents.significant(config.alpha)[:config.max_cluster_latents]
     clusters = coactivation_clusters(store, significant.tolist(), min_similarity=config.min_similarity)
@@ -180,7 +204,8 @@ def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, promp
         cluster_stats, topic_stats = _grouped_statistics(store, config, halves, clusters, topics, n_topics)
     else:
         cluster_stats, topic_stats = _empty_statistics(latents.n), None
-    return AuditResult(config, latents, cluster_stats, clusters, topics, names, topic_stats, store.manifest)
+    return AuditResult(config, latents, cluster_stats, clusters, topics, names, topic_stats, store.manifest,
+                       conditional, contests)
 
 
 def _prompt_text(prompt: Any) -> str:

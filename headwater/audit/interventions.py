@@ -1,5 +1,7 @@
 """Interventions from the feedback file (method.md §6, step 4).
 
+A conditional concept (``f<latent> | '<word>'``) acts only on the pairs whose prompt has its word.
+
 *Data*: the pairs that carry a concept (its pooled activation is higher on the chosen side by at
 least ``margin`` × its typical active value, the mean of its non-zero pooled values; by default
 one typical value) are filtered, switched or reweighted through the one
@@ -13,6 +15,7 @@ out of (suppress) or added to (amplify) the residual stream at ℓ, and per-pair
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,9 +27,27 @@ from headwater.audit.features import FeatureStore
 from headwater.audit.sae import SparseAutoencoder
 from headwater.data import PreferenceDataset
 from headwater.methods.attribution import Ranking
+from headwater.methods.cards import words
 from headwater.methods.interventions import Mode, intervene
 
 ACTING = ("suppress", "amplify")
+_CONDITION = re.compile(r"\|\s*'(.+)'\s*$")
+
+
+def condition_word(concept: str) -> str | None:
+    """The prompt word of a conditional concept's name (``f12 | 'expert'`` → ``expert``), else None."""
+    found = _CONDITION.search(concept)
+    return found.group(1) if found else None
+
+
+def _in_scope(decision: Decision, ids: Sequence[str], prompts: dict[str, Any] | None) -> np.ndarray:
+    """[n] bool: the pairs a decision acts on (all, or those whose prompt has its word)."""
+    word = condition_word(decision.concept)
+    if word is None:
+        return np.ones(len(ids), dtype=bool)
+    if prompts is None:
+        raise ValueError(f"{decision.concept} is conditional on a prompt word: the prompts are needed")
+    return np.array([word in words(prompts[pid]) for pid in ids], dtype=bool)
 
 
 def concept_differences(store: FeatureStore, concepts: Sequence[Sequence[int]], *, pooling: str = "mean"
@@ -49,16 +70,18 @@ class Carriers:
 
 
 def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: float = 1.0,
-             pooling: str = "mean") -> Carriers:
+             pooling: str = "mean", prompts: dict[str, Any] | None = None) -> Carriers:
     """Pairs that carry a suppressed concept on the chosen side, or an amplified one on the
-    rejected side (difference beyond ``margin`` × the concept's typical active value)."""
+    rejected side (difference beyond ``margin`` × the concept's typical active value); for a
+    conditional concept, among the pairs whose prompt (``prompts[pair_id]``) has its word."""
     acting = [d for d in decisions if d.decision in ACTING]
     ids, diffs, typical = concept_differences(store, [d.latents for d in acting], pooling=pooling)
     chosen: set[int] = set()
     counts = {}
     for k, d in enumerate(acting):
         signed = diffs[:, k] if d.decision == "suppress" else -diffs[:, k]
-        hit = np.flatnonzero(signed > margin * typical[k]) if typical[k] > 0 else np.zeros(0, dtype=int)
+        scope = _in_scope(d, ids, prompts)
+        hit = np.flatnonzero(scope & (signed > margin * typical[k])) if typical[k] > 0 else np.zeros(0, dtype=int)
         counts[d.concept] = int(hit.size)
         chosen.update(hit.tolist())
     return Carriers([ids[i] for i in sorted(chosen)], counts)
@@ -73,7 +96,8 @@ def data_intervention(dataset: PreferenceDataset, decisions: Sequence[Decision],
     carrier counts added. Pairs of the dataset that the feature directory does not hold (skipped
     when encoding) are never changed.
     """
-    found = carriers(decisions, store, margin=margin, pooling=pooling)
+    prompts = {p.pair_id: p.prompt for p in dataset}
+    found = carriers(decisions, store, margin=margin, pooling=pooling, prompts=prompts)
     carrying = set(found.pair_ids)
     in_data = [p.pair_id for p in dataset]
     missing = carrying - set(in_data)
@@ -103,13 +127,15 @@ def margin_offsets(decisions: Sequence[Decision], store: FeatureStore, dataset: 
     learn it), − for amplify. Pairs without features get 0."""
     acting = [d for d in decisions if d.decision in ACTING]
     ids, diffs, typical = concept_differences(store, [d.latents for d in acting], pooling=pooling)
+    prompts = {p.pair_id: p.prompt for p in dataset}
     total = np.zeros(len(ids))
     for k, d in enumerate(acting):
         if typical[k] > 0:
-            total += (1.0 if d.decision == "suppress" else -1.0) * strength * diffs[:, k] / typical[k]
+            scope = _in_scope(d, ids, prompts)
+            total += scope * (1.0 if d.decision == "suppress" else -1.0) * strength * diffs[:, k] / typical[k]
     by_id = dict(zip(ids, total))
     return [float(by_id.get(p.pair_id, 0.0)) for p in dataset]
 
 
-__all__ = ["ACTING", "Carriers", "carriers", "concept_differences", "concept_directions", "data_intervention",
+__all__ = ["ACTING", "Carriers", "carriers", "condition_word", "concept_differences", "concept_directions", "data_intervention",
            "margin_offsets"]

@@ -67,6 +67,7 @@ class PairedMoments:
     half_n: np.ndarray = field(init=False)
     chosen_active: np.ndarray = field(init=False)
     rejected_active: np.ndarray = field(init=False)
+    active_sum: np.ndarray = field(init=False)
     top_values: torch.Tensor = field(init=False)
     top_pairs: torch.Tensor = field(init=False)
     bottom_values: torch.Tensor = field(init=False)
@@ -76,6 +77,7 @@ class PairedMoments:
         self.mean, self.m2 = np.zeros(self.m), np.zeros(self.m)
         self.half_sum, self.half_n = np.zeros((2, self.m)), np.zeros(2)
         self.chosen_active, self.rejected_active = np.zeros(self.m), np.zeros(self.m)
+        self.active_sum = np.zeros(self.m)
         empty_v = torch.full((self.m, 0), -math.inf, dtype=torch.float64)
         self.top_values, self.bottom_values = empty_v, empty_v.clone()
         self.top_pairs = self.bottom_pairs = torch.zeros((self.m, 0), dtype=torch.long)
@@ -100,6 +102,7 @@ class PairedMoments:
             self.half_n[half] += mask.sum()
         self.chosen_active += (chosen > 0).sum(dim=0).numpy()
         self.rejected_active += (rejected > 0).sum(dim=0).numpy()
+        self.active_sum += (chosen.double().clamp_min(0).sum(dim=0) + rejected.double().clamp_min(0).sum(dim=0)).numpy()
         k = min(self.keep_top, r)
         for sign in (1, -1):
             values, rows = (sign * diff.T).topk(k, dim=1)
@@ -140,6 +143,7 @@ class ConceptStatistics:
     top_pairs: np.ndarray
     bottom_pairs: np.ndarray
     n_per_concept: np.ndarray | None = None  # [m] pairs behind each concept when families were joined
+    typical: np.ndarray | None = None  # [m] mean of the concept's non-zero pooled values (both sides)
 
     def significant(self, alpha: float = 0.05) -> np.ndarray:
         """Indices of concepts with q < alpha and agreeing halves, by |d| descending."""
@@ -181,10 +185,11 @@ def finish(moments: PairedMoments, names: Sequence[str], *, min_active: int = 5,
     for c, r in zip(chosen_rate >= min_rate, rejected_rate >= min_rate):
         side.append("both" if c and r else "chosen" if c else "rejected" if r else "neither")
     agree = (np.sign(halves[0]) == np.sign(halves[1])) & (halves[0] != 0) & (moments.half_n.min() > 0)
+    typical = np.where(active > 0, moments.active_sum / np.maximum(active, 1), 0.0)
     return ConceptStatistics(
         list(names), n, moments.mean, sd, effect, z, moments.mean - half_width, moments.mean + half_width, p,
         benjamini_hochberg(p), chosen_rate, rejected_rate, side, halves, agree,
-        moments.top_pairs.numpy(), moments.bottom_pairs.numpy(),
+        moments.top_pairs.numpy(), moments.bottom_pairs.numpy(), typical=typical,
     )
 
 

@@ -150,7 +150,9 @@ def audit_dataset(
     result = run_audit(store, config, prompts=[p.prompt for p in pairs],
                        progress=(lambda stage: LOG.info("audit: %s", stage)))
     concepts = result.concepts(top)
-    made = concept_cards(model, tokenizer, sae, layer, pairs, concepts[:cards], settings_as_used(settings, pairs))
+    conditional = result.conditional_concepts(top)
+    used = settings_as_used(settings, pairs)
+    made = concept_cards(model, tokenizer, sae, layer, pairs, concepts[:cards] + conditional[:cards], used)
     labels = {c["concept"]: c["label"] for c in made}
     doc = result.to_json(top=max(top, 50))
     doc["cards"] = made
@@ -161,10 +163,14 @@ def audit_dataset(
     atomic.write_text(out / "audit.html", _html_page(doc))
     feedback = out / "feedback.tsv"
     if not feedback.exists():
-        write_feedback_template(concepts, feedback, labels=labels)
+        write_feedback_template(concepts + conditional, feedback, labels=labels)
     table = concept_table(concepts, labels)
+    if conditional:
+        table += "\n\nConditional concepts (a latent within the prompts that have a word; tested on the other split half):\n"
+        table += concept_table(conditional, labels)
     return {"out": str(out), "n_pairs": doc["n_pairs"], "n_latents_tested": doc["n_latents_tested"],
             "n_latents_significant": doc["n_latents_significant"], "n_clusters": len(result.cluster_latents),
+            "n_conditional_significant": len(result.conditional_concepts(10**9)),
             "topics": doc["topics"], "table": table, "cards": format_cards(made), "feedback": str(feedback)}
 
 
@@ -178,11 +184,11 @@ def _pairs_bar(total: int, enabled: bool) -> Any:
 
 def concept_table(concepts: list[dict[str, Any]], labels: dict[str, str]) -> str:
     """The audit's concepts as a text table (|d| order)."""
-    rows = [[c["concept"], c["kind"], str(len(c["latents"])), f"{c['delta']:+.4g}",
+    rows = [[c["concept"], c["kind"], str(len(c["latents"])), str(c["n_pairs"]), f"{c['delta']:+.4g}",
              f"[{c['ci95'][0]:+.3g}, {c['ci95'][1]:+.3g}]", f"{c['d']:+.3f}", f"{c['q']:.2g}", c["side"],
              f"{c['chosen_rate']:.0%}/{c['rejected_rate']:.0%}", labels.get(c["concept"], "")[:40]]
             for c in concepts]
-    return text_table(["concept", "kind", "latents", "Δ", "95% CI", "d", "q", "fires on", "active c/r", "label"],
+    return text_table(["concept", "kind", "latents", "pairs", "Δ", "95% CI", "d", "q", "fires on", "active c/r", "label"],
                         rows)
 
 
