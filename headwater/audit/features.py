@@ -111,10 +111,9 @@ def pool_codes(sae: SparseAutoencoder, activations: torch.Tensor, lengths: Seque
     code = sae.encode_sparse(activations)
     lengths_t = torch.tensor(list(lengths), dtype=torch.long)
     token_row = torch.repeat_interleave(torch.arange(len(lengths)), lengths_t)  # [n_tokens]
-    active = code.values > 0
-    rows = token_row[:, None].expand_as(code.indices)[active]
-    latents = code.indices[active]
-    values = code.values[active].float()
+    rows = token_row[code.rows]  # the response of each active entry
+    latents = code.indices
+    values = code.values.float()
     key = rows * sae.d_sae + latents
     unique, inverse = torch.unique(key, return_inverse=True)  # sorted: by row, then latent
     sums = torch.zeros(unique.numel(), dtype=torch.float64).index_add_(0, inverse, values.double())

@@ -14,8 +14,8 @@ One module holds every architecture headwater reads or trains, in SAELens's para
 - decoding ``x̂ = f · W_dec + b_dec``.
 
 Encoding never builds a dense [tokens, d_sae] matrix larger than one chunk: tokens are encoded in
-chunks sized by :data:`ENCODE_CHUNK_ELEMENTS`, and the sparse form (values and indices of the
-active latents) is what leaves :meth:`SparseAutoencoder.encode_sparse`.
+chunks sized by :data:`ENCODE_CHUNK_ELEMENTS`, and the sparse form (row, latent and value of each
+active entry) is what leaves :meth:`SparseAutoencoder.encode_sparse`.
 """
 from __future__ import annotations
 
@@ -33,20 +33,29 @@ ENCODE_CHUNK_ELEMENTS = 1 << 24
 
 @dataclass(frozen=True)
 class SparseCode:
-    """The active latents of n tokens (or responses), padded to the same width.
+    """The active latents of n tokens (or responses), entry by entry (coordinate form).
 
     Attributes:
-        values: [n, w] float32, the activations; 0 where a row has fewer than w active latents.
-        indices: [n, w] int64 latent indices; the padding entries have value 0 and any index.
+        rows: [nnz] int64 row of each entry, ascending.
+        indices: [nnz] int64 latent of each entry.
+        values: [nnz] activation of each entry (> 0).
+        n: the number of rows (rows without an active latent have no entry).
     """
 
-    values: torch.Tensor
+    rows: torch.Tensor
     indices: torch.Tensor
+    values: torch.Tensor
+    n: int
 
     def to_dense(self, d_sae: int) -> torch.Tensor:
-        """[n, d_sae] float32."""
-        dense = torch.zeros((self.values.shape[0], d_sae), dtype=self.values.dtype)
-        return dense.scatter_add_(1, self.indices, self.values)
+        """[n, d_sae] in the values' dtype."""
+        dense = torch.zeros((self.n, d_sae), dtype=self.values.dtype)
+        dense[self.rows, self.indices] = self.values
+        return dense
+
+    def counts(self) -> torch.Tensor:
+        """[n] int64 active latents per row (L0)."""
+        return torch.bincount(self.rows, minlength=self.n)
 
 
 class SparseAutoencoder(nn.Module):
@@ -104,14 +113,15 @@ class SparseAutoencoder(nn.Module):
         """The inference encoder on pre-activations [n, d_sae] → its sparse code."""
         if self.architecture == "topk":
             values, indices = h.topk(self.k, dim=1)
-            return SparseCode(values.clamp_min(0), indices)
-        # JumpReLU (and BatchTopK at inference): ReLU(h)·[h > threshold]; standard: ReLU(h).
+            keep = values > 0  # ReLU after the selection
+            rows = torch.arange(h.shape[0]).unsqueeze(1).expand_as(indices)
+            return SparseCode(rows[keep], indices[keep], values[keep], h.shape[0])
+        # JumpReLU (and BatchTopK at inference): ReLU(h)·[h > threshold]; standard: ReLU(h). The
+        # number of active latents is not bounded (an outlier token may light up thousands), so
+        # the code is kept entry by entry, never padded to the widest row.
         bar = self.threshold.clamp_min(0) if self.architecture != "standard" else torch.zeros_like(self.threshold)
-        active = h > bar
-        width = max(int(active.sum(dim=1).max()) if h.shape[0] else 0, 1)
-        masked = torch.where(active, h, torch.zeros((), dtype=h.dtype))
-        values, indices = masked.topk(min(width, self.d_sae), dim=1)
-        return SparseCode(values, indices)
+        rows, cols = (h > bar).nonzero(as_tuple=True)
+        return SparseCode(rows, cols, h[rows, cols], h.shape[0])
 
     def chunk_rows(self) -> int:
         """Tokens per encoding chunk so one [rows, d_sae] block stays within ENCODE_CHUNK_ELEMENTS."""
@@ -124,16 +134,19 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def encode_sparse(self, x: torch.Tensor) -> SparseCode:
-        """Inference encoding of [n, d_in] activations, in chunks; the rows' codes, padded alike."""
+        """Inference encoding of [n, d_in] activations, in chunks, as one sparse code."""
         self._check_input(x)
-        codes = [self._activate(self.pre_activations(chunk)) for chunk in self._chunks(x)]
-        if not codes:
-            empty = torch.zeros((0, 1))
-            return SparseCode(empty.to(self.W_enc.dtype), empty.long())
-        width = max(c.values.shape[1] for c in codes)
-        values = torch.cat([nn.functional.pad(c.values, (0, width - c.values.shape[1])) for c in codes])
-        indices = torch.cat([nn.functional.pad(c.indices, (0, width - c.indices.shape[1])) for c in codes])
-        return SparseCode(values, indices)
+        rows, indices, values, offset = [], [], [], 0
+        for chunk in self._chunks(x):
+            code = self._activate(self.pre_activations(chunk))
+            rows.append(code.rows + offset)
+            indices.append(code.indices)
+            values.append(code.values)
+            offset += chunk.shape[0]
+        if not rows:
+            empty = torch.zeros(0, dtype=torch.long)
+            return SparseCode(empty, empty.clone(), torch.zeros(0, dtype=self.W_enc.dtype), 0)
+        return SparseCode(torch.cat(rows), torch.cat(indices), torch.cat(values), x.shape[0])
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,9 +180,11 @@ class SparseAutoencoder(nn.Module):
         return torch.addmm(self.b_dec, f.to(self.W_dec.dtype), self.W_dec)
 
     def decode_sparse(self, code: SparseCode) -> torch.Tensor:
-        """x̂ from a sparse code without a dense [n, d_sae] matrix: Σ_j value_j · W_dec[index_j] + b_dec."""
-        gathered = self.W_dec[code.indices]  # [n, w, d_in]
-        return torch.einsum("nw,nwd->nd", code.values.to(self.W_dec.dtype), gathered) + self.b_dec
+        """x̂ from a sparse code without a dense [n, d_sae] matrix: Σ_j value_j · W_dec[index_j] + b_dec
+        (a sparse × dense product)."""
+        f = torch.sparse_coo_tensor(torch.stack([code.rows, code.indices]), code.values.to(self.W_dec.dtype),
+                                    (code.n, self.d_sae))
+        return torch.sparse.mm(f, self.W_dec) + self.b_dec
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -346,18 +346,16 @@ def evaluate_sae(sae: SparseAutoencoder, activations: Iterator[torch.Tensor]) ->
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
     residual = total = 0.0
     sums, squares, count, active = None, None, 0, 0
-    blocks = []
     for x in activations:
         x = x.float()
         code = sae.encode_sparse(x)
         x_hat = sae.decode_sparse(code)
-        fired[code.indices[code.values > 0]] = True
-        active += int((code.values > 0).sum())
+        fired[code.indices] = True
+        active += int(code.values.numel())
         residual += float((x.double() - x_hat.double()).pow(2).sum())
         sums = x.double().sum(dim=0) if sums is None else sums + x.double().sum(dim=0)
         squares = x.double().pow(2).sum() if squares is None else squares + x.double().pow(2).sum()
         count += x.shape[0]
-        blocks.append(None)
     if count < 2 or sums is None or squares is None:
         raise ValueError("evaluate_sae needs at least two activation rows")
     total = float(squares - sums.pow(2).sum() / count)

@@ -61,8 +61,20 @@ def test_chunked_encoding_equals_one_chunk(monkeypatch):
     monkeypatch.setattr(sae_module, "ENCODE_CHUNK_ELEMENTS", 40 * 4)  # four tokens per chunk
     assert sae.chunk_rows() == 4
     code = sae.encode_sparse(x)
-    assert code.values.shape[0] == 33
+    assert code.n == 33 and bool((code.rows[1:] >= code.rows[:-1]).all())  # rows ascending across chunks
     torch.testing.assert_close(code.to_dense(40), whole, rtol=0, atol=0)
+    torch.testing.assert_close(sae.decode_sparse(code), whole @ sae.W_dec + sae.b_dec, rtol=1e-12, atol=1e-12)
+
+
+def test_an_outlier_token_with_many_active_latents_costs_no_padding():
+    sae = random_sae("jumprelu", d_sae=40)
+    with torch.no_grad():
+        sae.threshold.fill_(0.0)
+    x = torch.randn(50, 12, dtype=torch.float64)
+    x[7] *= 1000  # about half of all latents fire on it
+    code = sae.encode_sparse(x)
+    assert code.values.numel() == int((code.to_dense(40) > 0).sum())
+    torch.testing.assert_close(code.to_dense(40), reference_encode(sae, x), rtol=0, atol=1e-9)
 
 
 def test_edge_cases_k_equal_d_sae_zero_input_ties_and_no_rows():
@@ -74,9 +86,9 @@ def test_edge_cases_k_equal_d_sae_zero_input_ties_and_no_rows():
         tied.W_enc.zero_()
         tied.b_enc.copy_(torch.tensor([1.0, 3.0, 3.0, 3.0, 0.0, -1.0, 2.0, 3.0], dtype=torch.float64))
     code = tied.encode_sparse(torch.randn(2, 12, dtype=torch.float64))
-    assert torch.all(code.values == 3.0)  # any two of the tied latents, each with the tied value
+    assert torch.all(code.values == 3.0) and code.counts().tolist() == [2, 2]  # any two tied latents
     empty = sae.encode_sparse(torch.zeros(0, 12, dtype=torch.float64))
-    assert empty.values.shape[0] == 0
+    assert empty.n == 0 and empty.values.numel() == 0
     assert sae.reconstruct(torch.zeros(0, 12, dtype=torch.float64)).shape == (0, 12)
     with pytest.raises(ValueError, match="d_in=12"):
         sae.encode(torch.zeros(2, 5))
@@ -87,8 +99,9 @@ def test_edge_cases_k_equal_d_sae_zero_input_ties_and_no_rows():
 
 
 def test_sparse_code_and_fvu():
-    code = SparseCode(torch.tensor([[2.0, 0.0], [1.0, 3.0]]), torch.tensor([[1, 0], [0, 2]]))
-    assert code.to_dense(3).tolist() == [[0.0, 2.0, 0.0], [1.0, 0.0, 3.0]]
+    code = SparseCode(torch.tensor([0, 1, 1]), torch.tensor([1, 0, 2]), torch.tensor([2.0, 1.0, 3.0]), 3)
+    assert code.to_dense(3).tolist() == [[0.0, 2.0, 0.0], [1.0, 0.0, 3.0], [0.0, 0.0, 0.0]]
+    assert code.counts().tolist() == [1, 2, 0]
     x = torch.randn(20, 4, dtype=torch.float64)
     assert fraction_of_variance_unexplained(x, x) == 0.0
     mean = x.mean(0).expand_as(x)
