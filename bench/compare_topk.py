@@ -167,7 +167,7 @@ def run_flat(q: int, d: int, k: int, sizes: list[int]) -> None:
         seconds, peak, _ = measure(lambda: cosine_topk(xq, xb, k))
         seconds, peak2, _ = measure(lambda: cosine_topk(xq, xb, k))
         print(f"  N={n:8d}  peak {max(peak, peak2) / 2**20:8.1f} MiB  time {seconds * 1e3:8.1f} ms", flush=True)
-        del xb
+        xb = None  # free it before the next size
 
 
 def main() -> None:

@@ -25,6 +25,9 @@ def _data_options(p: argparse.ArgumentParser, what: str = "preference data") -> 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    import headwater.organism  # noqa: F401  (registers the organism's recipe)
+    from headwater.training.recipes import RECIPES
+
     p = sub.add_parser("audit", help="the concept audit of preference data before training (run, apply, retrain, "
                                      "check)",
                        description="Which interpretable concepts (SAE features of M0) separate chosen from rejected "
@@ -53,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-response pooling of a latent over its tokens (default mean)")
     r.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for significance (default 0.05)")
     r.add_argument("--topics", type=int, default=8, help="prompt topics (default 8)")
-    r.add_argument("--top", type=int, default=20, help="concepts in the table and the feedback file (default 20)")
+    r.add_argument("--concepts", type=int, default=20,
+                   help="concepts of each list (over all pairs, conditional) in the table and the feedback file "
+                        "(default 20)")
     r.add_argument("--cards", type=int, default=10, help="concepts with a card (default 10)")
     r.add_argument("--seed", type=int, default=0, help="split halves and topics (default 0)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -76,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a carrier's chosen − rejected difference must exceed this × the concept's typical "
                         "activation, the mean of its non-zero pooled values (default 1)")
     a.add_argument("--out", required=True, type=Path, help="output directory")
-    a.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl")
+    a.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl",
+                   help="file format of the written pairs (default jsonl)")
     add_overwrite_option(a, "an intervention")
     a.set_defaults(func=run_apply)
 
@@ -90,11 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _data_options(t, "the audited preference data")
     t.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
     t.add_argument("--feedback", type=Path, default=None, help="the feedback file (default <audit>/feedback.tsv)")
-    t.add_argument("--mode", choices=["project", "offset"], default="project",
+    t.add_argument("--intervention", choices=["project", "offset"], default="project",
                    help="project the concept out at ℓ (amplify: add it), or shape the margin (default project)")
     t.add_argument("--strength", type=float, default=1.0,
                    help="offset per typical activation (offset), or the added multiple (project, amplify)")
-    t.add_argument("--recipe", default="organism", help="the DPO recipe (default organism)")
+    t.add_argument("--recipe", choices=sorted(RECIPES), default="organism", help="the DPO recipe (default organism)")
     t.add_argument("--device", default="cpu", help="torch device to train on")
     t.add_argument("--out", required=True, type=Path, help="output directory for M1")
     add_overwrite_option(t, "a retrained model")
@@ -131,7 +137,7 @@ def run_audit(args: argparse.Namespace) -> int:
         config=AuditConfig(pooling=args.pooling, alpha=args.alpha, n_topics=args.topics, seed=args.seed),
         layer=args.layer, sparsify=args.sparsify, hookpoint=args.hookpoint, settings=settings_from(args),
         split=args.split, on_error=args.on_error, dtype=args.dtype, device=args.device,
-        max_tokens_per_batch=args.max_tokens_per_batch, top=args.top, cards=args.cards, progress=args.progress,
+        max_tokens_per_batch=args.max_tokens_per_batch, top=args.concepts, cards=args.cards, progress=args.progress,
     )
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -157,11 +163,10 @@ def run_apply(args: argparse.Namespace) -> int:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    import headwater.organism  # noqa: F401  (registers the organism recipe)
     from headwater.workflows.audit_feedback import retrain_with_feedback
 
     summary = retrain_with_feedback(model_path=args.model, data=args.data, audit_dir=args.audit, out_dir=args.out,
-                                    feedback=args.feedback, mode=args.mode, strength=args.strength,
+                                    feedback=args.feedback, mode=args.intervention, strength=args.strength,
                                     config=args.recipe, split=args.split, on_error=args.on_error,
                                     overwrite=args.overwrite, device=args.device)
     print(json.dumps(summary, indent=2))

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--k", type=int, default=16, help="active latents per token (default 16)")
     t.add_argument("--expansion", type=int, default=8, help="latents per activation dimension (default 8)")
     t.add_argument("--d-sae", type=int, default=None, help="latents (overrides --expansion)")
-    t.add_argument("--epochs", type=float, default=4.0, help="passes over the response tokens (default 4)")
-    t.add_argument("--tokens", type=int, default=None, help="tokens to train on (overrides --epochs)")
+    t.add_argument("--passes", type=float, default=4.0, help="passes over the response tokens (default 4)")
+    t.add_argument("--tokens", type=int, default=None, help="tokens to train on (overrides --passes)")
     t.add_argument("--batch-tokens", type=int, default=1024, help="tokens per step (default 1024)")
     t.add_argument("--buffer-tokens", type=int, default=1 << 15,
                    help="shuffle buffer capacity in tokens, the bound on memory (default 32768)")
@@ -59,7 +59,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = SAETrainingConfig(
         architecture=args.architecture, d_sae=args.d_sae, expansion=args.expansion, k=args.k,
-        total_tokens=args.tokens, epochs=args.epochs, batch_tokens=args.batch_tokens,
+        total_tokens=args.tokens, epochs=args.passes, batch_tokens=args.batch_tokens,
         buffer_tokens=args.buffer_tokens, lr=args.lr, dead_after_tokens=args.dead_after_tokens, seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from headwater.audit.cards import Decision, read_feedback
 from headwater.audit.features import FeatureStore

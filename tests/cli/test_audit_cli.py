@@ -135,7 +135,7 @@ def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, cap
     assert applied["n_output"] == 48 - applied["n_changed"]
     for mode in ("project", "offset"):
         assert main(["audit", "retrain", "--model", str(saved_model), "--data", str(data), "--audit", str(out),
-                     "--mode", mode, "--out", str(tmp_path / f"m1-{mode}")]) == 0
+                     "--intervention", mode, "--out", str(tmp_path / f"m1-{mode}")]) == 0
         record = json.loads((tmp_path / f"m1-{mode}" / "retrain.json").read_text())
         assert record["feature_intervention"]["mode"] == mode
     capsys.readouterr()

@@ -9,9 +9,16 @@ from headwater import __version__
 from headwater.cli import build_parser, main
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def _subparsers(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every command, and every action of a command that has actions (``sae train``, ``audit run``)."""
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(action.choices)
+    out = {}
+    for name, sub in action.choices.items():
+        if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+            out.update(_subparsers(sub, f"{prefix}{name} "))
+        else:
+            out[f"{prefix}{name}"] = sub
+    return out
 
 
 def test_version(capsys):
@@ -24,7 +31,8 @@ def test_version(capsys):
 def test_every_command_has_a_description_and_every_option_help():
     commands = _subparsers(build_parser())
     assert set(commands) == {"demo", "encode", "attribute", "behaviors", "discover", "intervene", "retrain",
-                             "evaluate", "experiment", "compare", "steer"}
+                             "evaluate", "experiment", "compare", "steer", "sae train", "audit run", "audit apply",
+                             "audit retrain", "audit check"}
     missing = []
     for name, parser in commands.items():
         if not parser.description:
