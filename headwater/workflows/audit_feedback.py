@@ -81,7 +81,9 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
 
     ``mode="project"``: suppressed concepts' directions are projected out at ℓ (amplified ones
     added with scale ``strength``); ``mode="offset"``: reward shaping with margin offsets of
-    ``strength`` per typical activation.
+    ``strength`` per typical activation. A conditional concept's offsets apply only to the pairs
+    whose prompt has its word, but its direction is projected out on every prompt (a residual
+    edit does not see the prompt's words).
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"mode must be one of {FEATURE_MODES}, got {mode!r}")
