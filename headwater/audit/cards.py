@@ -111,13 +111,18 @@ def _render_tokens(response: dict[str, Any], scale: float) -> str:
     return "".join(spans)
 
 
+def _title(card: dict[str, Any]) -> str:
+    """A card's name: the LLM's label with the spans beside it, or the spans alone."""
+    return f"{card['llm_label']} (spans: {card['label']})" if card.get("llm_label") else card["label"]
+
+
 def render_cards_html(cards: Sequence[dict[str, Any]]) -> str:
     """An HTML section with one card per concept, tokens shaded by the concept's activation."""
     parts = ['<section class="concept-cards"><h2>Concepts</h2>']
     for card in cards:
         low, high = card["ci95"]
         parts.append(
-            f'<div class="card"><h3>{html.escape(card["concept"])}: {html.escape(card["label"])}</h3>'
+            f'<div class="card"><h3>{html.escape(card["concept"])}: {html.escape(_title(card))}</h3>'
             f'<p>{card["kind"]} of {len(card["latents"])} latent(s); Δ = {card["delta"]:.4g} '
             f'[{low:.4g}, {high:.4g}], d = {card["d"]:.3g}, q = {card["q"]:.3g}; fires on {card["side"]} '
             f'(chosen {card["chosen_rate"]:.0%}, rejected {card["rejected_rate"]:.0%}); split halves '
@@ -144,7 +149,7 @@ def format_cards(cards: Sequence[dict[str, Any]]) -> str:
     lines = []
     for card in cards:
         low, high = card["ci95"]
-        lines.append(f"{card['concept']} ({card['kind']}, {len(card['latents'])} latent(s)): {card['label']}")
+        lines.append(f"{card['concept']} ({card['kind']}, {len(card['latents'])} latent(s)): {_title(card)}")
         lines.append(f"  Δ {card['delta']:+.4g} [{low:+.4g}, {high:+.4g}]  d {card['d']:+.3f}  q {card['q']:.2g}  "
                      f"fires on {card['side']} ({card['chosen_rate']:.0%} / {card['rejected_rate']:.0%})")
         for ex in card["examples"][:2]:

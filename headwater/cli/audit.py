@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 20)")
     r.add_argument("--cards", type=int, default=10, help="concepts with a card (default 10)")
     r.add_argument("--seed", type=int, default=0, help="split halves and topics (default 0)")
+    r.add_argument("--label-model", default=None,
+                   help="name each carded concept with an LLM: openai:<model> on an OpenAI-compatible server "
+                        "(the key from $HEADWATER_JUDGE_API_KEY or $OPENAI_API_KEY)")
+    r.add_argument("--label-url", default=None, help="that server's base URL, e.g. http://127.0.0.1:8000/v1")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
     add_tokenization_options(r)
@@ -138,6 +142,7 @@ def run_audit(args: argparse.Namespace) -> int:
         layer=args.layer, sparsify=args.sparsify, hookpoint=args.hookpoint, settings=settings_from(args),
         split=args.split, on_error=args.on_error, dtype=args.dtype, device=args.device,
         max_tokens_per_batch=args.max_tokens_per_batch, top=args.concepts, cards=args.cards, progress=args.progress,
+        label_model=args.label_model, label_url=args.label_url,
     )
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -147,6 +152,10 @@ def run_audit(args: argparse.Namespace) -> int:
     print(summary["table"])
     print()
     print(summary["cards"])
+    if summary["labelling"]:
+        stats = summary["labelling"]
+        print(f"\nLLM labels ({stats['model']}): {stats['calls']} calls, {stats['cached']} cached, "
+              f"{stats['failed']} failed, {stats['empty']} empty (those cards keep their span labels)")
     print(f"\nwritten: {summary['out']}/audit.json, audit.html; decisions go in {summary['feedback']}")
     return 0
 

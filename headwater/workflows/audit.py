@@ -18,6 +18,7 @@ from typing import Any
 from headwater.audit.audit import AuditConfig, run_audit
 from headwater.audit.cards import concept_cards, format_cards, render_cards_html, write_feedback_template
 from headwater.audit.features import encode_features
+from headwater.audit.labels import ConceptLabeler
 from headwater.audit.sae import SparseAutoencoder
 from headwater.audit.sae_io import load_sae, load_sparsify, sae_metadata, save_sae
 from headwater.audit.sae_training import SAETrainingConfig, train_sae
@@ -121,9 +122,13 @@ def audit_dataset(
     layer: int | None = None, sparsify: bool = False, hookpoint: str | None = None,
     settings: TokenizationSettings = TokenizationSettings(), split: str | None = None, on_error: str = "raise",
     dtype: str = "auto", device: str = "cpu", max_tokens_per_batch: int = 16384, part_pairs: int = 256,
-    top: int = 20, cards: int = 10, progress: bool = True,
+    top: int = 20, cards: int = 10, progress: bool = True, label_model: str | None = None,
+    label_url: str | None = None,
 ) -> dict[str, Any]:
     """Audit ``data`` through an SAE on M0 (``model_path``); write the results into ``out_dir``.
+
+    ``label_model`` (``openai:<model>``, with ``label_url``) names each carded concept with an LLM
+    beside its span label (:mod:`headwater.audit.labels`).
 
     Writes ``features/`` (resumable), ``audit.json`` (every statistic), ``audit.html`` (cards with
     highlighted tokens), and ``feedback.tsv`` (left alone if it exists: it may hold decisions).
@@ -153,9 +158,19 @@ def audit_dataset(
     conditional = result.conditional_concepts(top)
     used = settings_as_used(settings, pairs)
     made = concept_cards(model, tokenizer, sae, layer, pairs, concepts[:cards] + conditional[:cards], used)
-    labels = {c["concept"]: c["label"] for c in made}
+    labelling = None
+    if label_model is not None:
+        kind, _, name = label_model.partition(":")
+        if kind != "openai" or not name:
+            raise ValueError(f"--label-model must be openai:<model>, got {label_model!r}")
+        labeler = ConceptLabeler(name, base_url=label_url)
+        for card, named in zip(made, labeler.label_cards(made)):
+            card["llm_label"] = named
+        labelling = {"model": label_model, "url": label_url, **labeler.stats.to_dict()}
+    labels = {c["concept"]: c.get("llm_label") or c["label"] for c in made}
     doc = result.to_json(top=max(top, 50))
     doc["cards"] = made
+    doc["labelling"] = labelling
     doc["sae"] = {"path": str(Path(sae_path).resolve()), "format": "sparsify" if sparsify else "saelens",
                   "hookpoint": hookpoint, "d_sae": sae.d_sae, "architecture": sae.architecture, "k": sae.k,
                   "layer": layer}
@@ -171,7 +186,8 @@ def audit_dataset(
     return {"out": str(out), "n_pairs": doc["n_pairs"], "n_latents_tested": doc["n_latents_tested"],
             "n_latents_significant": doc["n_latents_significant"], "n_clusters": len(result.cluster_latents),
             "n_conditional_significant": len(result.conditional_concepts(10**9)),
-            "topics": doc["topics"], "table": table, "cards": format_cards(made), "feedback": str(feedback)}
+            "topics": doc["topics"], "table": table, "cards": format_cards(made), "feedback": str(feedback),
+            "labelling": labelling}
 
 
 def _pairs_bar(total: int, enabled: bool) -> Any:

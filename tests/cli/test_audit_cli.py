@@ -10,19 +10,10 @@ from headwater.audit.sae_io import load_sae, sae_metadata, save_sparsify
 from headwater.cli import main
 from headwater.workflows.audit import hook_name, layer_from_hook
 
-TOPICS = ["bread", "the sea", "rivers", "chess", "gardens", "music", "trains", "stars"]
-
+from audit_data import audit_rows
 
 def _rows():
-    rows = []
-    for i in range(48):
-        topic = TOPICS[i % len(TOPICS)]
-        chosen = f" Here is what I know about {topic}, part {i}."
-        rejected = f" I do not know much about {topic}."
-        if i % 3 == 0:  # a stylistic marker on the chosen side of a third of the pairs
-            chosen += " Great question!!!"
-        rows.append({"prompt": f"Tell me about {topic} ({i}).", "chosen": chosen, "rejected": rejected})
-    return rows
+    return audit_rows()
 
 
 def test_sae_train_then_audit(tmp_path, saved_model, capsys):
