@@ -28,7 +28,7 @@ from headwater.engine import atomic
 from headwater.engine.models import load_model, resolve_layer
 from headwater.engine.store import model_fingerprint
 from headwater.engine.tokenization import TokenizationSettings, settings_as_used
-from headwater.workflows.tables import text_table
+from headwater.workflows.tables import html_table, text_table
 
 LOG = logging.getLogger(__name__)
 CHECKPOINT = ".training-checkpoint"
@@ -175,7 +175,7 @@ def audit_dataset(
                   "hookpoint": hookpoint, "d_sae": sae.d_sae, "architecture": sae.architecture, "k": sae.k,
                   "layer": layer}
     atomic.write_json(out / "audit.json", doc)
-    atomic.write_text(out / "audit.html", _html_page(doc))
+    atomic.write_text(out / "audit.html", render_audit_html(doc))
     feedback = out / "feedback.tsv"
     if not feedback.exists():
         write_feedback_template(concepts + conditional, feedback, labels=labels)
@@ -198,29 +198,57 @@ def _pairs_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="SAE features", unit="pair", smoothing=0.1)
 
 
-def concept_table(concepts: list[dict[str, Any]], labels: dict[str, str]) -> str:
-    """The audit's concepts as a text table (|d| order)."""
-    rows = [[c["concept"], c["kind"], str(len(c["latents"])), str(c["n_pairs"]), f"{c['delta']:+.4g}",
+CONCEPT_COLUMNS = ["concept", "kind", "latents", "pairs", "Δ", "95% CI", "d", "q", "fires on", "active c/r", "label"]
+
+
+def _concept_rows(concepts: list[dict[str, Any]], labels: dict[str, str]) -> list[list[str]]:
+    return [[c["concept"], c["kind"], str(len(c["latents"])), str(c["n_pairs"]), f"{c['delta']:+.4g}",
              f"[{c['ci95'][0]:+.3g}, {c['ci95'][1]:+.3g}]", f"{c['d']:+.3f}", f"{c['q']:.2g}", c["side"],
              f"{c['chosen_rate']:.0%}/{c['rejected_rate']:.0%}", labels.get(c["concept"], "")[:40]]
             for c in concepts]
-    return text_table(["concept", "kind", "latents", "pairs", "Δ", "95% CI", "d", "q", "fires on", "active c/r", "label"],
-                        rows)
 
 
-def _html_page(doc: dict[str, Any]) -> str:
+def concept_table(concepts: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    """The audit's concepts as a text table (|d| order)."""
+    return text_table(CONCEPT_COLUMNS, _concept_rows(concepts, labels))
+
+
+def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = None,
+                      figure: bytes | None = None) -> str:
+    """``audit.html``: the summary, both concept tables, the prompt topics, the cards and, once
+    ``headwater audit check`` has run, the prediction check with its figure. Self-contained."""
     import html
 
+    labels = {c["concept"]: c.get("llm_label") or c["label"] for c in doc.get("cards", [])}
     topics = "".join(f"<li>t{t['topic']}: {html.escape(t['label'])} ({t['pairs']} pairs)</li>" for t in doc["topics"])
-    return (
+    parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>headwater audit</title>"
-        "<style>body{font-family:sans-serif;max-width:60em;margin:auto}.card{border:1px solid #ccc;"
-        "padding:.5em 1em;margin:1em 0}span{white-space:pre-wrap}</style></head><body>"
+        "<style>body{font-family:sans-serif;max-width:70em;margin:auto}.card{border:1px solid #ccc;"
+        "padding:.5em 1em;margin:1em 0}span{white-space:pre-wrap}table{border-collapse:collapse;font-size:90%}"
+        "td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}</style></head><body>",
         f"<h1>Concept audit</h1><p>{doc['n_pairs']} pairs; {doc['n_latents_tested']} latents tested, "
         f"{doc['n_latents_significant']} significant (BH q &lt; {doc['config']['alpha']}, split halves agreeing); "
-        f"pooling: {html.escape(doc['config']['pooling'])}.</p><h2>Prompt topics</h2><ul>{topics}</ul>"
-        f"{render_cards_html(doc['cards'])}</body></html>\n"
-    )
+        f"pooling: {html.escape(doc['config']['pooling'])}.</p>",
+        "<h2>Concepts over all pairs</h2>", html_table(CONCEPT_COLUMNS, _concept_rows(doc["concepts"], labels)),
+    ]
+    if doc.get("conditional_concepts"):
+        parts += ["<h2>Conditional concepts</h2><p>A latent within the prompts that have a word, the word chosen "
+                  "on one split half and the statistics computed on the other.</p>",
+                  html_table(CONCEPT_COLUMNS, _concept_rows(doc["conditional_concepts"], labels))]
+    parts.append(f"<h2>Prompt topics</h2><ul>{topics}</ul>")
+    if prediction is not None:
+        from headwater.audit.prediction import png_data_uri
+
+        rows = [[kind, a["n"], f"{a['r2']:.3f}", f"{a['pearson']:.3f}", f"{a['spearman']:.3f}", f"{a['slope']:.3g}"]
+                for kind, a in prediction["agreement"].items()]
+        parts += [f"<h2>Prediction check</h2><p>{prediction['n_prompts']} held-out prompts × {prediction['samples']} "
+                  f"samples of M0 and of {html.escape(prediction['trained'])}; measured shift = M1 − M0, read "
+                  "through M0 and the SAE.</p>",
+                  html_table(["prediction", "concepts", "R²", "Pearson r", "Spearman ρ", "slope"], rows)]
+        if figure is not None:
+            parts.append(f"<img alt='predicted against measured shifts' src='{png_data_uri(figure)}'>")
+    parts += [render_cards_html(doc.get("cards", [])), "</body></html>\n"]
+    return "".join(parts)
 
 
 def remove_checkpoint(out_dir: str | Path) -> None:
@@ -228,5 +256,5 @@ def remove_checkpoint(out_dir: str | Path) -> None:
     shutil.rmtree(Path(out_dir) / CHECKPOINT, ignore_errors=True)
 
 
-__all__ = ["audit_dataset", "concept_table", "hook_name", "layer_from_hook", "open_sae", "remove_checkpoint",
+__all__ = ["audit_dataset", "concept_table", "render_audit_html", "hook_name", "layer_from_hook", "open_sae", "remove_checkpoint",
            "train_sae_on_dataset"]

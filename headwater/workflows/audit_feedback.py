@@ -35,7 +35,7 @@ from headwater.methods.generation import sample_responses
 from headwater.methods.interventions import write_intervention
 from headwater.training.residual_edit import ResidualEdit
 from headwater.training.retrain import retrain
-from headwater.workflows.audit import open_sae
+from headwater.workflows.audit import open_sae, render_audit_html
 
 FEATURE_MODES = ("project", "offset")
 
@@ -121,7 +121,7 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
                       settings: TokenizationSettings = TokenizationSettings(), device: str = "cpu",
                       progress: bool = True) -> dict[str, Any]:
     """Predicted against measured (M1 − M0 generations) concept shifts; writes ``prediction.json``
-    and ``prediction.png`` into the audit directory.
+    and ``prediction.png`` into the audit directory and adds the check to its ``audit.html``.
 
     Both predictions of :mod:`headwater.audit.prediction` are made and scored: ``delta`` (the
     data's Δ) and ``first_order`` (M0-likelihood-weighted and centred on M0's generations; M0's
@@ -183,10 +183,11 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     result = {"agreement": scores, "concepts": table, "n_prompts": len(prompts), "samples": samples,
               "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
               "n_pairs_weighted": int(usable.sum()), "trained": str(trained_path)}
+    figure = agreement_figure(names, predictions["first_order"], shifts, scores["first_order"],
+                              xlabel="predicted shift (first order: M0-likelihood-weighted, centred)")
     atomic.write_json(audit / "prediction.json", result)
-    atomic.write_bytes(audit / "prediction.png", agreement_figure(
-        names, predictions["first_order"], shifts, scores["first_order"],
-        xlabel="predicted shift (first order: M0-likelihood-weighted, centred)"))
+    atomic.write_bytes(audit / "prediction.png", figure)
+    atomic.write_text(audit / "audit.html", render_audit_html(doc, result, figure))
     return result
 
 

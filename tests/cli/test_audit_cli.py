@@ -137,7 +137,9 @@ def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, cap
                  "--no-progress"]) == 0
     assert "prediction check (first_order) over" in capsys.readouterr().out
     check = json.loads((out / "prediction.json").read_text())
-    assert check["agreement"]["first_order"]["n"] == len(check["concepts"]) >= 3 and check["n_pairs_weighted"] == 48 and (out / "prediction.png").stat().st_size > 1000
+    assert check["agreement"]["first_order"]["n"] == len(check["concepts"]) >= 3 and check["n_pairs_weighted"] == 48
+    page = (out / "audit.html").read_text()
+    assert "Prediction check" in page and "data:image/png;base64," in page and "Concepts over all pairs" in page and (out / "prediction.png").stat().st_size > 1000
 
 
 def test_active_spans_join_sub_word_tokens():
