@@ -24,6 +24,11 @@ def _data_options(p: argparse.ArgumentParser, what: str = "preference data") -> 
     add_on_error_option(p)
 
 
+def _feedback_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
+    p.add_argument("--feedback", type=Path, default=None, help="the feedback file (default <audit>/feedback.tsv)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     import headwater.organism  # noqa: F401  (registers the organism's recipe)
     from headwater.training.recipes import RECIPES
@@ -77,8 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "intervene` (pairs + manifest), ready for `headwater retrain` or TRL.",
     )
     _data_options(a, "the audited preference data")
-    a.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
-    a.add_argument("--feedback", type=Path, default=None, help="the feedback file (default <audit>/feedback.tsv)")
+    _feedback_options(a)
     a.add_argument("--mode", choices=MODES, default="filter", help="what happens to the carriers (default filter)")
     a.add_argument("--weight", type=float, default=0.0, help="their weight with --mode reweight (default 0)")
     a.add_argument("--margin", type=float, default=1.0,
@@ -93,13 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = actions.add_parser(
         "retrain", help="DPO from M0 with a feature intervention from the feedback file",
         description="Train DPO from M0 while the concepts marked suppress are projected out of the residual stream "
-                    "at ℓ (amplify: added), or with reward shaping (--mode offset: the concept's activation "
+                    "at ℓ (amplify: added), or with reward shaping (--intervention offset: the concept's activation "
                     "difference is added to each pair's DPO margin). The edit is gone from the saved model.",
     )
     t.add_argument("--model", required=True, help="M0: a transformers model directory or a .gguf file")
     _data_options(t, "the audited preference data")
-    t.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
-    t.add_argument("--feedback", type=Path, default=None, help="the feedback file (default <audit>/feedback.tsv)")
+    _feedback_options(t)
     t.add_argument("--intervention", choices=["project", "offset"], default="project",
                    help="project the concept out at ℓ (amplify: add it), or shape the margin (default project)")
     t.add_argument("--strength", type=float, default=1.0,
@@ -113,8 +116,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = actions.add_parser(
         "check", help="the prediction check: predicted against measured concept shifts after training, with R²",
         description="Sample M0 and M1 on held-out prompts, read both through M0 and the SAE, and compare each "
-                    "concept's measured shift (M1 − M0) with its predicted shift (Δ in the data). Writes "
-                    "prediction.json and prediction.png into the audit directory.",
+                    "concept's measured shift (M1 − M0) with two predictions made before training: its Δ in the "
+                    "data, and a first-order DPO prediction weighted by M0's likelihood of each side. Writes "
+                    "prediction.json and prediction.png and adds the check to audit.html.",
     )
     c.add_argument("--model", required=True, help="M0, the model the audit read")
     c.add_argument("--trained", required=True, help="M1, the model trained on the audited data")
