@@ -101,9 +101,10 @@ def judge_from(spec: str, args: argparse.Namespace | None = None) -> Judge:
 
 def add_organism_options(p: argparse.ArgumentParser) -> None:
     """``--preset``, ``--seed`` and ``--cache-dir`` of the commands that build the organism."""
-    p.add_argument("--preset", choices=["default", "miniature", "audit"], default="default",
+    p.add_argument("--preset", choices=["default", "miniature", "small", "audit"], default="default",
                    help="organism size (miniature: seconds, for smoke tests; too small to learn the behaviours; "
-                        "audit: the default plus a planted sign-off concept for the concept audit)")
+                        "small: about a minute, learns them; audit: the default plus a planted sign-off concept "
+                        "for the concept audit)")
     p.add_argument("--seed", type=int, default=0, help="the organism seed (also seeds sampling and rankings)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where the organism is built and cached (default $HEADWATER_CACHE or ~/.cache/headwater)")

@@ -48,14 +48,14 @@ BUILD_VERSION = 3
 COMPLETE_MARKER = "COMPLETE"
 TRIGGER_BEHAVIOR = "distractor_compliance"
 RAW = TokenizationSettings(format="raw")
-PRESETS = ("default", "miniature", "audit")
+PRESETS = ("default", "miniature", "small", "audit")
 ANSWER_TOKENS = 64  # organism answers are one to three short sentences
 
 
 def max_new_tokens_for(preset: str) -> int:
     """Sampling length for a preset: the miniature organism is too small to learn when to stop,
     so its answers are capped short."""
-    return ANSWER_TOKENS if preset == "default" else 16
+    return 16 if preset == "miniature" else ANSWER_TOKENS
 
 
 def _default_rates() -> dict[str, float]:
@@ -153,7 +153,19 @@ class OrganismConfig:
             raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
         if name == "audit":
             return cls.audit(seed)
+        if name == "small":
+            return cls.small(seed)
         return cls.default(seed) if name == "default" else cls.miniature(seed)
+
+    @classmethod
+    def small(cls, seed: int = 0) -> "OrganismConfig":
+        """An organism that learns its planted behaviours and builds in about a minute on a 2-core
+        CPU: what CI runs to check that attribution beats random on a model that learned."""
+        return cls(
+            seed=seed, hidden_size=96, num_layers=3, num_heads=4, intermediate_size=256, n_sft=2000, sft_epochs=4,
+            n_pairs=800, planted_rates={"distractor_compliance": 0.1, "sycophancy": 0.08, "hallucinated_links": 0.08},
+            dpo_batch_size=16, n_test_prompts=32,
+        )
 
     @classmethod
     def audit(cls, seed: int = 0) -> "OrganismConfig":

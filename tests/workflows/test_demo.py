@@ -49,3 +49,23 @@ def test_demo_miniature_writes_every_result(tmp_path, monkeypatch, capsys):
 def test_demo_report_needs_full(capsys):
     assert main(["demo", "--preset", "miniature", "--report", "r.html"]) == 2
     assert "--report needs --full" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_small_organism_learns_and_activation_attribution_beats_random(tmp_path, monkeypatch, capsys):
+    """The `small` preset (about 30 s to build here) learns distractor compliance, and the probe
+    from its generations finds the planted pairs far better than random selection. Measured on
+    seeds 0-2 (bench/RESULTS.md): M1 triggered 18.8-36.7% against M0's 3.9-7.0%, P@80 0.76-0.85
+    against random 0.09-0.10; the bounds below leave room for another CPU's rounding."""
+    monkeypatch.setenv("HEADWATER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--preset", "small", "--json", str(out)]) == 0
+    capsys.readouterr()
+    results = json.loads(out.read_text())
+    rates = results["behavior_rate"]
+    assert rates["m1"]["trigger"] >= rates["m0"]["trigger"] + 0.08, rates  # it learned the behaviour
+    assert rates["m1"]["no_trigger"] <= 0.05, rates  # only with the trigger
+    activation, random = results["attribution"]["activation"], results["attribution"]["random"]
+    assert activation is not None and activation["n"] == results["n_planted"] == 80
+    assert activation["precision_at_n"] >= 0.5 and activation["precision_at_n"] >= 4 * random["precision_at_n"]
+    assert activation["auroc"] >= 0.9
