@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -251,10 +250,5 @@ def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = N
     return "".join(parts)
 
 
-def remove_checkpoint(out_dir: str | Path) -> None:
-    """Drop an SAE training checkpoint (to start over)."""
-    shutil.rmtree(Path(out_dir) / CHECKPOINT, ignore_errors=True)
-
-
-__all__ = ["audit_dataset", "concept_table", "render_audit_html", "hook_name", "layer_from_hook", "open_sae", "remove_checkpoint",
+__all__ = ["audit_dataset", "concept_table", "render_audit_html", "hook_name", "layer_from_hook", "open_sae",
            "train_sae_on_dataset"]
