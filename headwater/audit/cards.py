@@ -57,6 +57,23 @@ def _highlight(model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int, l
     return out
 
 
+def marked_text(response: dict[str, Any], limit: int | None = None) -> str:
+    """A highlighted response as plain text, each run of active tokens in [brackets] (one line,
+    at most ``limit`` characters)."""
+    marked, inside = [], False
+    for token, value in zip(response["tokens"], response["activations"]):
+        if value > 0 and not inside:
+            marked.append("[")
+        if value <= 0 and inside:
+            marked.append("]")
+        inside = value > 0
+        marked.append(token)
+    if inside:
+        marked.append("]")
+    text = " ".join("".join(marked).split())
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "…"
+
+
 def active_spans(response: HighlightedResponse) -> list[tuple[str, float]]:
     """Runs of consecutive tokens where the concept is active: (their text, stripped; their summed
     activation)."""
@@ -154,8 +171,7 @@ def format_cards(cards: Sequence[dict[str, Any]]) -> str:
                      f"fires on {card['side']} ({card['chosen_rate']:.0%} / {card['rejected_rate']:.0%})")
         for ex in card["examples"][:2]:
             if "chosen" in ex:
-                marked = [t if v <= 0 else f"[{t}]" for t, v in zip(ex["chosen"]["tokens"], ex["chosen"]["activations"])]
-                lines.append(f"  {ex['pair_id']} chosen: {''.join(marked)[:160]!r}")
+                lines.append(f"  {ex['pair_id']} chosen: {marked_text(ex['chosen'], 160)}")
     return "\n".join(lines)
 
 
@@ -208,5 +224,5 @@ def read_feedback(path: str | os.PathLike[str]) -> list[Decision]:
     return decisions
 
 
-__all__ = ["DECISIONS", "Decision", "HighlightedResponse", "active_spans", "concept_cards", "format_cards", "read_feedback",
+__all__ = ["DECISIONS", "Decision", "HighlightedResponse", "active_spans", "concept_cards", "marked_text", "format_cards", "read_feedback",
            "render_cards_html", "write_feedback_template"]

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from headwater.audit.cards import marked_text
 from headwater.methods.llm_judges import KEY_VARIABLES, ReplyCache
 
 PROMPT = (
@@ -42,28 +43,13 @@ class LabelStats:
         return asdict(self)
 
 
-def _context(response: dict[str, Any], limit: int = 300) -> str:
-    marked, inside = [], False
-    for token, value in zip(response["tokens"], response["activations"]):
-        if value > 0 and not inside:
-            marked.append("[")
-        if value <= 0 and inside:
-            marked.append("]")
-        inside = value > 0
-        marked.append(token)
-    if inside:
-        marked.append("]")
-    text = " ".join("".join(marked).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def label_request(card: dict[str, Any]) -> str:
     """The text sent for one card (its span label and highlighted contexts)."""
     contexts = []
     for example in card.get("examples", []):
         for side in ("chosen", "rejected"):
             if side in example and any(v > 0 for v in example[side]["activations"]):
-                contexts.append("- " + _context(example[side]))
+                contexts.append("- " + marked_text(example[side], 300))
     return PROMPT.format(spans=card.get("label", ""), contexts="\n".join(contexts[:6]) or "- (none)")
 
 
