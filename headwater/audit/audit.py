@@ -130,16 +130,20 @@ class AuditResult:
         return atomic.write_json(path, self.to_json(top))
 
 
-def _latent_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndarray) -> ConceptStatistics:
+def _latent_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndarray
+                       ) -> tuple[ConceptStatistics, np.ndarray]:
+    """Every latent's statistics, and the dataset position of each stored pair (store order)."""
     moments = PairedMoments(store.d_sae)
-    offset = 0
+    positions, offset = [], 0
     for block in store.blocks():
         rows = block.positions.numel()
         moments.add(block.chosen.dense(store.d_sae, config.pooling), block.rejected.dense(store.d_sae, config.pooling),
                     halves[offset:offset + rows], block.positions)
+        positions.append(block.positions.numpy())
         offset += rows
-    return finish(moments, [f"f{i}" for i in range(store.d_sae)], min_active=config.min_active,
-                  min_rate=config.min_rate)
+    stats = finish(moments, [f"f{i}" for i in range(store.d_sae)], min_active=config.min_active,
+                   min_rate=config.min_rate)
+    return stats, np.concatenate(positions)
 
 
 def _grouped_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndarray, clusters: list[list[int]],
@@ -179,23 +183,20 @@ def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, promp
     say = progress or (lambda _message: None)
     halves = split_half(store.pair_ids, config.seed)
     say("latent statistics")
-    latents = _latent_statistics(store, config, halves)
+    latents, positions = _latent_statistics(store, config, halves)
     say("prompt topics")
     topics = prompt_topics(store, config.n_topics, seed=config.seed)
     n_topics = int(topics.max()) + 1
-    positions = np.concatenate([b.positions.numpy() for b in store.blocks()])
-    if prompts is not None:
-        kept_prompts = [_prompt_text(prompts[int(p)]) for p in positions]
-        names = topic_labels(kept_prompts, topics, seed=config.seed)
-    else:
-        names = {t: f"topic {t}" for t in range(n_topics)}
     conditional, contests = None, []
     if prompts is not None:
-        say("contested concepts")
         texts = [_prompt_text(p) for p in prompts]
+        names = topic_labels([texts[int(p)] for p in positions], topics, seed=config.seed)
+        say("contested concepts")
         conditional, contests = contested_concepts(store, texts, halves, latents.typical, np.isfinite(latents.p),
                                                    pooling=config.pooling, min_active=config.min_active,
                                                    min_rate=config.min_rate)
+    else:
+        names = {t: f"topic {t}" for t in range(n_topics)}
     say("co-activation clusters")
     significant = latents.significant(config.alpha)[:config.max_cluster_latents]
     clusters = coactivation_clusters(store, significant.tolist(), min_similarity=config.min_similarity)

@@ -47,7 +47,7 @@ def _highlight(model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int, l
                prompt: Any, responses: Sequence[Any], settings: TokenizationSettings) -> list[HighlightedResponse]:
     encoded = [encode_response(tokenizer, prompt, r, settings) for r in responses]
     captured = response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer))
-    dense = sae.inference_form().encode(captured.activations)[:, list(latents)].sum(dim=1)
+    dense = sae.encode(captured.activations)[:, list(latents)].sum(dim=1)
     out, start = [], 0
     for length in captured.lengths:
         ids = captured.token_ids[start:start + length].tolist()
@@ -98,6 +98,7 @@ def concept_cards(model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int
     Empty or over-long responses of a top pair are shown without highlights rather than failing.
     """
     cards = []
+    sae = sae.inference_form()  # once, not per example
     with torch.no_grad():
         for concept in concepts:
             examples, spans = [], Counter()

@@ -124,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--trained", required=True, help="M1, the model trained on the audited data")
     c.add_argument("--audit", required=True, type=Path, help="the directory of `headwater audit run`")
     _data_options(c, "the audited preference data (for M0's likelihood of each side)")
-    c.add_argument("--prompts", required=True, type=Path, help="held-out prompts: a text file, one per line")
+    c.add_argument("--prompts", required=True, type=Path, help="held-out prompts: .txt (one per line) or .jsonl")
     c.add_argument("--samples", type=int, default=4, help="generations per prompt and model (default 4)")
     c.add_argument("--max-new-tokens", type=int, default=64, help="the longest generation (default 64)")
     c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
@@ -187,11 +187,10 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from headwater.data import load_prompts
     from headwater.workflows.audit_feedback import check_predictions
 
-    prompts = [line.strip() for line in args.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"{args.prompts} holds no prompt")
+    prompts = load_prompts(args.prompts)
     result = check_predictions(model_path=args.model, trained_path=args.trained, audit_dir=args.audit,
                                data=args.data, split=args.split, on_error=args.on_error, prompts=prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, seed=args.seed, n_latents=args.latents,

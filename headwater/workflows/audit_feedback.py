@@ -47,6 +47,12 @@ def _audit(audit_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _audited_sae(doc: dict[str, Any]) -> Any:
+    """The SAE an audit read, from the path and format its audit.json records."""
+    record = doc["sae"]
+    return open_sae(record["path"], sparsify=record["format"] == "sparsify", hookpoint=record.get("hookpoint"))[0]
+
+
 def _decisions(audit_dir: Path, feedback: str | Path | None) -> list[Decision]:
     decisions = read_feedback(Path(feedback) if feedback is not None else audit_dir / "feedback.tsv")
     if not any(d.decision in ("suppress", "amplify") for d in decisions):
@@ -91,8 +97,7 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
     doc = _audit(audit)
     decisions = _decisions(audit, feedback)
     dataset = load_preferences(data, split=split, on_error=on_error)  # type: ignore[arg-type]
-    sae, _ = open_sae(doc["sae"]["path"], sparsify=doc["sae"]["format"] == "sparsify",
-                      hookpoint=doc["sae"].get("hookpoint"))
+    sae = _audited_sae(doc)
     layer = int(doc["sae"]["layer"])
     record: dict[str, Any] = {"mode": mode, "strength": strength, "layer": layer, "audit": str(audit),
                               "decisions": [{"concept": d.concept, "decision": d.decision, "latents": list(d.latents)}
@@ -130,8 +135,7 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     """
     audit = Path(audit_dir)
     doc = _audit(audit)
-    sae, _ = open_sae(doc["sae"]["path"], sparsify=doc["sae"]["format"] == "sparsify",
-                      hookpoint=doc["sae"].get("hookpoint"))
+    sae = _audited_sae(doc)
     layer, pooling = int(doc["sae"]["layer"]), doc["config"]["pooling"]
     concepts: dict[str, tuple[list[int], float]] = {}
     for row in doc["concepts"]:
