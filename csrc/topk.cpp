@@ -25,6 +25,13 @@
 #include <utility>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#else
+inline int omp_get_num_threads() { return 1; }
+inline int omp_get_thread_num() { return 0; }
+#endif
+
 namespace py = pybind11;
 
 // target_clones builds an AVX2+FMA copy of a hot loop next to the baseline one and picks it at
@@ -189,37 +196,125 @@ inline float bf16_to_float(uint16_t bits) {
   return out;
 }
 
-// Merge one row using screening scores: `approx` holds the row's cosines from a bfloat16 GEMM of
-// unit vectors, each within `eps` of the float32 cosine. A key can rank in the top-k only if its
-// approximate score is at least (root - eps); only those keys get their exact score
-// dot(query, key) * inv_norm in float32 (the few-query path's formula) and meet the heap (see
-// kernels/topk.py for the bound). Expected exact scores per row and tile: about k·ln(n/k) heap
-// entries plus the keys that land within eps below the root.
+// A key met while screening: bounds on its exact score from its bfloat16 score, and its column.
+struct Candidate {
+  float lo, hi;
+  int64_t col;
+};
+
+// The k-th largest of the kept exact scores and the candidates' lower bounds: at least k keys
+// score at least this, so no key whose upper bound is below it can reach the top-k. Returns the
+// higher of it and `bar`, and drops the candidates under the result.
+float tighten(float bar, const float* kept, int64_t k, std::vector<Candidate>& buffer,
+              std::vector<float>& scratch) {
+  if (!buffer.empty()) {
+    scratch.assign(kept, kept + k);
+    for (const Candidate& c : buffer) scratch.push_back(c.lo);
+    std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(), std::greater<float>());
+    bar = std::max(bar, scratch[k - 1]);
+  }
+  buffer.erase(std::remove_if(buffer.begin(), buffer.end(), [bar](const Candidate& c) { return c.hi < bar; }),
+               buffer.end());
+  return bar;
+}
+
+// The k-th largest of n bfloat16 values (bit patterns, none NaN; 1 <= k <= n) by a two-pass
+// radix select over an order-preserving 16-bit key: O(n), no data movement.
+float kth_largest_bf16(const uint16_t* values, int64_t n, int64_t k) {
+  const auto order = [](uint16_t bits) -> uint16_t {
+    return (bits & 0x8000u) ? static_cast<uint16_t>(~bits) : static_cast<uint16_t>(bits | 0x8000u);
+  };
+  int64_t counts[256] = {0};
+  for (int64_t j = 0; j < n; ++j) ++counts[order(values[j]) >> 8];
+  int high = 255;
+  int64_t above = 0;
+  while (above + counts[high] < k) above += counts[high--];
+  std::memset(counts, 0, sizeof(counts));
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t key = order(values[j]);
+    if ((key >> 8) == high) ++counts[key & 0xFF];
+  }
+  int low = 255;
+  while (above + counts[low] < k) above += counts[low--];
+  const uint16_t key = static_cast<uint16_t>((high << 8) | low);
+  return bf16_to_float((key & 0x8000u) ? static_cast<uint16_t>(key & 0x7FFFu) : static_cast<uint16_t>(~key));
+}
+
+// Screen one row of a tile by its bfloat16 scores. `approx` holds the row's cosines from a
+// bfloat16 GEMM of unit vectors; the exact float32 cosine of a key with screening score a lies
+// within delta + rel·|a| of a (kernels/topk.py derives both). The kept set (k slots, unsorted,
+// empty slots (-inf, -1)) holds the best exact results so far; its minimum bounds the final k-th
+// best from below, and so does the k-th best lower bound among the keys met (`tighten`).
+//
+// Keys whose upper bound clears that bar are buffered; the bar rises each time the buffer
+// fills. The columns still above the bar at the end go to `survivors` (ascending); the bar is
+// returned. Cost: O(n) comparisons plus O(k + buffer) per refill.
 HEADWATER_SIMD_CLONES
-void screened_merge_row(const uint16_t* approx, const float* query, const float* keys, int64_t d,
-                        const float* inv, int64_t n, int64_t offset, float eps, float* hs,
-                        int64_t* hi, int64_t k) {
+float screen_row(const uint16_t* approx, int64_t n, float delta, float rel, const float* ks, int64_t k,
+                 std::vector<Candidate>& buffer, std::vector<float>& scratch, std::vector<int32_t>& survivors) {
   constexpr int64_t kBlock = 16;
-  // Until the heap is full every key is scored exactly; from then on the bar follows the root.
-  float bar = hi[0] >= 0 ? hs[0] - eps : -std::numeric_limits<float>::infinity();
-  float values[kBlock];
+  float bar = *std::min_element(ks, ks + k);
+  if (bar == -std::numeric_limits<float>::infinity() && n >= k) {
+    // Nothing kept yet: start from the k-th best screening score of the tile, whose lower bound
+    // k keys reach (the bound falls with the score), less a little for the rounding of the bound.
+    const float a = kth_largest_bf16(approx, n, k);
+    bar = a - (delta + rel * std::fabs(a)) - 1e-6f;
+  }
+  size_t cap = static_cast<size_t>(std::max<int64_t>(4 * k, 1024));
+  buffer.clear();
+  float values[kBlock], upper[kBlock];
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t len = std::min(kBlock, n - start);
-    float block_max = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < len; ++j) {
-      values[j] = bf16_to_float(approx[start + j]);
-      block_max = std::max(block_max, values[j]);
-    }
-    if (block_max < bar) continue;
-    for (int64_t j = 0; j < len; ++j) {
-      if (values[j] < bar) continue;
-      const int64_t col = start + j;
-      const float exact = dot16(query, keys + col * d, d) * inv[col];
-      if (ranks_below(hs[0], hi[0], exact, offset + col)) {
-        replace_root(hs, hi, k, exact, offset + col);
-        if (hi[0] >= 0) bar = std::max(bar, hs[0] - eps);
+    // an OR of comparisons, not a running maximum: it vectorises without -ffast-math
+    int any = 0;
+    if (len == kBlock) {
+      for (int64_t j = 0; j < kBlock; ++j) {
+        values[j] = bf16_to_float(approx[start + j]);
+        upper[j] = values[j] + (delta + rel * std::fabs(values[j]));
+        any |= upper[j] >= bar;
+      }
+    } else {
+      for (int64_t j = 0; j < len; ++j) {
+        values[j] = bf16_to_float(approx[start + j]);
+        upper[j] = values[j] + (delta + rel * std::fabs(values[j]));
+        any |= upper[j] >= bar;
       }
     }
+    if (!any) continue;
+    for (int64_t j = 0; j < len; ++j) {
+      if (upper[j] < bar) continue;
+      buffer.push_back({values[j] - (delta + rel * std::fabs(values[j])), upper[j], start + j});
+    }
+    if (buffer.size() >= cap) {
+      bar = tighten(bar, ks, k, buffer, scratch);
+      if (buffer.size() * 2 > cap) cap *= 2;  // many near-equal keys: keep the work linear
+    }
+  }
+  bar = tighten(bar, ks, k, buffer, scratch);
+  survivors.clear();
+  for (const Candidate& c : buffer) survivors.push_back(static_cast<int32_t>(c.col));
+  return bar;
+}
+
+// Merge a row's rescored survivors (exact scores, global indices) into its kept set: one partial
+// sort of the k kept entries and the survivors at or above the bar (those below cannot rank in
+// the top-k).
+void merge_survivors(const std::vector<int32_t>& survivors, const float* exact, float bar, int64_t offset,
+                     float* ks, int64_t* ki, int64_t k, std::vector<std::pair<float, int64_t>>& merged) {
+  merged.clear();
+  for (int64_t s = 0; s < k; ++s) merged.emplace_back(ks[s], ki[s]);
+  for (size_t c = 0; c < survivors.size(); ++c) {
+    if (exact[c] >= bar) merged.emplace_back(exact[c], offset + survivors[c]);
+  }
+  const auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+    return ranks_below(b.first, b.second, a.first, a.second);
+  };
+  if (static_cast<int64_t>(merged.size()) > k) {
+    std::nth_element(merged.begin(), merged.begin() + (k - 1), merged.end(), better);
+  }
+  for (int64_t s = 0; s < k; ++s) {
+    ks[s] = merged[s].first;
+    ki[s] = merged[s].second;
   }
 }
 
@@ -231,22 +326,66 @@ inline uint16_t float_to_bf16(float value) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-// One pass over a key tile: each row's inverse norm (0 for a zero row) and the row scaled to unit
-// length, rounded to bfloat16, for the screening GEMM. Returns the first row whose norm is not
+// unit[c] = bf16(row[c] * scale); returns an upper bound on |unit - row * scale| (the real
+// product). Each p = fl(row[c] * scale) is within 2^-24·|p| of the real product, and unit[c] - p is
+// exact in float32 (the two are within a factor 1 ± 2^-8 of each other), so the bound is the
+// float32 length of (unit - p), inflated for the rounding of its sum of squares, plus 2^-24·|p|.
+// The lane loop vectorises like dot16.
+HEADWATER_SIMD_CLONES
+float unit_row_bf16(const float* row, float scale, int64_t d, uint16_t* unit) {
+  float lanes[16] = {0}, sizes[16] = {0};
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    for (int l = 0; l < 16; ++l) {
+      const float p = row[c + l] * scale;
+      const uint16_t bits = float_to_bf16(p);
+      unit[c + l] = bits;
+      const float gap = bf16_to_float(bits) - p;
+      lanes[l] += gap * gap;
+      sizes[l] += p * p;
+    }
+  }
+  float squared = 0, size = 0;
+  for (; c < d; ++c) {
+    const float p = row[c] * scale;
+    unit[c] = float_to_bf16(p);
+    const float gap = bf16_to_float(unit[c]) - p;
+    squared += gap * gap;
+    size += p * p;
+  }
+  for (int l = 0; l < 16; ++l) {
+    squared += lanes[l];
+    size += sizes[l];
+  }
+  const double slack = 1.0 + (static_cast<double>(d) + 64.0) * 0x1p-24;
+  const double bound = std::sqrt(static_cast<double>(squared) * slack) +
+                       0x1p-24 * std::sqrt(static_cast<double>(size) * slack);
+  return std::nextafter(static_cast<float>(bound * (1.0 + 1e-7)), std::numeric_limits<float>::infinity());
+}
+
+// One pass over a key tile: each row's inverse norm (0 for a zero row), the row scaled to unit
+// length and rounded to bfloat16 for the screening GEMM, and the length of that rounding error,
+// |bf16(row * inv) - row * inv| (computed in float64, rounded up to float32), which bounds how
+// far the screening score can be from the float32 one. Returns the first row whose norm is not
 // finite, or -1.
 HEADWATER_SIMD_CLONES
-int64_t unit_rows_bf16(const py::array& keys, py::array& inv_norms_out, py::array& unit_out) {
+int64_t unit_rows_bf16(const py::array& keys, py::array& inv_norms_out, py::array& unit_out,
+                       py::array& errors_out) {
   const char* fn = "unit_rows_bf16";
   check_array<float>(fn, "keys", keys, 2, false);
   check_array<float>(fn, "inv_norms_out", inv_norms_out, 1, true);
   check_array<int16_t>(fn, "unit_out (bfloat16 bits)", unit_out, 2, true);
+  check_array<float>(fn, "errors_out", errors_out, 1, true);
   const int64_t n = keys.shape(0), d = keys.shape(1);
-  if (inv_norms_out.shape(0) != n || unit_out.shape(0) != n || unit_out.shape(1) != d) {
-    throw py::value_error(std::string(fn) + ": inv_norms_out [n] and unit_out [n, d] must match keys " + describe(keys));
+  if (inv_norms_out.shape(0) != n || unit_out.shape(0) != n || unit_out.shape(1) != d ||
+      errors_out.shape(0) != n) {
+    throw py::value_error(std::string(fn) + ": inv_norms_out [n], unit_out [n, d] and errors_out [n] must match keys " +
+                          describe(keys));
   }
   const float* xb = static_cast<const float*>(keys.data());
   float* inv = static_cast<float*>(inv_norms_out.mutable_data());
   uint16_t* unit = static_cast<uint16_t*>(unit_out.mutable_data());
+  float* err = static_cast<float*>(errors_out.mutable_data());
   int64_t first_bad = std::numeric_limits<int64_t>::max();
   py::gil_scoped_release release;
 #pragma omp parallel for schedule(static) reduction(min : first_bad) if (n * d > 65536)
@@ -256,46 +395,109 @@ int64_t unit_rows_bf16(const py::array& keys, py::array& inv_norms_out, py::arra
     if (!std::isfinite(norm)) {
       first_bad = std::min(first_bad, r);
       inv[r] = 0.0f;
+      err[r] = 0.0f;
       continue;
     }
     const float scale = norm > 0.0f ? 1.0f / norm : 0.0f;
     inv[r] = scale;
-    for (int64_t c = 0; c < d; ++c) unit[r * d + c] = float_to_bf16(row[c] * scale);
+    err[r] = unit_row_bf16(row, scale, d, unit + r * d);
   }
   return first_bad == std::numeric_limits<int64_t>::max() ? -1 : first_bad;
 }
 
 void topk_merge_tile_screened(const py::array& approx, const py::array& queries, const py::array& keys,
-                              const py::array& inv_norms, int64_t offset, double eps,
-                              py::array& heap_scores, py::array& heap_indices) {
+                              const py::array& inv_norms, int64_t offset, const py::array& deltas,
+                              double rel, py::array& kept_scores, py::array& kept_indices) {
   const char* fn = "topk_merge_tile_screened";
   check_array<int16_t>(fn, "approx (bfloat16 bits)", approx, 2, false);
   check_array<float>(fn, "queries", queries, 2, false);
   check_array<float>(fn, "keys", keys, 2, false);
   check_array<float>(fn, "inv_norms", inv_norms, 1, false);
-  check_heaps(fn, heap_scores, heap_indices);
-  const int64_t q = approx.shape(0), n = approx.shape(1), k = heap_scores.shape(1), d = queries.shape(1);
-  if (queries.shape(0) != q || heap_scores.shape(0) != q) {
-    throw py::value_error(std::string(fn) + ": approx, queries and heaps must have the same number of rows");
+  check_array<float>(fn, "deltas", deltas, 1, false);
+  check_heaps(fn, kept_scores, kept_indices);
+  const int64_t q = approx.shape(0), n = approx.shape(1), k = kept_scores.shape(1), d = queries.shape(1);
+  if (queries.shape(0) != q || kept_scores.shape(0) != q || deltas.shape(0) != q) {
+    throw py::value_error(std::string(fn) + ": approx, queries, deltas and kept arrays must have the same number of rows");
   }
   if (keys.shape(0) != n || inv_norms.shape(0) != n || keys.shape(1) != d) {
     throw py::value_error(std::string(fn) + ": keys [n, d] and inv_norms [n] must match approx [q, n] and queries [q, d]");
   }
   if (offset < 0) throw py::value_error(std::string(fn) + ": offset must be >= 0, got " + std::to_string(offset));
-  if (!(eps >= 0)) throw py::value_error(std::string(fn) + ": eps must be >= 0");
+  if (!(rel >= 0)) throw py::value_error(std::string(fn) + ": rel must be >= 0");
   if (k == 0 || n == 0 || q == 0) return;
   const uint16_t* s = static_cast<const uint16_t*>(approx.data());
   const float* xq = static_cast<const float*>(queries.data());
   const float* xb = static_cast<const float*>(keys.data());
   const float* inv = static_cast<const float*>(inv_norms.data());
-  float* hs = static_cast<float*>(heap_scores.mutable_data());
-  int64_t* hi = static_cast<int64_t*>(heap_indices.mutable_data());
-  const float margin = static_cast<float>(eps);
-  py::gil_scoped_release release;
-#pragma omp parallel for schedule(static) if (q * n > 65536)
+  const float* delta = static_cast<const float*>(deltas.data());
   for (int64_t row = 0; row < q; ++row) {
-    screened_merge_row(s + row * n, xq + row * d, xb, d, inv, n, offset, margin, hs + row * k,
-                       hi + row * k, k);
+    if (!(delta[row] >= 0)) throw py::value_error(std::string(fn) + ": deltas must be >= 0");
+  }
+  float* ks = static_cast<float*>(kept_scores.mutable_data());
+  int64_t* ki = static_cast<int64_t*>(kept_indices.mutable_data());
+  const float relative = static_cast<float>(rel);
+  py::gil_scoped_release release;
+  // Three passes. 1: each row screens its scores (rows in parallel). 2: the survivors get their
+  // exact scores key by key, so each key row is read from memory once for all the query rows that
+  // need it (the queries stay in cache); read row by row, a key row would be fetched again for
+  // every row that kept it, which cost more than everything else at large k. 3: each row merges.
+  std::vector<std::vector<int32_t>> survivors(q);
+  std::vector<float> bars(q);
+  const bool parallel = q * n > 65536;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<Candidate> buffer;
+    std::vector<float> scratch;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t row = 0; row < q; ++row) {
+      bars[row] = screen_row(s + row * n, n, delta[row], relative, ks + row * k, k, buffer, scratch, survivors[row]);
+    }
+  }
+  // Exact scores, key by key: each thread takes a range of key columns, finds that range in every
+  // row's (ascending) survivor list, groups the requests by key, and scores them.
+  std::vector<int64_t> row_starts(q + 1, 0);
+  for (int64_t row = 0; row < q; ++row) {
+    row_starts[row + 1] = row_starts[row] + static_cast<int64_t>(survivors[row].size());
+  }
+  std::vector<float> exact(static_cast<size_t>(row_starts[q]));
+#pragma omp parallel if (parallel && row_starts[q] > 4096)
+  {
+    const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+    const int32_t first = static_cast<int32_t>(n * me / threads), last = static_cast<int32_t>(n * (me + 1) / threads);
+    std::vector<int64_t> starts(static_cast<size_t>(last - first) + 1, 0);
+    std::vector<std::pair<int32_t, int32_t>> spans(q);  // each row's survivors within [first, last)
+    for (int64_t row = 0; row < q; ++row) {
+      const std::vector<int32_t>& cols = survivors[row];
+      const int32_t lo = static_cast<int32_t>(std::lower_bound(cols.begin(), cols.end(), first) - cols.begin());
+      const int32_t hi = static_cast<int32_t>(std::lower_bound(cols.begin() + lo, cols.end(), last) - cols.begin());
+      spans[row] = {lo, hi};
+      for (int32_t p = lo; p < hi; ++p) ++starts[cols[p] - first + 1];
+    }
+    for (size_t j = 1; j < starts.size(); ++j) starts[j] += starts[j - 1];
+    std::vector<std::pair<int32_t, int64_t>> requests(static_cast<size_t>(starts.back()));  // (row, slot)
+    std::vector<int64_t> fill(starts.begin(), starts.end() - 1);
+    for (int64_t row = 0; row < q; ++row) {
+      const std::vector<int32_t>& cols = survivors[row];
+      for (int32_t p = spans[row].first; p < spans[row].second; ++p) {
+        requests[fill[cols[p] - first]++] = {static_cast<int32_t>(row), row_starts[row] + p};
+      }
+    }
+    for (int32_t j = first; j < last; ++j) {
+      const float* key = xb + static_cast<int64_t>(j) * d;
+      for (int64_t r = starts[j - first]; r < starts[j - first + 1]; ++r) {
+        exact[requests[r].second] = dot16(xq + static_cast<int64_t>(requests[r].first) * d, key, d) * inv[j];
+      }
+    }
+  }
+#pragma omp parallel if (parallel)
+  {
+    std::vector<std::pair<float, int64_t>> merged;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t row = 0; row < q; ++row) {
+      if (survivors[row].empty()) continue;
+      merge_survivors(survivors[row], exact.data() + row_starts[row], bars[row], offset, ks + row * k,
+                      ki + row * k, k, merged);
+    }
   }
 }
 
@@ -373,13 +575,15 @@ PYBIND11_MODULE(_C, m) {
         "Merge scores[q, n] * inv_norms[n] (global indices offset + column) into per-row heaps "
         "heap_scores/heap_indices [q, k], in place.");
   m.def("topk_merge_tile_screened", &topk_merge_tile_screened, py::arg("approx"), py::arg("queries"),
-        py::arg("keys"), py::arg("inv_norms"), py::arg("offset"), py::arg("eps"), py::arg("heap_scores"),
-        py::arg("heap_indices"),
-        "Merge a tile screened by approximate (bfloat16) cosines: exact float32 scores only for keys "
-        "within eps of the running k-th best.");
+        py::arg("keys"), py::arg("inv_norms"), py::arg("offset"), py::arg("deltas"), py::arg("rel"),
+        py::arg("kept_scores"), py::arg("kept_indices"),
+        "Merge a tile screened by bfloat16 cosines (each within deltas[row] + rel*|score| of the float32 "
+        "cosine) into the kept sets kept_scores/kept_indices [q, k]: exact float32 scores only for keys "
+        "that can still reach the top-k.");
   m.def("unit_rows_bf16", &unit_rows_bf16, py::arg("keys"), py::arg("inv_norms_out"), py::arg("unit_out"),
-        "Inverse norms of keys[n, d] and the unit rows in bfloat16 bits; returns the first row with a "
-        "non-finite norm, or -1.");
+        py::arg("errors_out"),
+        "Inverse norms of keys[n, d], the unit rows in bfloat16 bits and the length of each row's rounding "
+        "error; returns the first row with a non-finite norm, or -1.");
   m.def("topk_sort_rows", &topk_sort_rows, py::arg("heap_scores"), py::arg("heap_indices"),
         "Sort each heap row by (score descending, index ascending), in place; (-inf, -1) last.");
   m.def("cosine_scores_few_queries", &cosine_scores_few_queries, py::arg("queries"),

@@ -35,14 +35,18 @@ The C++ backend (``auto`` on the CPU):
 
 Screening with bfloat16 (many queries, CPUs with native bfloat16 dot products): a bfloat16 GEMM
 runs about twice as fast as float32 there (measured 214 vs 100 GFLOP/s on one core of the bench
-machine), so the score tile is computed in bfloat16 from unit vectors and used only to *screen*:
-a key can reach the top-k only if its approximate cosine is within ``eps`` of the running k-th
-best, and only those keys get an exact float32 score (dot product times inverse norm, the same
-formula as the few-query path) and meet the heap. The result is exact, not approximate. The bound
-``eps`` (:func:`screening_margin`): rounding both unit vectors to bfloat16 (unit roundoff
-u = 2^-8) moves a dot product by at most (2u + u²)·‖q‖·‖k‖; float32 accumulation over d terms by
-at most d·2^-24; rounding the output to bfloat16 by u·|s| ≤ u; plus slack for the float32 norms.
-On random data a row screens in a handful of keys per tile besides its top-k.
+machine), so the score tile is computed in bfloat16 from unit vectors and used only to *screen*;
+the result is exact, not approximate. Each screening score a is within delta_i + rel·|a| of the
+float32 cosine (:func:`screening_deltas`): delta_i bounds what the bfloat16 copies of the query
+and key move a dot product by, from the measured lengths of their rounding errors (about 0.43·2^-8
+each for unit rows, against 2^-8 in the worst case), plus float32 accumulation; rel = 2^-8 covers
+the GEMM's bfloat16 output. So every key has a lower and an upper bound on its exact score, and a
+key can reach the top-k only if its upper bound reaches the k-th best lower bound among the keys
+met so far. Per row and block of keys (C++): the keys that clear that bar are buffered and the
+bar rises as they come; the survivors then get exact float32 scores (dot product times inverse
+norm, the few-query path's formula) key by key, so each key row is read once for all the query
+rows that kept it; one partial sort merges them into the row's kept set. On random data a row
+scores about k·(1 + ln(blocks)) keys exactly, plus those within about two bounds of the k-th best.
 
 The tiled search has the shape of faiss ``contrib.exhaustive_search.knn_ground_truth``: stream key
 tiles, merge each tile's candidates into a running top-k, offset local indices to global ones,
@@ -83,12 +87,6 @@ FEW_QUERIES = 8
 BF16_UNIT_ROUNDOFF = 2.0**-8
 
 
-def screening_margin(d: int) -> float:
-    """Largest possible |bfloat16 screening cosine - float32 cosine| for unit vectors of dim d."""
-    u = BF16_UNIT_ROUNDOFF
-    return 3 * u + u * u + 2 * d * 2.0**-24 + 1e-5
-
-
 def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -104,7 +102,9 @@ _NATIVE_BF16: bool | None = None
 # Force bfloat16 screening on (True) or off (False) for the C++ backend; None: screen tiles of more
 # than FEW_QUERIES queries when the CPU has native bfloat16 (the tests run both paths everywhere).
 SCREEN: bool | None = None
-SCREEN_BLOCK_BYTES = 16 << 20  # bfloat16 unit key rows screened per GEMM
+SCREEN_BLOCK_BYTES = 16 << 20  # bfloat16 unit key rows screened per GEMM (at least)
+SCREEN_MAX_ROWS = 16384  # key rows per screened block when k asks for more than SCREEN_BLOCK_BYTES
+SCREEN_SCORE_BYTES = 8 << 20  # bfloat16 screening scores per GEMM: they are scanned from cache
 
 
 def native_bf16_matmul() -> bool:
@@ -349,46 +349,81 @@ def _cosine_topk_cpp(
     return heap_s, heap_i
 
 
+def screening_bounds(xq_hat: torch.Tensor, xq_bf16: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query terms of the screening bound: the length of each query's bfloat16 rounding error
+    |bf16(q) - q| and the length of its bfloat16 copy |bf16(q)|, float64 [Q] each."""
+    rounded = xq_bf16.double()
+    return (rounded - xq_hat.double()).norm(dim=1).numpy(), rounded.norm(dim=1).numpy()
+
+
+def screening_deltas(query_errors: np.ndarray, query_norms: np.ndarray, key_error: float, d: int) -> np.ndarray:
+    """The score-independent part of the screening bound for each query row, float32 [Q].
+
+    With q the float32 unit query, k the key times its float32 inverse norm, q~ and k~ their
+    bfloat16 copies: q~·k~ - q·k = q~·(k~ - k) + (q~ - q)·k, so by Cauchy-Schwarz the bfloat16
+    inputs move a cosine by at most |q~|·|k~ - k| + |q~ - q|·|k| (``key_error`` is the largest
+    |k~ - k| in the block, |k| <= 1 + 1e-6). float32 accumulation over d terms moves the GEMM's sum
+    and the exact score by at most d·2^-24 times the product of the norms each; 1e-5 covers the
+    rounding of the exact score's final product and of this bound itself. The GEMM's bfloat16
+    output adds at most ``SCREEN_RELATIVE``·|score|, applied per score in C++.
+    """
+    rounding = query_norms * key_error + query_errors * (1.0 + 1e-6)
+    accumulation = d * 2.0**-24 * (query_norms * (1.0 + key_error) + 1.0 + 1e-6)
+    return ((rounding + accumulation) * (1.0 + 1e-6) + 1e-5).astype(np.float32)
+
+
+# |bf16(s) - s| <= u·|s| for round-to-nearest, so |bf16(s) - s| <= u/(1 - u)·|bf16(s)|.
+SCREEN_RELATIVE = BF16_UNIT_ROUNDOFF / (1.0 - BF16_UNIT_ROUNDOFF) * (1.0 + 1e-6)
+
+
 def _cosine_topk_screened(
     ext: Any, xq_hat: torch.Tensor, keys: KeySource, k: int, tile_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The many-query C++ path with bfloat16 screening (exact results; see the module docstring).
 
-    ``xq_hat``: unit query rows [Q, d] float32 on the CPU.
+    ``xq_hat``: unit query rows [Q, d] float32 on the CPU. The running result of each row is a
+    kept set of k slots (unsorted; C++ merges each screened block into it), sorted once at the end.
     """
     q, d = xq_hat.shape
-    eps = screening_margin(d)
-    heap_s, heap_i = empty_result(q, k, xq_hat.device)
+    kept_s, kept_i = empty_result(q, k, xq_hat.device)
     xq_np = xq_hat.numpy()
     xq_bf16 = xq_hat.to(torch.bfloat16)
-    chunks = _query_chunks(q)
-    # Key tiles are screened in sub-blocks: the bf16 unit rows and score block stay a few MiB,
-    # and the buffers are allocated once (a fresh tens-of-MiB output per GEMM costs page faults).
-    step = min(max(256, SCREEN_BLOCK_BYTES // (2 * d)), tile_rows)
+    query_errors, query_norms = screening_bounds(xq_hat, xq_bf16)
+    # Key tiles are screened in sub-blocks: the bf16 unit rows stay a few MiB, and the buffers are
+    # allocated once (a fresh tens-of-MiB output per GEMM costs page faults). A large k gets larger
+    # blocks: the keys kept from one block and pushed out by a later one each cost an exact score,
+    # about k·(1 + ln(blocks)) per row in all. Queries go in chunks whose bf16 score block stays
+    # in cache (SCREEN_SCORE_BYTES) for the scan that follows its GEMM.
+    step = min(max(256, SCREEN_BLOCK_BYTES // (2 * d), min(8 * k, SCREEN_MAX_ROWS)), tile_rows)
+    chunk = max(64, min(DEFAULT_QUERY_CHUNK, SCREEN_SCORE_BYTES // (2 * step)))
+    chunks = [(start, min(q, start + chunk)) for start in range(0, q, chunk)]
     inv_buffer = torch.empty(step, dtype=torch.float32)
+    error_buffer = np.empty(step, dtype=np.float32)
     unit_buffer = torch.empty(step * d, dtype=torch.bfloat16)
-    approx_buffer = torch.empty(min(q, DEFAULT_QUERY_CHUNK) * step, dtype=torch.bfloat16)
+    approx_buffer = torch.empty(min(q, chunk) * step, dtype=torch.bfloat16)
     for tile, tile_offset in iter_key_blocks(keys, d, tile_rows):
         tile32 = _float32_tile(tile, tile_offset)
         for lo in range(0, tile32.shape[0], step):
             block = tile32[lo : lo + step]
             n, offset = block.shape[0], tile_offset + lo
-            inv, unit_bf16 = inv_buffer[:n], unit_buffer[: n * d].view(n, d)
-            # one pass: inverse norms and unit rows in bfloat16 (zero rows stay zero)
-            bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())
+            inv, unit_bf16, errors = inv_buffer[:n], unit_buffer[: n * d].view(n, d), error_buffer[:n]
+            # one pass: inverse norms, unit rows in bfloat16 (zero rows stay zero), rounding errors
+            bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy(), errors)
             if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled
                 fixed = _rescued(block, inv, bad, offset)
                 if fixed is not None:
                     block = fixed
-                    bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy())
+                    bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy(), errors)
             if bad >= 0:
                 raise non_finite_rows_error("keys", [offset + bad])
+            deltas = screening_deltas(query_errors, query_norms, float(errors.max()), d)
             for start, stop in chunks:
                 approx = approx_buffer[: (stop - start) * n].view(stop - start, n)
                 torch.mm(xq_bf16[start:stop], unit_bf16.T, out=approx)  # [q_chunk, n] bfloat16
                 ext.topk_merge_tile_screened(
                     approx.view(torch.int16).numpy(), xq_np[start:stop], block.numpy(), inv.numpy(),
-                    offset, eps, heap_s[start:stop].numpy(), heap_i[start:stop].numpy(),
+                    offset, deltas[start:stop], SCREEN_RELATIVE, kept_s[start:stop].numpy(),
+                    kept_i[start:stop].numpy(),
                 )
-    ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())
-    return heap_s, heap_i
+    ext.topk_sort_rows(kept_s.numpy(), kept_i.numpy())
+    return kept_s, kept_i

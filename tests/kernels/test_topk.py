@@ -285,13 +285,53 @@ def test_screening_is_exact_below_bfloat16_resolution(d, monkeypatch):
     check_topk(D, I, xq, xb, 10)
 
 
-def test_screening_margin_bounds_the_bfloat16_error():
-    g = torch.Generator().manual_seed(0)
-    for d in (8, 576, 4096):
-        a = torch.nn.functional.normalize(torch.randn(64, d, generator=g))
-        b = torch.nn.functional.normalize(torch.randn(2000, d, generator=g))
-        approx = (a.bfloat16() @ b.bfloat16().T).float()
-        assert (approx - a @ b.T).abs().max().item() < topk_module.screening_margin(d)
+@pytest.mark.skipif(_dispatch.load_extension() is None, reason=str(_dispatch.extension_error()))
+@pytest.mark.parametrize("seed", range(6))
+def test_screened_large_k_over_many_blocks_and_chunks(seed, monkeypatch):
+    """Large k against many small screened blocks and query chunks (kept sets that fill over
+    several blocks, blocks smaller than k), duplicate keys (exact ties decided by index), zero
+    keys: same results as the unscreened C++ path and the float64 oracle."""
+    monkeypatch.setattr(topk_module, "SCREEN_BLOCK_BYTES", 1)
+    monkeypatch.setattr(topk_module, "SCREEN_MAX_ROWS", 64)
+    monkeypatch.setattr(topk_module, "SCREEN_SCORE_BYTES", 1)
+    g = torch.Generator().manual_seed(seed)
+    d = [5, 48, 300][seed % 3]
+    xq = torch.randn(70, d, generator=g)
+    base = torch.randn(900, d, generator=g)
+    xb = torch.cat([base, base[:200], base[:50] * 4, torch.zeros(3, d)])[torch.randperm(1153, generator=g)]
+    for k in (1, 37, 300, 1200):
+        D, I = topk(xq, xb, k, backend="cpp-screen", tile_rows=[97, 256, 1153][seed % 3])
+        check_topk(D, I, xq, xb, k)
+        D_blas, I_blas = topk(xq, xb, k, backend="cpp-blas")
+        torch.testing.assert_close(D, D_blas, atol=2e-6, rtol=0)  # indices may differ in near-ties only
+
+
+@pytest.mark.skipif(_dispatch.load_extension() is None, reason=str(_dispatch.extension_error()))
+@pytest.mark.parametrize("d", [8, 576, 4096])
+def test_screening_bound_holds_for_every_pair(d):
+    """|bfloat16 screening score - float32 score| <= delta[row] + rel·|screening score| for every
+    pair, on random rows and on rows built so that every element rounds the same way (the
+    Cauchy-Schwarz worst case), with the C++ unit rows and the GEMM the search uses."""
+    ext = _dispatch.load_extension()
+    g = torch.Generator().manual_seed(d)
+    aligned = torch.ones(4, d) * (1 + 2.0**-9 * torch.arange(1, 5)[:, None])  # each element rounds alike
+    xq = torch.cat([torch.randn(60, d, generator=g), aligned])
+    xb = torch.cat([torch.randn(2000, d, generator=g), aligned, xq[:8] * 7.5, torch.zeros(1, d)])
+    xq_hat = torch.nn.functional.normalize(xq, dim=1)
+    xq_bf16 = xq_hat.bfloat16()
+    n = xb.shape[0]
+    inv, unit, errors = torch.empty(n), torch.empty(n, d, dtype=torch.bfloat16), np.empty(n, dtype=np.float32)
+    assert ext.unit_rows_bf16(xb.numpy(), inv.numpy(), unit.view(torch.int16).numpy(), errors) == -1
+    true_errors = (unit.double() - xb.double() * inv.double()[:, None]).norm(dim=1).numpy()
+    assert (errors >= true_errors).all() and (errors <= true_errors * 1.01 + 1e-6).all()
+    approx = (xq_bf16 @ unit.T).float()  # bfloat16 output, as in the search
+    exact = (xq_hat @ xb.T) * inv[None, :]
+    deltas = topk_module.screening_deltas(*topk_module.screening_bounds(xq_hat, xq_bf16), float(errors.max()), d)
+    bound = torch.from_numpy(deltas)[:, None] + topk_module.SCREEN_RELATIVE * approx.abs()
+    gap = (approx - exact).abs()
+    assert (gap <= bound).all()
+    # and the bound is tight enough to screen: a few times the typical error, not the worst case
+    assert deltas.max() < 1.5 * topk_module.BF16_UNIT_ROUNDOFF + 2 * d * 2.0**-24 + 2e-5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
