@@ -10,8 +10,8 @@ Providers (all start from the same raw fp32 vectors and return the top-k by cosi
 - ``faiss-prenorm``: the same search on vectors normalised beforehand (the normalisation is not
   timed): what faiss costs when the store keeps unit vectors.
 
-Every repetition runs all providers one after the other, so they share the machine's noise;
-ratios are medians measured in one run (``provider time / headwater time``: above 1 means
+Each provider runs its repetitions back to back after an untimed warm-up call, in two rounds
+(see ``run_size``); ratios are medians measured in one run (``provider time / headwater time``: above 1 means
 headwater is faster). Peak memory is the largest resident-set growth seen by a 1 ms sampling
 thread during the call, the inputs excluded. The indices of every provider are checked against
 headwater's (agreement up to near-ties is printed).
@@ -123,13 +123,23 @@ def run_size(q: int, n: int, d: int, k: int, reps: int, seed: int = 0, prenorm: 
     times: dict[str, list[float]] = {name: [] for name in fns}
     peaks: dict[str, int] = {name: 0 for name in fns}
     results: dict[str, np.ndarray] = {}
-    for name, fn in fns.items():  # warm-up (also the result check)
+    for name, fn in fns.items():  # first call: the result check
         _, _, results[name] = measure(fn)
-    for _ in range(reps):
+    # Each provider runs its calls back to back after one warm-up call, in two rounds so that a
+    # drift of the machine reaches every provider. Alternating providers call by call measured
+    # the thread pools of the previous library (OpenMP and OpenBLAS threads spin for milliseconds
+    # after a parallel region) competing with the next one for the 2 cores: that is not what a
+    # program that searches repeatedly sees, and it penalised whoever ran second.
+    rounds = [reps - reps // 2, reps // 2]
+    for count in rounds:
         for name, fn in fns.items():
-            seconds, peak, _ = measure(fn)
-            times[name].append(seconds)
-            peaks[name] = max(peaks[name], peak)
+            if count == 0:
+                continue
+            measure(fn)  # warm-up, not timed
+            for _ in range(count):
+                seconds, peak, _ = measure(fn)
+                times[name].append(seconds)
+                peaks[name] = max(peaks[name], peak)
     ours = statistics.median(times["headwater"])
     print(f"\nQ={q} N={n} d={d} k={k} fp32{' pre-normalised' if prenorm else ''}, {reps} reps (median)")
     print(f"  {'provider':14s} {'time ms':>10s} {'ratio':>7s} {'peak MiB':>9s} {'same idx':>9s}")

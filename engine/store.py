@@ -312,6 +312,7 @@ class VectorStore:
         for block, offset in store.blocks():           # [n_b, d] memory-mapped, global row offset
             ...
         D, I = cosine_topk(queries, store.blocks(), k=10)
+        D, I = cosine_topk(queries, store.search_keys(), k=10)   # repeated searches: no conversion
     """
 
     def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
@@ -319,6 +320,7 @@ class VectorStore:
         self.manifest = manifest
         self.summary: dict[str, Any] = {}  # set by the run that produced the store
         self._pair_ids: list[str] | None = None
+        self._search_verified = False  # the search-ready copy's checksums were checked
         validate_manifest(root, manifest)
 
     @classmethod
@@ -403,6 +405,14 @@ class VectorStore:
             if rows:
                 yield self.shard(number), offset
             offset += rows
+
+    def search_keys(self, *, write: bool = True, verify: bool = True) -> Any:
+        """The keys with their search-ready copy (``PreparedKeys``), written beside the shards the
+        first time (see :mod:`headwater.engine.search_ready`): repeated searches then skip the
+        per-search conversion pass. ``cosine_topk(queries, store.search_keys(), k)``."""
+        from headwater.engine.search_ready import search_keys
+
+        return search_keys(self, write=write, verify=verify)
 
     def vectors(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """All vectors as one in-memory [N, d] tensor (``dtype`` default: the store's)."""

@@ -24,14 +24,17 @@ a stable sort), the tiled torch backend, the tiled C++ backend and the dispatche
 :func:`cosine_topk`. The Triton kernel lives in :mod:`headwater.kernels.topk_triton` so that
 importing this module never needs triton.
 
-The C++ backend (``auto`` on the CPU):
+The C++ backend (``auto`` on the CPU) has three paths; :mod:`headwater.kernels.cost_model` picks
+the one predicted fastest from rates measured on the machine (cached once):
 
-- Q <= :data:`FEW_QUERIES`: the search is bound by memory bandwidth, and one fused C++ pass over
+- few queries (at most :data:`FEW_QUERIES`): bound by memory bandwidth; one fused C++ pass over
   each key tile computes the dot products and the key norms together (keys read once).
-- more queries: the search is bound by the GEMM. Each [q_chunk, n] score tile comes from one
+- float32 GEMM: the search is bound by the GEMM. Each [q_chunk, n] score tile comes from one
   BLAS call (numpy's OpenBLAS, measured faster than torch's MKL here), then C++ threads scan it,
   scale each column by its key's inverse norm on the fly and merge into per-row heaps.
 - one final C++ sort per row gives the (score desc, index asc) order.
+
+- bfloat16 screening (below), where the machine's bfloat16 GEMM is fast enough to pay.
 
 Screening with bfloat16 (many queries, CPUs with native bfloat16 dot products): a bfloat16 GEMM
 runs about twice as fast as float32 there (measured 214 vs 100 GFLOP/s on one core of the bench
@@ -54,12 +57,19 @@ sort once at the end.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from headwater.kernels import _dispatch
+from headwater.kernels import _dispatch, cost_model
+from headwater.kernels.prepared import (
+    PreparedKeys,
+    float32_rows,
+    prepare_block,
+    rescued_rows,
+    untrusted_norms,
+)
 from headwater.kernels.similarity import (
     DEFAULT_QUERY_CHUNK,
     KeySource,
@@ -67,9 +77,7 @@ from headwater.kernels.similarity import (
     cosine_similarity,
     iter_key_blocks,
     non_finite_rows_error,
-    SMALLEST_TRUSTED_NORM,
     normalize_rows,
-    rescale_untrusted_rows,
     scaled_rows_and_inverse_norms,
     tile_rows_for,
 )
@@ -81,38 +89,25 @@ from headwater.kernels.topk_merge import (
     sort_by_score_then_index,
 )
 
-# Up to this many queries the C++ backend computes scores and key norms itself in one pass over
-# the keys (bandwidth bound); above it, BLAS (torch matmul) computes the score tile.
+# The fused few-query pass takes at most this many queries (its per-query accumulators stay in
+# registers); whether it is used for them is the cost model's choice.
 FEW_QUERIES = 8
 BF16_UNIT_ROUNDOFF = 2.0**-8
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_NATIVE_BF16: bool | None = None
-# Force bfloat16 screening on (True) or off (False) for the C++ backend; None: screen tiles of more
-# than FEW_QUERIES queries when the CPU has native bfloat16 (the tests run both paths everywhere).
+# Force bfloat16 screening on (True) or off (False) for the C++ backend; None: the path the cost
+# model predicts fastest on this machine (the tests run every path everywhere).
 SCREEN: bool | None = None
 SCREEN_BLOCK_BYTES = 16 << 20  # bfloat16 unit key rows screened per GEMM (at least)
 SCREEN_MAX_ROWS = 16384  # key rows per screened block when k asks for more than SCREEN_BLOCK_BYTES
 SCREEN_SCORE_BYTES = 8 << 20  # bfloat16 screening scores per GEMM: they are scanned from cache
 
 
-def native_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), i.e. screening pays."""
-    global _NATIVE_BF16
-    if _NATIVE_BF16 is None:
-        _NATIVE_BF16 = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-    return _NATIVE_BF16
+def screen_block_rows(d: int, k: int) -> int:
+    """Key rows per screened block (before the tile's own limit). A large k gets larger blocks:
+    the keys kept from one block and pushed out by a later one each cost an exact score, about
+    k·(1 + ln(blocks)) per row in all."""
+    return max(256, SCREEN_BLOCK_BYTES // (2 * d), min(8 * k, SCREEN_MAX_ROWS))
 
 
 def _check_k(k: Any) -> int:
@@ -251,36 +246,6 @@ def _cosine_topk_torch(
     return run_s, run_i
 
 
-def _float32_tile(tile: torch.Tensor, offset: int) -> torch.Tensor:
-    """A key tile as contiguous float32 for the C++ backend; float64 rows far outside float32's
-    range are scaled first (rounding would flush them to 0 or infinity)."""
-    if tile.dtype == torch.float64:
-        tile = scaled_rows_and_inverse_norms(tile, "keys", offset)[0]
-    return tile.to(torch.float32).contiguous()
-
-
-def _untrusted_norms(inv: torch.Tensor) -> bool:
-    """Whether a C++ pass's inverse norms include one that may be wrong: a norm under 2^-60 (its
-    squares reach float32's subnormal range) or zero (a zero row, or one whose squares vanished)."""
-    values = inv.numpy()  # numpy, not torch: no OpenMP region to wake between the C++ calls
-    return values.size > 0 and (float(values.min()) == 0.0 or float(values.max()) > 1.0 / SMALLEST_TRUSTED_NORM)
-
-
-def _rescued(tile32: torch.Tensor, inv: torch.Tensor, bad: int, offset: int) -> torch.Tensor | None:
-    """``tile32`` with the rows whose norm cannot be trusted rescaled (exactly, by powers of two),
-    or None when none needs it (zero rows). When the C++ pass completed (``bad`` < 0) only the rows
-    its inverse norms ``inv`` flag are read, so a tile with zero vectors (identical pairs) costs no
-    extra pass; when it stopped at a non-finite row ``bad``, the whole tile is examined. Raises
-    ValueError for rows holding inf/NaN."""
-    if bad >= 0:
-        fixed = scaled_rows_and_inverse_norms(tile32, "keys", offset)[0]
-        return fixed.contiguous() if fixed is not tile32 else None
-    values = inv.numpy()
-    suspect = torch.from_numpy(((values == 0) | (values > 1.0 / SMALLEST_TRUSTED_NORM)).nonzero()[0])
-    fixed, rows = rescale_untrusted_rows(tile32, suspect, "keys", offset)
-    return fixed.contiguous() if rows.numel() else None
-
-
 def _cosine_topk_cpp(
     xq: torch.Tensor, keys: KeySource, k: int, tile_rows: int, *, screen: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,10 +262,12 @@ def _cosine_topk_cpp(
     ext = _dispatch.load_extension()
     q, d = xq.shape
     xq_hat = normalize_rows(xq, "queries")
-    few = q <= FEW_QUERIES
     screen = SCREEN if screen is None else screen
     if screen is None:
-        screen = native_bf16_matmul() and not few
+        path = _planned_path(ext, q, _known_rows(keys, tile_rows), d, k, isinstance(keys, PreparedKeys))
+        screen, few = path == "screen", path == "few"
+    else:
+        few = not screen and q <= FEW_QUERIES
     if screen:
         return _cosine_topk_screened(ext, xq_hat, keys, k, tile_rows)
     heap_s, heap_i = empty_result(q, k, xq.device)
@@ -312,15 +279,15 @@ def _cosine_topk_cpp(
         score_buffer = np.empty(min(q, DEFAULT_QUERY_CHUNK) * tile_rows, dtype=np.float32)
     chunks = _query_chunks(q)
     for tile, offset in iter_key_blocks(keys, d, tile_rows):
-        tile32 = _float32_tile(tile, offset)
+        tile32 = float32_rows(tile, offset)
         n = tile32.shape[0]
         if few:
             # no torch op between the C++ calls: small torch ops between OpenMP regions paid
             # for waking and parking threads, which dominated the time at Q = 1
             raw, inv = raw_buffer[: q * n].view(q, n), inv_buffer[:n]
             bad = ext.cosine_scores_few_queries(xq_hat.numpy(), tile32.numpy(), raw.numpy(), inv.numpy())
-            if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled, the tile redone
-                fixed = _rescued(tile32, inv, bad, offset)
+            if bad >= 0 or untrusted_norms(inv.numpy()):  # rare: rows of extreme scale are rescaled, the tile redone
+                fixed = rescued_rows(tile32, inv.numpy(), bad, offset)
                 if fixed is not None:
                     bad = ext.cosine_scores_few_queries(xq_hat.numpy(), fixed.numpy(), raw.numpy(), inv.numpy())
                 if bad >= 0:
@@ -329,8 +296,8 @@ def _cosine_topk_cpp(
             continue
         inv = inv_buffer[:n]
         bad = ext.inverse_row_norms(tile32.numpy(), inv.numpy())
-        if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled
-            fixed = _rescued(tile32, inv, bad, offset)
+        if bad >= 0 or untrusted_norms(inv.numpy()):  # rare: rows of extreme scale are rescaled
+            fixed = rescued_rows(tile32, inv.numpy(), bad, offset)
             if fixed is not None:
                 tile32 = fixed
                 bad = ext.inverse_row_norms(tile32.numpy(), inv.numpy())
@@ -376,6 +343,53 @@ def screening_deltas(query_errors: np.ndarray, query_norms: np.ndarray, key_erro
 SCREEN_RELATIVE = BF16_UNIT_ROUNDOFF / (1.0 - BF16_UNIT_ROUNDOFF) * (1.0 + 1e-6)
 
 
+def _known_rows(keys: KeySource, tile_rows: int) -> int:
+    """N for a tensor, array or prepared keys; for a stream (unknown length), a guess of many tiles."""
+    if isinstance(keys, (torch.Tensor, np.ndarray)):
+        return int(keys.shape[0])
+    if isinstance(keys, PreparedKeys):
+        return len(keys)
+    return 16 * tile_rows
+
+
+def _planned_path(ext: Any, q: int, n: int, d: int, k: int, prepared: bool) -> str:
+    """The C++ path the cost model predicts fastest for this shape on this machine."""
+    rates = cost_model.machine_rates(ext)
+    path, predicted = cost_model.plan_search(
+        rates, q, n, d, k, few_max=FEW_QUERIES, screen_block_rows=screen_block_rows(d, k), prepared=prepared
+    )
+    costs = ", ".join(f"{name} {seconds * 1e3:.3g} ms" for name, seconds in sorted(predicted.items()))
+    _dispatch.log_once("cosine_topk", f"cpp/{path}", f"Q={q} N={n} d={d} k={k}; predicted {costs}")
+    return path
+
+
+def _screening_blocks(
+    ext: Any, keys: KeySource, d: int, tile_rows: int, step: int
+) -> Iterator[tuple[torch.Tensor, int, np.ndarray, torch.Tensor, np.ndarray]]:
+    """``(rows [n, d] float32, offset, inverse norms [n], bfloat16 unit rows [n, d], rounding
+    errors [n])`` per screened block of at most ``step`` rows: sliced from search-ready keys, or
+    made here (one C++ pass into buffers allocated once: a fresh tens-of-MiB array per block costs
+    page faults)."""
+    if isinstance(keys, PreparedKeys):
+        for prepared in keys.prepared_blocks():
+            for lo in range(0, prepared.rows.shape[0], step):
+                hi = lo + step
+                yield (prepared.rows[lo:hi], prepared.offset + lo, prepared.inv_norms[lo:hi],
+                       prepared.unit_bf16[lo:hi], prepared.errors[lo:hi])
+        return
+    inv_buffer = np.empty(step, dtype=np.float32)
+    error_buffer = np.empty(step, dtype=np.float32)
+    unit_buffer = torch.empty(step * d, dtype=torch.bfloat16)
+    for tile, tile_offset in iter_key_blocks(keys, d, tile_rows):
+        tile32 = float32_rows(tile, tile_offset)
+        for lo in range(0, tile32.shape[0], step):
+            block = tile32[lo : lo + step]
+            n, offset = block.shape[0], tile_offset + lo
+            inv, unit, errors = inv_buffer[:n], unit_buffer[: n * d].view(n, d), error_buffer[:n]
+            block = prepare_block(ext, block, offset, inv, unit, errors)
+            yield block, offset, inv, unit, errors
+
+
 def _cosine_topk_screened(
     ext: Any, xq_hat: torch.Tensor, keys: KeySource, k: int, tile_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,41 +403,24 @@ def _cosine_topk_screened(
     xq_np = xq_hat.numpy()
     xq_bf16 = xq_hat.to(torch.bfloat16)
     query_errors, query_norms = screening_bounds(xq_hat, xq_bf16)
-    # Key tiles are screened in sub-blocks: the bf16 unit rows stay a few MiB, and the buffers are
-    # allocated once (a fresh tens-of-MiB output per GEMM costs page faults). A large k gets larger
-    # blocks: the keys kept from one block and pushed out by a later one each cost an exact score,
-    # about k·(1 + ln(blocks)) per row in all. Queries go in chunks whose bf16 score block stays
-    # in cache (SCREEN_SCORE_BYTES) for the scan that follows its GEMM.
-    step = min(max(256, SCREEN_BLOCK_BYTES // (2 * d), min(8 * k, SCREEN_MAX_ROWS)), tile_rows)
+    # Key tiles are screened in sub-blocks (screen_block_rows): the bf16 unit rows stay a few MiB,
+    # and the buffers are allocated once (a fresh tens-of-MiB output per GEMM costs page faults).
+    # Queries go in chunks whose bf16 score block stays in cache (SCREEN_SCORE_BYTES) for the scan
+    # that follows its GEMM.
+    step = min(screen_block_rows(d, k), tile_rows)
     chunk = max(64, min(DEFAULT_QUERY_CHUNK, SCREEN_SCORE_BYTES // (2 * step)))
     chunks = [(start, min(q, start + chunk)) for start in range(0, q, chunk)]
-    inv_buffer = torch.empty(step, dtype=torch.float32)
-    error_buffer = np.empty(step, dtype=np.float32)
-    unit_buffer = torch.empty(step * d, dtype=torch.bfloat16)
     approx_buffer = torch.empty(min(q, chunk) * step, dtype=torch.bfloat16)
-    for tile, tile_offset in iter_key_blocks(keys, d, tile_rows):
-        tile32 = _float32_tile(tile, tile_offset)
-        for lo in range(0, tile32.shape[0], step):
-            block = tile32[lo : lo + step]
-            n, offset = block.shape[0], tile_offset + lo
-            inv, unit_bf16, errors = inv_buffer[:n], unit_buffer[: n * d].view(n, d), error_buffer[:n]
-            # one pass: inverse norms, unit rows in bfloat16 (zero rows stay zero), rounding errors
-            bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy(), errors)
-            if bad >= 0 or _untrusted_norms(inv):  # rare: rows of extreme scale are rescaled
-                fixed = _rescued(block, inv, bad, offset)
-                if fixed is not None:
-                    block = fixed
-                    bad = ext.unit_rows_bf16(block.numpy(), inv.numpy(), unit_bf16.view(torch.int16).numpy(), errors)
-            if bad >= 0:
-                raise non_finite_rows_error("keys", [offset + bad])
-            deltas = screening_deltas(query_errors, query_norms, float(errors.max()), d)
-            for start, stop in chunks:
-                approx = approx_buffer[: (stop - start) * n].view(stop - start, n)
-                torch.mm(xq_bf16[start:stop], unit_bf16.T, out=approx)  # [q_chunk, n] bfloat16
-                ext.topk_merge_tile_screened(
-                    approx.view(torch.int16).numpy(), xq_np[start:stop], block.numpy(), inv.numpy(),
-                    offset, deltas[start:stop], SCREEN_RELATIVE, kept_s[start:stop].numpy(),
-                    kept_i[start:stop].numpy(),
-                )
+    for block, offset, inv, unit_bf16, errors in _screening_blocks(ext, keys, d, tile_rows, step):
+        n = block.shape[0]
+        deltas = screening_deltas(query_errors, query_norms, float(errors.max()), d)
+        for start, stop in chunks:
+            approx = approx_buffer[: (stop - start) * n].view(stop - start, n)
+            torch.mm(xq_bf16[start:stop], unit_bf16.T, out=approx)  # [q_chunk, n] bfloat16
+            ext.topk_merge_tile_screened(
+                approx.view(torch.int16).numpy(), xq_np[start:stop], block.numpy(), inv,
+                offset, deltas[start:stop], SCREEN_RELATIVE, kept_s[start:stop].numpy(),
+                kept_i[start:stop].numpy(),
+            )
     ext.topk_sort_rows(kept_s.numpy(), kept_i.numpy())
     return kept_s, kept_i

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from headwater.cli.options import add_judge_option, add_sampling_options, judge_from
@@ -66,10 +67,23 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
     )
     pairs = {p.pair_id: p for p in load_preferences(args.data)} if args.data is not None else None
-    result = discover(samples.vectors, store.pair_ids, list(store.blocks()), prompts=samples.prompts,
+    result = discover(samples.vectors, store.pair_ids, searchable_keys(store), prompts=samples.prompts,
                       m0_responses=samples.m0_responses, m1_responses=samples.m1_responses, pairs=pairs, config=config,
                       judge=judge)
     result.save(args.out)
     print(format_cards(result))
     print(f"\n-> {args.out}")
     return 0
+
+
+def searchable_keys(store):
+    """The store's keys for the many searches of discovery: its search-ready copy (written beside
+    the shards the first time, so later searches skip the conversion pass), or its shards where
+    the copy cannot be made (a read-only store, no C++ extension)."""
+    from headwater.engine.store import StoreError
+
+    try:
+        return store.search_keys()
+    except (StoreError, OSError) as error:
+        print(f"note: searching the shards directly ({error})", file=sys.stderr)
+        return list(store.blocks())
