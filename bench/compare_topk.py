@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 import torch
 
-from headwater.kernels import cosine_topk
+from headwater.kernels import cosine_topk, prepare_keys
 
 DEFAULT_SIZES = [
     "1x200000x576",
@@ -77,12 +77,16 @@ def measure(fn: Callable[[], object]) -> tuple[float, int, object]:
 
 def providers(xq: torch.Tensor, xb: torch.Tensor, k: int, prenorm: bool = False) -> dict[str, Callable[[], np.ndarray]]:
     """The providers on raw vectors, or with ``prenorm`` on unit vectors that every provider is
-    told are unit already (torch and faiss skip their normalisation; headwater cannot be told)."""
+    told are unit already: torch and faiss skip their normalisation, and ``headwater-ready``
+    searches keys prepared beforehand (``prepare_keys``: inverse norms and bfloat16 unit rows,
+    what a store's search-ready copy holds); plain ``headwater`` still prepares them per call."""
     if prenorm:
         xq_unit, xb_unit = (np.ascontiguousarray(torch.nn.functional.normalize(x, dim=1).numpy()) for x in (xq, xb))
         tq, tb = torch.from_numpy(xq_unit), torch.from_numpy(xb_unit)
+        ready = prepare_keys(tb)  # made beforehand, untimed, like faiss's unit copies
         return {
             "headwater": lambda: cosine_topk(tq, tb, k)[1].numpy(),
+            "headwater-ready": lambda: cosine_topk(tq, ready, k)[1].numpy(),
             "torch": lambda: torch.topk(tq @ tb.T, k, dim=1).indices.numpy(),
             "faiss": lambda: faiss.knn(xq_unit, xb_unit, k, metric=faiss.METRIC_INNER_PRODUCT)[1],
         }
@@ -128,13 +132,15 @@ def run_size(q: int, n: int, d: int, k: int, reps: int, seed: int = 0, prenorm: 
     # Each provider runs its calls back to back after one warm-up call, in two rounds so that a
     # drift of the machine reaches every provider. Alternating providers call by call measured
     # the thread pools of the previous library (OpenMP and OpenBLAS threads spin for milliseconds
-    # after a parallel region) competing with the next one for the 2 cores: that is not what a
-    # program that searches repeatedly sees, and it penalised whoever ran second.
+    # after a parallel region; OpenBLAS's for tens of ms) competing with the next one for the 2
+    # cores: that is not what a program that searches repeatedly sees, and it penalised whoever
+    # ran second. A pause before each provider lets them park.
     rounds = [reps - reps // 2, reps // 2]
     for count in rounds:
         for name, fn in fns.items():
             if count == 0:
                 continue
+            time.sleep(0.25)  # the previous library's worker threads stop spinning (OpenBLAS: tens of ms)
             measure(fn)  # warm-up, not timed
             for _ in range(count):
                 seconds, peak, _ = measure(fn)
@@ -142,15 +148,20 @@ def run_size(q: int, n: int, d: int, k: int, reps: int, seed: int = 0, prenorm: 
                 peaks[name] = max(peaks[name], peak)
     ours = statistics.median(times["headwater"])
     print(f"\nQ={q} N={n} d={d} k={k} fp32{' pre-normalised' if prenorm else ''}, {reps} reps (median)")
-    print(f"  {'provider':14s} {'time ms':>10s} {'ratio':>7s} {'peak MiB':>9s} {'same idx':>9s}")
+    print(f"  {'provider':16s} {'time ms':>10s} {'ratio':>7s} {'peak MiB':>9s} {'same idx':>9s}")
     for name in fns:
         t = statistics.median(times[name])
         print(
-            f"  {name:14s} {t * 1e3:10.1f} {t / ours:7.2f} {peaks[name] / 2**20:9.1f} "
+            f"  {name:16s} {t * 1e3:10.1f} {t / ours:7.2f} {peaks[name] / 2**20:9.1f} "
             f"{agreement(results[name], results['headwater']):9.4f}",
             flush=True,
         )
-    return {name: statistics.median(times[name]) / ours for name in fns if name != "headwater"}
+    ratios = {name: statistics.median(times[name]) / ours for name in fns if not name.startswith("headwater")}
+    if "headwater-ready" in times:
+        ready = statistics.median(times["headwater-ready"])
+        ratios.update({f"{name} vs ready": statistics.median(times[name]) / ready
+                       for name in fns if not name.startswith("headwater")})
+    return ratios
 
 
 def cpu_description() -> str:
@@ -213,7 +224,7 @@ def main() -> None:
                                 worst[name] = (r, f"Q={q} d={d} k={k}{' prenorm' if prenorm else ''}")
         print("\nworst ratio over the grid (provider time / headwater time):")
         for name, (r, where) in worst.items():
-            print(f"  {name:14s} {r:6.2f}  at {where}")
+            print(f"  {name:22s} {r:6.2f}  at {where}")
         return
     for size in args.sizes:
         q, n, d = (int(x) for x in size.split("x"))

@@ -9,6 +9,10 @@ Divided by the reference recipe's pairs/s (``bench_encode.py``), it bounds the e
     python bench/linear_ceiling.py --threads 2                      # SmolLM2-135M, layer 19
     python bench/linear_ceiling.py --threads 2 --tokens 1024 2048 4096 8192
 
+It also measures the machine's bfloat16 GEMM rate on a large square product (``--gemm-size``,
+default 4096) and prints each rate as a share of it (FLOP utilisation): divide the engine's
+model GFLOP/s from ``bench_encode.py`` by the same figure to place the engine against the machine.
+
 Defaults are SmolLM2-135M's shapes (d 576, 9 heads / 3 KV heads of 64, SwiGLU 1536, ℓ = 19) and
 the 139.4 tokens of ``bench_encode.py``'s average packed pair. The malloc thresholds are raised
 as the engine raises them.
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[8192], help="rows of one batch")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--gemm-size", type=int, default=4096, help="side of the square bf16 GEMM timed as the machine's rate")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,7 +46,9 @@ def main() -> None:
     d, i = args.hidden, args.intermediate
     shapes = {"q": (args.q_width, d), "k": (args.kv_width, d), "v": (args.kv_width, d), "o": (d, args.q_width),
               "gate": (i, d), "up": (i, d), "down": (d, i)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16; CPU: {cpu_model()}")
+    peak = square_gemm_rate(args.gemm_size, args.reps)
+    print(f"machine bf16 GEMM rate ({args.gemm_size}^3): {peak / 1e9:.0f} GFLOP/s")
     for n in args.tokens:
         block_seconds = block_flops = 0.0
         rates = []
@@ -59,8 +66,34 @@ def main() -> None:
             block_flops += flops
             rates.append(f"{name} {flops / seconds / 1e9:.0f}")
         per_pair = block_seconds / n * args.tokens_per_pair * args.layer
-        print(f"{n} tokens: {block_flops / block_seconds / 1e9:.0f} GFLOP/s over one block ({', '.join(rates)}); "
-              f"linear layers of {args.layer} blocks: {per_pair * 1e3:.1f} ms a pair, ceiling {1 / per_pair:.2f} pairs/s")
+        rate = block_flops / block_seconds
+        print(f"{n} tokens: {rate / 1e9:.0f} GFLOP/s over one block ({100 * rate / peak:.0f}% of the machine's "
+              f"bf16 GEMM rate; {', '.join(rates)}); linear layers of {args.layer} blocks: "
+              f"{per_pair * 1e3:.1f} ms a pair, ceiling {1 / per_pair:.2f} pairs/s")
+
+
+def square_gemm_rate(size: int, reps: int) -> float:
+    """FLOP/s of a [size, size] x [size, size] bfloat16 matmul (best of ``reps`` after a warm-up)."""
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(max(3, reps // 2)):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ import torch
 from headwater.kernels import _dispatch, topk
 from headwater.kernels import cost_model
 
-SHAPES = [(1, 576, 10), (4, 576, 10), (8, 576, 10), (16, 576, 10), (64, 576, 100), (256, 576, 1000),
-          (1, 4096, 10), (8, 4096, 100), (64, 4096, 100), (1024, 4096, 1000)]
+SHAPES = [(1, 576, 10), (4, 576, 10), (8, 576, 10), (8, 576, 1000), (16, 576, 10), (64, 576, 100),
+          (64, 576, 1000), (256, 576, 1000), (1, 4096, 10), (8, 4096, 100), (8, 4096, 1000), (64, 4096, 100),
+          (64, 4096, 1000), (1024, 4096, 1000)]
 
 
 def timed(fn, reps: int) -> float:
-    fn()  # warm-up: this path's buffers and thread pools, after the previous path's
+    time.sleep(cost_model.PARK_SECONDS)  # the previous path's BLAS threads stop spinning
+    fn()  # warm-up: this path's buffers and thread pools
     times = []
     for _ in range(reps):
         start = time.perf_counter()

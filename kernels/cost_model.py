@@ -17,12 +17,13 @@ time from them and picks the fastest. The prediction is a sum of measured unit c
 
     few     N·d·(a + b·Q)                         + N·Q·scan
     blas    N·d·a   + 2·Q·N·d / gemm_f32          + N·Q·scan
-    screen  N·d·u   + 2·Q·N·d / gemm_bf16         + N·Q·scan + Q·S·d·b
+    screen  N·d·u   + 2·Q·N·d / gemm_bf16         + N·Q·scan + D·d·a + Q·S·d·b
 
-with ``a`` the fused pass's cost per key element, ``b`` its extra cost per query (also the cost
-of an exact rescoring dot product per element), ``u`` the cost of making bfloat16 unit rows per
-element, and ``S`` the keys a row rescores exactly, about ``k·(1 + ln(blocks))`` (see the topk
-module). ``python bench/search_plan.py`` measures and prints the rates, the plan for the bench
+with ``a`` the fused pass's cost per key element (reading it from memory, mostly), ``b`` its
+extra cost per query (also the cost of an exact rescoring dot product per element), ``u`` the
+cost of making bfloat16 unit rows per element (zero for search-ready keys), ``S`` the keys a row
+rescores exactly, about ``k·(1 + ln(blocks))`` (see the topk module), and ``D`` the distinct key
+rows those are, N·(1 - (1 - S/N)^Q), each fetched once. ``python bench/search_plan.py`` measures and prints the rates, the plan for the bench
 shapes, and the measured time of every path beside its prediction.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ LOG = logging.getLogger("headwater.kernels")
 RATES_FILE = "search-rates.json"
 _CALIBRATION_KEYS, _CALIBRATION_DIM, _CALIBRATION_QUERIES = 16384, 1024, 256
 GEMM_QUERIES = (1, 8, 64, 256)
+PARK_SECONDS = 0.25  # long enough for another library's spinning worker threads to go to sleep
 
 
 @dataclass(frozen=True)
@@ -82,16 +84,20 @@ class MachineRates:
             rate = self.gemm_rate("bf16", q)
             blocks = max(1.0, n / max(1, screen_block_rows))
             survivors = min(float(n), 1.3 * k * (1.0 + math.log(blocks)))
+            # each distinct surviving key row is fetched from memory once for all the rows that
+            # kept it: with few queries and a large k that traffic, not the dot products, dominates
+            distinct = n * (1.0 - (1.0 - survivors / n) ** q) if n else 0.0
             return (
                 (0.0 if prepared else n * d * self.unit_rows_per_element)
                 + flops / rate
                 + scan
+                + distinct * d * self.fused_per_element
                 + q * survivors * d * self.fused_per_query_element
             )
         raise ValueError(f"unknown search path {path!r}")
 
 
-def _best_of(fn: Callable[[], object], repeats: int = 3) -> float:
+def _best_of(fn: Callable[[], object], repeats: int = 5) -> float:
     fn()  # warm-up: page faults, thread pools, code paths
     best = math.inf
     for _ in range(repeats):
@@ -130,12 +136,18 @@ def measure_rates(ext) -> MachineRates:
     scores = np.empty((q, n), dtype=np.float32)
     approx = torch.empty(q, n, dtype=torch.bfloat16)
     queries_bf16 = queries.to(torch.bfloat16)
-    f32_rates, bf16_rates = [], []
-    for rows in GEMM_QUERIES:
-        flops = 2.0 * rows * n * d
-        out32, out16 = scores[:rows], approx[:rows]
-        f32_rates.append(flops / _best_of(lambda: np.matmul(queries_np[:rows], keys_np.T, out=out32)))
-        bf16_rates.append(flops / _best_of(lambda: torch.mm(queries_bf16[:rows], unit.T, out=out16)))
+    # one library at a time, with a pause between: OpenBLAS's threads spin for tens of ms after
+    # a call and slowed the torch GEMM that followed by up to 6x when the two alternated
+    time.sleep(PARK_SECONDS)
+    f32_rates = [
+        2.0 * rows * n * d / _best_of(lambda r=rows: np.matmul(queries_np[:r], keys_np.T, out=scores[:r]))
+        for rows in GEMM_QUERIES
+    ]
+    time.sleep(PARK_SECONDS)
+    bf16_rates = [
+        2.0 * rows * n * d / _best_of(lambda r=rows: torch.mm(queries_bf16[:r], unit.T, out=approx[:r]))
+        for rows in GEMM_QUERIES
+    ]
 
     ext.inverse_row_norms(keys_np, inv)
     heap_s = np.full((q, 10), -np.inf, dtype=np.float32)
