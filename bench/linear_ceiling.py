@@ -9,9 +9,10 @@ Divided by the reference recipe's pairs/s (``bench_encode.py``), it bounds the e
     python bench/linear_ceiling.py --threads 2                      # SmolLM2-135M, layer 19
     python bench/linear_ceiling.py --threads 2 --tokens 1024 2048 4096 8192
 
-It also measures the machine's bfloat16 GEMM rate on a large square product (``--gemm-size``,
-default 4096) and prints each rate as a share of it (FLOP utilisation): divide the engine's
-model GFLOP/s from ``bench_encode.py`` by the same figure to place the engine against the machine.
+It also measures the machine's bfloat16 GEMM rate: the best of square products (``--gemm-size``,
+default 2048 and 4096) and of the layer shapes above, and prints each rate as a share of it
+(FLOP utilisation). Pass the same figure to ``bench_encode.py --peak-tflops`` to place the engine
+and the reference recipe against the machine.
 
 Defaults are SmolLM2-135M's shapes (d 576, 9 heads / 3 KV heads of 64, SwiGLU 1536, ℓ = 19) and
 the 139.4 tokens of ``bench_encode.py``'s average packed pair. The malloc thresholds are raised
@@ -38,7 +39,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[8192], help="rows of one batch")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--gemm-size", type=int, default=4096, help="side of the square bf16 GEMM timed as the machine's rate")
+    parser.add_argument("--gemm-size", type=int, nargs="+", default=[2048, 4096],
+                        help="sides of the square bf16 GEMMs timed for the machine's rate")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,8 +49,9 @@ def main() -> None:
     shapes = {"q": (args.q_width, d), "k": (args.kv_width, d), "v": (args.kv_width, d), "o": (d, args.q_width),
               "gate": (i, d), "up": (i, d), "down": (d, i)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16; CPU: {cpu_model()}")
-    peak = square_gemm_rate(args.gemm_size, args.reps)
-    print(f"machine bf16 GEMM rate ({args.gemm_size}^3): {peak / 1e9:.0f} GFLOP/s")
+    squares = {size: square_gemm_rate(size, args.reps) for size in args.gemm_size}
+    print("square bf16 GEMMs: " + ", ".join(f"{size}^3 {rate / 1e9:.0f} GFLOP/s" for size, rate in squares.items()))
+    results = []
     for n in args.tokens:
         block_seconds = block_flops = 0.0
         rates = []
@@ -64,11 +67,15 @@ def main() -> None:
             flops = 2.0 * n * out_features * in_features
             block_seconds += seconds
             block_flops += flops
-            rates.append(f"{name} {flops / seconds / 1e9:.0f}")
+            rates.append(flops / seconds)
         per_pair = block_seconds / n * args.tokens_per_pair * args.layer
-        rate = block_flops / block_seconds
+        results.append((n, block_flops / block_seconds, rates, per_pair))
+    peak = max([*squares.values(), *(max(per_matrix) for _, _, per_matrix, _ in results)])
+    print(f"machine bf16 GEMM rate (best measured above): {peak / 1e9:.0f} GFLOP/s")
+    for n, rate, per_matrix, per_pair in results:
+        shown = ", ".join(f"{name} {value / 1e9:.0f}" for name, value in zip(shapes, per_matrix))
         print(f"{n} tokens: {rate / 1e9:.0f} GFLOP/s over one block ({100 * rate / peak:.0f}% of the machine's "
-              f"bf16 GEMM rate; {', '.join(rates)}); linear layers of {args.layer} blocks: "
+              f"bf16 GEMM rate; {shown}); linear layers of {args.layer} blocks: "
               f"{per_pair * 1e3:.1f} ms a pair, ceiling {1 / per_pair:.2f} pairs/s")
 
 

@@ -101,6 +101,7 @@ BF16_UNIT_ROUNDOFF = 2.0**-8
 SCREEN: bool | None = None
 SCREEN_BLOCK_BYTES = 16 << 20  # bfloat16 unit key rows screened per GEMM (at least)
 SCREEN_MAX_ROWS = 16384  # key rows per screened block when k asks for more than SCREEN_BLOCK_BYTES
+SCREEN_MAX_BYTES = 64 << 20  # ... and bfloat16 unit rows per block then, at most
 SCREEN_SCORE_BYTES = 8 << 20  # bfloat16 screening scores per GEMM: they are scanned from cache
 
 
@@ -108,7 +109,7 @@ def screen_block_rows(d: int, k: int) -> int:
     """Key rows per screened block (before the tile's own limit). A large k gets larger blocks:
     the keys kept from one block and pushed out by a later one each cost an exact score, about
     k·(1 + ln(blocks)) per row in all."""
-    return max(256, SCREEN_BLOCK_BYTES // (2 * d), min(8 * k, SCREEN_MAX_ROWS))
+    return max(256, SCREEN_BLOCK_BYTES // (2 * d), min(8 * k, SCREEN_MAX_ROWS, SCREEN_MAX_BYTES // (2 * d)))
 
 
 def _check_k(k: Any) -> int:
