@@ -273,6 +273,19 @@ class Organism:
             raise KeyError(f"no planted behaviour {behavior!r}; the organism has {sorted(planted)}")
         return list(planted[behavior])
 
+    def pair_sources(self) -> dict[str, str]:
+        """Pair id → generator name, some generators contaminated (:mod:`headwater.organism.sources`)."""
+        from headwater.organism.sources import organism_sources
+
+        ids = [p.pair_id for p in self.load_preferences()]
+        return organism_sources(ids, self.ground_truth["planted"], self.config.seed)
+
+    def contaminated_sources(self) -> dict[str, list[str]]:
+        """Planted behaviour → its contaminated generators (the ground truth of :meth:`pair_sources`)."""
+        from headwater.organism.sources import contaminated_sources
+
+        return contaminated_sources(list(self.ground_truth["planted"]), self.config.seed)
+
     def load_model(self, which: str = "m0") -> Any:
         """M0 (``"m0"``) or M1 (``"m1"``) as a transformers model in eval mode."""
         from transformers import AutoModelForCausalLM

@@ -78,8 +78,9 @@ from headwater.methods.attribution import Ranking, evaluate_ranking, random_rank
 from headwater.methods.behaviors import sample_behavior_vectors
 from headwater.methods.discovery import DiscoveryConfig, discover
 from headwater.methods.evaluation import evaluate_model
-from headwater.methods.interventions import intervene, write_intervention
+from headwater.methods.interventions import drop_source, intervene, write_intervention
 from headwater.methods.judge_registry import resolve_judge
+from headwater.methods.sources import attach_sources, rank_sources, sources_to_drop
 from headwater.methods.vectors import datapoint_vectors
 from headwater.organism import PRESETS, OrganismConfig, build_organism, max_new_tokens_for
 from headwater.organism.capability import capability_scores, capability_set
@@ -101,6 +102,7 @@ SETUP_METHODS = ("activation", "random")  # ranked in the setup; the others on d
 MODES = ("filter", "switch")
 BASELINE = "baseline"
 CLEAN = "clean-data"  # the cell retrained without the planted pairs (ground truth)
+SOURCES = "source-ablation"  # the cell retrained without the over-represented data sources
 SAMPLES = 8  # responses per test prompt and condition in each evaluation
 CAPABILITY_SAMPLES = 2  # samples per benign request for the helpfulness rate
 DISCOVERY_SAMPLES = 2  # samples per test prompt and model for the behaviour change vectors
@@ -335,11 +337,13 @@ class Experiment:
         return out
 
     def run_cell(self, name: str, method: str | None, mode: str | None, n: int | None,
-                 dpo_seed: int | None = None) -> tuple[dict[str, Any], bool]:
+                 dpo_seed: int | None = None, drop_sources: Sequence[str] | None = None) -> tuple[dict[str, Any], bool]:
         """Intervene, retrain and evaluate one cell unless it is finished; returns (result, retrained).
 
         ``dpo_seed`` replaces the recipe's seed (the order of the pairs in training): the
         unmodified data under other seeds measures how much the rate moves by training noise alone.
+        ``drop_sources``: leave out every pair of these organism generators instead (source-level
+        ablation).
         """
         cell = self.out / "cells" / name
         retrained = False
@@ -349,7 +353,9 @@ class Experiment:
             start = time.perf_counter()
             dataset = self.organism.load_preferences()
             manifest: dict[str, Any] = {"mode": "none", "n_changed": 0, "changed_pair_ids": []}
-            if method is not None:
+            if drop_sources:
+                dataset, manifest = drop_source(attach_sources(dataset, self.organism.pair_sources()), drop_sources)
+            elif method is not None:
                 dataset, manifest = intervene(dataset, self.rankings[method], mode=mode, top=n)
             data_dir = cell / "data"
             write_intervention(data_dir, dataset, manifest, overwrite=True)
@@ -377,6 +383,17 @@ class Experiment:
             return result
 
         return self.stages.run(name, cell / "result.json", compute, timed=False), retrained
+
+    def source_table(self, top: int, max_sources: int) -> dict[str, Any]:
+        """The organism's sources ranked by their share of the activation ranking's top ``top``,
+        the ones to drop, and the ground truth (which sources are contaminated for the behaviour)."""
+        shares = rank_sources(self.rankings["activation"].pair_ids, self.organism.pair_sources(), top)
+        return {
+            "top": top,
+            "table": [s.as_dict() for s in shares],
+            "dropped": sources_to_drop(shares, max_sources=max_sources),
+            "contaminated": self.organism.contaminated_sources()[self.behavior],
+        }
 
     def evaluate_reference(self, which: str) -> dict[str, Any]:
         """The stored M0 or M1 (``which``) under the same evaluation, for reference."""
@@ -408,6 +425,7 @@ def run_experiment(
     n_boot: int = 2000,
     training_seeds: int = 0,
     random_orders: int = 1,
+    source_ablation: int = 0,
     progress: bool = True,
     judge: str | None = None,
     judge_options: dict[str, Any] | None = None,
@@ -434,6 +452,12 @@ def run_experiment(
             as such. The first order's cell is the one summarised in full.
         training_seeds: extra retrains of the unmodified data under other DPO seeds (training
             noise: how far the rate moves with no intervention at all).
+        source_ablation: at most this many data sources to drop (0: no source ablation). The
+            organism's pairs get generator names (:meth:`Organism.pair_sources`); the sources are
+            ranked by their share of the activation ranking's top N (N = the planted count)
+            against their share of the data (:func:`headwater.methods.sources.rank_sources`), the
+            significantly over-represented ones (lift ≥ 2, q < 0.05) are dropped, and the model is
+            retrained (the paper's source-level ablation).
         progress: progress bars and the organism build's stage lines.
         judge: a judge spec (:func:`headwater.methods.judges.resolve_judge`) used instead of the
             organism's judge of ``behavior`` for the probe's labels and every evaluation.
@@ -449,6 +473,8 @@ def run_experiment(
         raise ValueError(f"training_seeds must be ≥ 0, got {training_seeds}")
     if random_orders < 1:
         raise ValueError(f"random_orders must be ≥ 1, got {random_orders}")
+    if source_ablation < 0:
+        raise ValueError(f"source_ablation must be ≥ 0, got {source_ablation}")
     exp = Experiment(preset=preset, seed=seed, behavior=behavior, samples=samples, probe_samples=probe_samples,
                      out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress, judge=judge,
                      judge_options=judge_options)
@@ -487,6 +513,14 @@ def run_experiment(
             results[name], did = exp.run_cell(name, method, mode, n, dpo_seed)
             if did:
                 retrained.append(name)
+        sources = None
+        if source_ablation:
+            sources = exp.source_table(n_planted, source_ablation)
+            if sources["dropped"]:
+                LOG.info("source ablation: dropping %s", ", ".join(sources["dropped"]))
+                results[SOURCES], did = exp.run_cell(SOURCES, None, None, None, None, sources["dropped"])
+                if did:
+                    retrained.append(SOURCES)
         m0, m1 = exp.evaluate_reference("m0"), exp.evaluate_reference("m1")
         vs_m1 = exp.baseline_vs_m1()
     finally:
@@ -525,6 +559,12 @@ def run_experiment(
         "m0": summarize(m0, base, n_boot=n_boot, seed=seed),
         "m1": summarize(m1, base, n_boot=n_boot, seed=seed),
         "baseline_vs_m1": vs_m1,
+        "source_ablation": None if sources is None else {
+            **sources,
+            "result": summarize(results[SOURCES], base, n_boot=n_boot, seed=seed) if SOURCES in results else None,
+            "n_removed": results[SOURCES]["n_changed"] if SOURCES in results else 0,
+            "planted_removed": results[SOURCES]["planted_changed"] if SOURCES in results else 0,
+        },
         "training_noise": {
             str(s): summarize(results[f"{BASELINE}-dpo-seed{s}"], base, n_boot=n_boot, seed=seed) for s in noise_seeds
         },

@@ -68,6 +68,9 @@ def table_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if "clean_data" in doc:
         rows.append(("clean data (no planted)", doc["clean_data"]))
     rows += [(f"baseline, DPO seed {s}", c) for s, c in doc.get("training_noise", {}).items()]
+    sources = doc.get("source_ablation")
+    if sources and sources.get("result"):
+        rows.append((f"drop sources {', '.join(sources['dropped'])}", sources["result"]))
     for method, by_mode in doc["rates"].items():
         for mode, by_n in by_mode.items():
             rows += [(f"{method} {mode} N={n}", c) for n, c in by_n.items()]

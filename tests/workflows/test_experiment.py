@@ -89,8 +89,16 @@ def test_rerun_skips_finished_cells_and_continues_interrupted_ones(first_run, ca
     # A new mode adds cells; the finished ones stay.
     # A new mode and a training-noise retrain add cells; the finished ones stay.
     more = run_experiment(preset="miniature", n_values=[6], modes=["filter", "switch"], methods=["random"],
-                          samples=1, out_dir=out, cache_dir=cache, n_boot=200, training_seeds=1, progress=False)
-    assert more["retrained"] == ["random-filter-6", "baseline-dpo-seed1"]
+                          samples=1, out_dir=out, cache_dir=cache, n_boot=200, training_seeds=1, progress=False,
+                          source_ablation=2)
+    sources = more["source_ablation"]
+    assert sources["top"] == more["organism"]["n_planted"] and len(sources["contaminated"]) == 2
+    assert sum(row["n_pairs"] for row in sources["table"]) == more["organism"]["n_pairs"]
+    assert sum(row["n_top"] for row in sources["table"]) == sources["top"]
+    expected = ["random-filter-6", "baseline-dpo-seed1"] + (["source-ablation"] if sources["dropped"] else [])
+    assert more["retrained"] == expected
+    if sources["dropped"]:
+        assert sources["n_removed"] > 0 and 0.0 <= sources["result"]["rate"] <= 1.0
     assert set(more["rates"]["random"]) == {"filter", "switch"}
     noise = more["training_noise"]["1"]
     assert 0.0 <= noise["rate"] <= 1.0 and noise["n_changed"] == 0
@@ -126,6 +134,8 @@ def test_bad_arguments_are_named(tmp_path):
         run_experiment(preset="huge", out_dir=tmp_path)
     with pytest.raises(ValueError, match="training_seeds"):
         run_experiment(preset="miniature", training_seeds=-1, out_dir=tmp_path)
+    with pytest.raises(ValueError, match="source_ablation"):
+        run_experiment(preset="miniature", source_ablation=-1, out_dir=tmp_path)
 
 
 def test_default_n_values():
