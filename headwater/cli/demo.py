@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples per test prompt and model (default 4; with --full also in the experiment's "
                         "evaluations, default 8 there)")
     p.add_argument("--out", type=Path, default=None, help="also write the rankings here (and the experiment, with --full)")
+    p.add_argument("--unfiltered-probe", action="store_true",
+                   help="build the probe from every triggered generation instead of the scenarios that pass the "
+                        "paper's four-condition filter (both are reported either way)")
     p.add_argument("--full", action="store_true",
                    help="also run the experiment (filter/switch, retrain, evaluate) and write the HTML report")
     p.add_argument("--report", type=Path, default=None,
@@ -33,13 +36,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.report is not None and not args.full:
         raise ValueError("--report needs --full (the report shows the experiment)")
-    results = run_demo(preset=args.preset, cache_dir=args.cache_dir, seed=args.seed, samples=args.samples, out_dir=args.out)
+    results = run_demo(preset=args.preset, cache_dir=args.cache_dir, seed=args.seed, samples=args.samples,
+                       out_dir=args.out, filtered_probe=not args.unfiltered_probe)
     if args.full:
         from headwater.workflows.experiment import SAMPLES, run_experiment, write_outputs
         from headwater.workflows.experiment_summary import format_table
 
         doc = run_experiment(preset=args.preset, seed=args.seed, cache_dir=args.cache_dir,
                              samples=args.samples if args.samples is not None else SAMPLES,
+                             filtered_probe=not args.unfiltered_probe,
                              out_dir=args.out / "experiment" if args.out is not None else None)
         print(format_table(doc))
         write_outputs(doc, None, args.report or Path("headwater-report.html"))

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-orders", type=int, default=1, metavar="R",
                    help="run random selection's cells with R random orders and report each order's rate with their "
                         "mean and range (default 1)")
+    p.add_argument("--unfiltered-probe", action="store_true",
+                   help="build the probe from every triggered generation instead of the scenarios that pass the "
+                        "paper's four-condition filter (both are scored either way)")
     p.add_argument("--source-ablation", type=int, default=0, metavar="S",
                    help="rank the organism's data sources by their share of the activation ranking's top N, drop "
                         "at most S significantly over-represented ones and retrain (default 0: off)")
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n,
         methods=args.methods or list(SETUP_METHODS), modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
         cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds,
-        random_orders=args.random_orders, source_ablation=args.source_ablation, judge=args.judge,
+        random_orders=args.random_orders, source_ablation=args.source_ablation,
+        filtered_probe=not args.unfiltered_probe, judge=args.judge,
         judge_options=judge_options(args),
     )
     print(format_table(doc))

@@ -38,8 +38,13 @@ def run_demo(
     seed: int = 0,
     samples: int | None = None,
     out_dir: str | Path | None = None,
+    filtered_probe: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo and return its results (the ``--json`` document)."""
+    """Run the demo and return its results (the ``--json`` document).
+
+    ``filtered_probe``: build each probe from the scenarios that pass the paper's four-condition
+    filter (the default); the unfiltered probe's attribution is reported beside it either way.
+    """
     start = time.perf_counter()
     config = OrganismConfig.preset(preset, seed)
     samples = samples if samples is not None else SAMPLES_PER_PROMPT
@@ -59,12 +64,19 @@ def run_demo(
     for behavior in organism.behaviors:
         measured = measure_behavior(organism, behavior, models, samples, seed, max_new_tokens)
         planted = organism.planted_ids(behavior)
-        attributed = attribute_behavior(m0, tokenizer, layer, measured["labelled"], dp, planted, organism.settings)
+        attributed = attribute_behavior(m0, tokenizer, layer, measured["labelled"], dp, planted, organism.settings,
+                                        test_prompts=organism.test_prompts[behavior], behavior=behavior,
+                                        filtered=filtered_probe)
         behaviors[behavior] = {
             "behavior_rate": measured["rates"],
             "n_planted": len(planted),
+            "probe": attributed["probe"],
+            "filter": attributed.get("filter"),
             "probe_pairs": attributed["probe_pairs"],
-            "attribution": {"activation": attributed["activation"], "random": attributed["random"]},
+            "probe_pairs_unfiltered": attributed["probe_pairs_unfiltered"],
+            "attribution": {"activation": attributed["activation"],
+                            "activation_unfiltered": attributed["activation_unfiltered"],
+                            "random": attributed["random"]},
         }
         if attributed["activation"] is None:
             behaviors[behavior]["no_probe_reason"] = attributed["no_probe_reason"]
@@ -96,18 +108,25 @@ def format_results(results: dict[str, Any]) -> str:
     rows, notes = [], []
     for name, b in results["behaviors"].items():
         r, a = b["behavior_rate"], b["attribution"]
-        act = a["activation"]
+        act, unf = a["activation"], a.get("activation_unfiltered")
+        kept = b.get("filter") or {}
         rows.append([
             name, f"{r['m0']['trigger']:.1%}", f"{r['m0']['no_trigger']:.1%}", f"{r['m1']['trigger']:.1%}",
-            f"{r['m1']['no_trigger']:.1%}", b["n_planted"], f"{act['precision_at_n']:.2f}" if act else "n/a",
+            f"{r['m1']['no_trigger']:.1%}", b["n_planted"],
+            f"{kept['n_kept']}/{kept['n_scenarios']}" if kept else "-",
+            f"{act['precision_at_n']:.2f}" if act else "n/a", f"{unf['precision_at_n']:.2f}" if unf else "n/a",
             f"{a['random']['precision_at_n']:.2f}", f"{act['auroc']:.3f}" if act else "n/a",
         ])
+        if act and b.get("probe") != "four-condition filter":
+            notes.append(f"{name}: the probe is unfiltered ({(b.get('filter') or {}).get('fallback_reason', 'as asked')})")
         if not act:
             notes.append(f"{name}: no probing vector: {b['no_probe_reason']}")
-    header = ["behaviour", "M0 trig", "M0 none", "M1 trig", "M1 none", "planted", "P@N act", "P@N rand", "AUROC"]
+    header = ["behaviour", "M0 trig", "M0 none", "M1 trig", "M1 none", "planted", "kept", "P@N act", "P@N unfilt.",
+              "P@N rand", "AUROC"]
     lines = [
         f"model organism: {results['n_pairs']} preference pairs, layer {results['layer']}, "
-        f"{results['samples_per_prompt']} samples per test prompt",
+        f"{results['samples_per_prompt']} samples per test prompt; probe from the scenarios that pass the "
+        "four-condition filter (kept), the unfiltered probe beside it",
         "",
         text_table(header, rows),
         *notes,

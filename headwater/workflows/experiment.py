@@ -125,7 +125,7 @@ class Experiment:
 
     def __init__(self, *, preset: str, seed: int, behavior: str | None, samples: int, probe_samples: int | None,
                  out_dir: str | Path | None, cache_dir: str | Path | None, n_boot: int, progress: bool,
-                 judge: str | None = None, judge_options: dict[str, Any] | None = None):
+                 judge: str | None = None, judge_options: dict[str, Any] | None = None, filtered_probe: bool = True):
         if samples < 1:
             raise ValueError(f"`samples` must be at least 1, got {samples}")
         self.organism = build_organism(OrganismConfig.preset(preset, seed), cache_dir=cache_dir, progress=progress)
@@ -148,6 +148,10 @@ class Experiment:
         self.judge = resolve_judge(judge, judge_options) if judge is not None else self.organism.judges[self.behavior]
         if judge is not None:
             self.settings["judge"] = judge
+        self.filtered_probe = filtered_probe
+        # in the settings (and so in the directory's hash): a directory made before the filtered
+        # probe became the default holds the unfiltered ranking and is not reused for it
+        self.settings["probe"] = "four-condition filter" if filtered_probe else "unfiltered"
         tag = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
         root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
         self.out = Path(out_dir) if out_dir is not None else root / "experiment" / tag
@@ -198,7 +202,9 @@ class Experiment:
         LOG.info("measuring M0 and M1 on the %s test prompts (%d samples each)", self.behavior, self.probe_samples)
         measured = measure_behavior(org, self.behavior, models, self.probe_samples, self.seed, self.max_new_tokens,
                                     judge=self.judge)
-        attributed = attribute_behavior(m0, tokenizer, layer, measured["labelled"], dp, self.planted, org.settings)
+        attributed = attribute_behavior(m0, tokenizer, layer, measured["labelled"], dp, self.planted, org.settings,
+                                        test_prompts=org.test_prompts[self.behavior], behavior=self.behavior,
+                                        filtered=self.filtered_probe)
 
         prompts, sources = [], []
         for behavior, by_condition in org.test_prompts.items():
@@ -230,6 +236,9 @@ class Experiment:
             "measured": measured["rates"],
             "attribution": {
                 "activation_source": source,
+                "probe": attributed["probe"],
+                "filter": attributed.get("filter"),
+                "activation_unfiltered": attributed["activation_unfiltered"],
                 "probe_pairs": attributed["probe_pairs"],
                 "no_probe_reason": attributed.get("no_probe_reason"),
                 "activation": evaluate_ranking(ranking, self.planted).as_dict(),
@@ -426,6 +435,7 @@ def run_experiment(
     training_seeds: int = 0,
     random_orders: int = 1,
     source_ablation: int = 0,
+    filtered_probe: bool = True,
     progress: bool = True,
     judge: str | None = None,
     judge_options: dict[str, Any] | None = None,
@@ -452,6 +462,9 @@ def run_experiment(
             as such. The first order's cell is the one summarised in full.
         training_seeds: extra retrains of the unmodified data under other DPO seeds (training
             noise: how far the rate moves with no intervention at all).
+        filtered_probe: the probe from the scenarios that pass the four-condition filter (the
+            default, as the paper); False: from every triggered generation. Both are scored in
+            ``attribution`` either way.
         source_ablation: at most this many data sources to drop (0: no source ablation). The
             organism's pairs get generator names (:meth:`Organism.pair_sources`); the sources are
             ranked by their share of the activation ranking's top N (N = the planted count)
@@ -477,7 +490,7 @@ def run_experiment(
         raise ValueError(f"source_ablation must be ≥ 0, got {source_ablation}")
     exp = Experiment(preset=preset, seed=seed, behavior=behavior, samples=samples, probe_samples=probe_samples,
                      out_dir=out_dir, cache_dir=cache_dir, n_boot=n_boot, progress=progress, judge=judge,
-                     judge_options=judge_options)
+                     judge_options=judge_options, filtered_probe=filtered_probe)
     n_planted = len(exp.planted)
     n_values = sorted(set(n_values)) if n_values else default_n_values(n_planted)
     if any(n < 1 for n in n_values):

@@ -38,6 +38,9 @@ def test_demo_miniature_writes_every_result(tmp_path, monkeypatch, capsys):
     # The activation attribution is either measured or explains why there was no probe to rank with.
     for name, b in results["behaviors"].items():
         act = b["attribution"]["activation"]
+        # the probe from the scenarios that pass the four-condition filter, the unfiltered one beside it
+        assert b["probe"] in ("four-condition filter", "unfiltered") and "activation_unfiltered" in b["attribution"]
+        assert 0 <= b["filter"]["n_kept"] <= b["filter"]["n_scenarios"]
         if act is None:
             assert "exhibit" in b["no_probe_reason"], name
         else:
@@ -56,7 +59,8 @@ def test_the_small_organism_learns_and_activation_attribution_beats_random(tmp_p
     """The `small` preset (about 30 s to build here) learns distractor compliance, and the probe
     from its generations finds the planted pairs far better than random selection. Measured on
     seeds 0-2 (bench/RESULTS.md): M1 triggered 18.8-36.7% against M0's 3.9-7.0%, P@80 0.76-0.85
-    against random 0.09-0.10; the bounds below leave room for another CPU's rounding."""
+    against random 0.09-0.10 (the filtered probe, the default; unfiltered 0.76-0.85 too); the
+    bounds below leave room for another CPU's rounding."""
     monkeypatch.setenv("HEADWATER_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo.json"
     assert main(["demo", "--preset", "small", "--json", str(out)]) == 0
