@@ -83,3 +83,24 @@ def test_prepared_blocks_check_their_shapes():
     with pytest.raises(ValueError, match="do not match"):
         PreparedBlock(torch.zeros(4, 3), 0, np.zeros(4, np.float32), torch.zeros(4, 2, dtype=torch.bfloat16),
                       np.zeros(4, np.float32))
+
+
+def test_a_search_inside_another_searchs_key_iteration_is_correct(monkeypatch):
+    """The screened path reuses per-thread work buffers between searches; a key source that
+    searches while it is read (between two of the outer search's blocks) must not disturb it."""
+    monkeypatch.setattr(topk_module, "SCREEN", True)
+    g = torch.Generator().manual_seed(8)
+    keys, queries, inner_queries = torch.randn(900, 32, generator=g), torch.randn(20, 32, generator=g), torch.randn(12, 32, generator=g)
+    expected = cosine_topk(queries, keys, 15)
+    inner_expected = cosine_topk(inner_queries, keys, 5)
+    inner_results = []
+
+    def blocks():
+        for start in range(0, 900, 300):
+            inner_results.append(cosine_topk(inner_queries, keys, 5))  # a search inside the iteration
+            yield keys[start:start + 300], start
+
+    D, I = cosine_topk(queries, blocks(), 15)
+    assert torch.equal(D, expected[0]) and torch.equal(I, expected[1])
+    assert all(torch.equal(r[1], inner_expected[1]) for r in inner_results)
+    topk_module.release_workspace()
