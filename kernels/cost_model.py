@@ -11,7 +11,7 @@ The C++ backend of :func:`headwater.kernels.cosine_topk` has three ways to searc
 Which is fastest depends on the machine: whether it multiplies bfloat16 natively (AVX512-BF16,
 AMX) or emulates it, how its GEMM rate compares with its memory bandwidth, and on Q, N, d and k.
 So no constant decides: :func:`machine_rates` measures the few primitives each path is made of
-(about a second, once), caches them per machine and software (``$HEADWATER_CACHE`` or
+(about two seconds, once), caches them per machine and software (``$HEADWATER_CACHE`` or
 ``~/.cache/headwater``, file ``search-rates.json``), and :func:`plan_search` predicts each path's
 time from them and picks the fastest. The prediction is a sum of measured unit costs::
 
@@ -23,8 +23,11 @@ with ``a`` the fused pass's cost per key element (reading it from memory, mostly
 extra cost per query (also the cost of an exact rescoring dot product per element), ``u`` the
 cost of making bfloat16 unit rows per element (zero for search-ready keys), ``S`` the keys a row
 rescores exactly, about ``k·(1 + ln(blocks))`` (see the topk module), and ``D`` the distinct key
-rows those are, N·(1 - (1 - S/N)^Q), each fetched once. ``python bench/search_plan.py`` measures and prints the rates, the plan for the bench
-shapes, and the measured time of every path beside its prediction.
+rows those are, N·(1 - (1 - S/N)^Q), each fetched once. The GEMM rates are measured at
+Q = 1, 8, 64 and 256 and interpolated in log Q (skinny GEMMs run far below the full rate).
+``python bench/search_plan.py`` measures and prints the rates, then times every path at a set of
+shapes beside its prediction (bench/RESULTS.md: the fastest path at 12 of 14 shapes, at worst
+1.30x the best). A machine whose caches or thread count change should delete the cache file.
 """
 from __future__ import annotations
 
@@ -108,7 +111,8 @@ def _best_of(fn: Callable[[], object], repeats: int = 5) -> float:
 
 
 def measure_rates(ext) -> MachineRates:
-    """Time each primitive once on synthetic data (about a second on a 2-core machine).
+    """Time each primitive once on synthetic data (about two seconds on a 2-core machine, half of
+    it the pauses between libraries).
 
     ``ext`` is the loaded ``headwater._C``. Shapes: 16,384 keys of dim 1,024 (64 MiB, more than
     the last-level caches of most machines hold), 256 and 8 queries for the GEMMs.
