@@ -115,7 +115,7 @@ def measure_rates(ext) -> MachineRates:
     it the pauses between libraries).
 
     ``ext`` is the loaded ``headwater._C``. Shapes: 16,384 keys of dim 1,024 (64 MiB, more than
-    the last-level caches of most machines hold), 256 and 8 queries for the GEMMs.
+    the last-level caches of most machines hold); the GEMMs at 1, 8, 64 and 256 queries.
     """
     g = torch.Generator().manual_seed(0)
     n, d, q = _CALIBRATION_KEYS, _CALIBRATION_DIM, _CALIBRATION_QUERIES
