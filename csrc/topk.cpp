@@ -542,6 +542,33 @@ int64_t cosine_scores_few_queries(const py::array& queries, const py::array& key
   return first_bad == n ? -1 : first_bad;
 }
 
+// raw_out[r, j] = dot16(queries[r], keys[j]) for keys whose inverse norms are known already
+// (search-ready keys): the few-query pass without the norm, so each key row costs Q dot products
+// and no squares. Rows in parallel.
+void dot_scores(const py::array& queries, const py::array& keys, py::array& raw_out) {
+  const char* fn = "dot_scores";
+  check_array<float>(fn, "queries", queries, 2, false);
+  check_array<float>(fn, "keys", keys, 2, false);
+  check_array<float>(fn, "raw_out", raw_out, 2, true);
+  const int64_t q = queries.shape(0), d = queries.shape(1), n = keys.shape(0);
+  if (keys.shape(1) != d) {
+    throw py::value_error(std::string(fn) + ": keys must have d=" + std::to_string(d) +
+                          " columns like queries, got " + describe(keys));
+  }
+  if (raw_out.shape(0) != q || raw_out.shape(1) != n) {
+    throw py::value_error(std::string(fn) + ": raw_out must be [" + std::to_string(q) + ", " +
+                          std::to_string(n) + "], got " + describe(raw_out));
+  }
+  const float* xq = static_cast<const float*>(queries.data());
+  const float* xb = static_cast<const float*>(keys.data());
+  float* raw = static_cast<float*>(raw_out.mutable_data());
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(static) if (n * d > 65536)
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t r = 0; r < q; ++r) raw[r * n + j] = dot16(xq + r * d, xb + j * d, d);
+  }
+}
+
 // 1/|x_j| for every row of keys [n, d] (0 for a zero row), rows in parallel. Returns the first
 // row whose norm is not finite, or -1.
 int64_t inverse_row_norms(const py::array& keys, py::array& inv_norms_out) {
@@ -590,6 +617,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("keys"), py::arg("raw_out"), py::arg("inv_norms_out"),
         "raw_out[q, n] = queries[q, d] . keys[n, d]^T and inv_norms_out[n] = 1/|keys[j]| (0 for a "
         "zero row) in one pass over the keys (float32); returns the first non-finite row or -1.");
+  m.def("dot_scores", &dot_scores, py::arg("queries"), py::arg("keys"), py::arg("raw_out"),
+        "raw_out[q, n] = queries[q, d] . keys[n, d]^T (float32), for keys whose norms are known.");
   m.def("inverse_row_norms", &inverse_row_norms, py::arg("keys"), py::arg("inv_norms_out"),
         "inv_norms_out[n] = 1/|keys[j]| (0 for a zero row), float32; returns the first non-finite "
         "row or -1.");

@@ -273,6 +273,8 @@ def _cosine_topk_cpp(
     if screen:
         return _cosine_topk_screened(ext, xq_hat, keys, k, tile_rows)
     heap_s, heap_i = empty_result(q, k, xq.device)
+    if few and isinstance(keys, PreparedKeys):
+        return _cosine_topk_few_prepared(ext, xq_hat, keys, k, tile_rows, heap_s, heap_i)
     inv_buffer = torch.empty(tile_rows, dtype=torch.float32)
     if few:
         raw_buffer = torch.empty(q * tile_rows, dtype=torch.float32)
@@ -343,6 +345,27 @@ def screening_deltas(query_errors: np.ndarray, query_norms: np.ndarray, key_erro
 
 # |bf16(s) - s| <= u·|s| for round-to-nearest, so |bf16(s) - s| <= u/(1 - u)·|bf16(s)|.
 SCREEN_RELATIVE = BF16_UNIT_ROUNDOFF / (1.0 - BF16_UNIT_ROUNDOFF) * (1.0 + 1e-6)
+
+
+def _cosine_topk_few_prepared(
+    ext: Any, xq_hat: torch.Tensor, keys: PreparedKeys, k: int, tile_rows: int, heap_s: torch.Tensor,
+    heap_i: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The few-query path over search-ready keys: their inverse norms are known, so one C++ pass
+    computes only the dot products (the same dot16 and the same inverse norm as the fused pass:
+    bit-identical results), then the heap merge."""
+    q = xq_hat.shape[0]
+    xq_np = xq_hat.numpy()
+    raw_buffer = np.empty(q * tile_rows, dtype=np.float32)
+    for prepared in keys.prepared_blocks():
+        for lo in range(0, prepared.rows.shape[0], tile_rows):
+            rows = prepared.rows[lo : lo + tile_rows]
+            n = rows.shape[0]
+            raw = raw_buffer[: q * n].reshape(q, n)
+            ext.dot_scores(xq_np, rows.numpy(), raw)
+            ext.topk_merge_tile(raw, prepared.inv_norms[lo : lo + n], prepared.offset + lo, heap_s.numpy(), heap_i.numpy())
+    ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())
+    return heap_s, heap_i
 
 
 def _known_rows(keys: KeySource, tile_rows: int) -> int:
