@@ -136,18 +136,17 @@ def measure_rates(ext) -> MachineRates:
     errors = np.empty(n, dtype=np.float32)
     unit_time = _best_of(lambda: ext.unit_rows_bf16(keys_np, inv, unit.view(torch.int16).numpy(), errors))
 
-    # the calls the search makes: numpy (OpenBLAS) float32, torch bfloat16 with bfloat16 output
-    scores = np.empty((q, n), dtype=np.float32)
+    # the calls the search makes: torch float32, torch bfloat16 with bfloat16 output
+    scores = torch.empty(q, n, dtype=torch.float32)
     approx = torch.empty(q, n, dtype=torch.bfloat16)
     queries_bf16 = queries.to(torch.bfloat16)
-    # one library at a time, with a pause between: OpenBLAS's threads spin for tens of ms after
-    # a call and slowed the torch GEMM that followed by up to 6x when the two alternated
+    # a pause first: another library's worker threads (OpenBLAS's spin for tens of ms after a
+    # call) slowed the GEMMs that followed by up to 6x
     time.sleep(PARK_SECONDS)
     f32_rates = [
-        2.0 * rows * n * d / _best_of(lambda r=rows: np.matmul(queries_np[:r], keys_np.T, out=scores[:r]))
+        2.0 * rows * n * d / _best_of(lambda r=rows: torch.mm(queries[:r], keys.T, out=scores[:r]))
         for rows in GEMM_QUERIES
     ]
-    time.sleep(PARK_SECONDS)
     bf16_rates = [
         2.0 * rows * n * d / _best_of(lambda r=rows: torch.mm(queries_bf16[:r], unit.T, out=approx[:r]))
         for rows in GEMM_QUERIES
@@ -157,10 +156,12 @@ def measure_rates(ext) -> MachineRates:
     heap_s = np.full((q, 10), -np.inf, dtype=np.float32)
     heap_i = np.full((q, 10), -1, dtype=np.int64)
 
+    scores_np = scores.numpy()
+
     def scan() -> None:
         heap_s.fill(-np.inf)
         heap_i.fill(-1)
-        ext.topk_merge_tile(scores, inv, 0, heap_s, heap_i)
+        ext.topk_merge_tile(scores_np, inv, 0, heap_s, heap_i)
 
     scan_time = _best_of(scan)
     return MachineRates(
