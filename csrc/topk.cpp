@@ -501,17 +501,12 @@ void topk_merge_tile_screened(const py::array& approx, const py::array& queries,
   }
 }
 
-// For a few queries, BLAS has nothing to reuse and the search is bound by memory bandwidth: one
-// pass over each key row computes its dot products with every query and its inverse norm (so the
-// keys are read once, not once for the norms and once for the matmul). Returns the first row whose
-// norm is not finite (inf/NaN in the row, or overflow), or -1.
-int64_t cosine_scores_few_queries(const py::array& queries, const py::array& keys,
-                                  py::array& raw_out, py::array& inv_norms_out) {
-  const char* fn = "cosine_scores_few_queries";
+// Boundary checks shared by the score passes: float32 queries [q, d] and keys [n, d], and a
+// writeable float32 raw_out [q, n].
+void check_score_arrays(const char* fn, const py::array& queries, const py::array& keys, const py::array& raw_out) {
   check_array<float>(fn, "queries", queries, 2, false);
   check_array<float>(fn, "keys", keys, 2, false);
   check_array<float>(fn, "raw_out", raw_out, 2, true);
-  check_array<float>(fn, "inv_norms_out", inv_norms_out, 1, true);
   const int64_t q = queries.shape(0), d = queries.shape(1), n = keys.shape(0);
   if (keys.shape(1) != d) {
     throw py::value_error(std::string(fn) + ": keys must have d=" + std::to_string(d) +
@@ -521,6 +516,18 @@ int64_t cosine_scores_few_queries(const py::array& queries, const py::array& key
     throw py::value_error(std::string(fn) + ": raw_out must be [" + std::to_string(q) + ", " +
                           std::to_string(n) + "], got " + describe(raw_out));
   }
+}
+
+// For a few queries, BLAS has nothing to reuse and the search is bound by memory bandwidth: one
+// pass over each key row computes its dot products with every query and its inverse norm (so the
+// keys are read once, not once for the norms and once for the matmul). Returns the first row whose
+// norm is not finite (inf/NaN in the row, or overflow), or -1.
+int64_t cosine_scores_few_queries(const py::array& queries, const py::array& keys,
+                                  py::array& raw_out, py::array& inv_norms_out) {
+  const char* fn = "cosine_scores_few_queries";
+  check_score_arrays(fn, queries, keys, raw_out);
+  check_array<float>(fn, "inv_norms_out", inv_norms_out, 1, true);
+  const int64_t q = queries.shape(0), d = queries.shape(1), n = keys.shape(0);
   if (inv_norms_out.shape(0) != n) {
     throw py::value_error(std::string(fn) + ": inv_norms_out must be [" + std::to_string(n) +
                           "], got " + describe(inv_norms_out));
@@ -546,19 +553,8 @@ int64_t cosine_scores_few_queries(const py::array& queries, const py::array& key
 // (search-ready keys): the few-query pass without the norm, so each key row costs Q dot products
 // and no squares. Rows in parallel.
 void dot_scores(const py::array& queries, const py::array& keys, py::array& raw_out) {
-  const char* fn = "dot_scores";
-  check_array<float>(fn, "queries", queries, 2, false);
-  check_array<float>(fn, "keys", keys, 2, false);
-  check_array<float>(fn, "raw_out", raw_out, 2, true);
+  check_score_arrays("dot_scores", queries, keys, raw_out);
   const int64_t q = queries.shape(0), d = queries.shape(1), n = keys.shape(0);
-  if (keys.shape(1) != d) {
-    throw py::value_error(std::string(fn) + ": keys must have d=" + std::to_string(d) +
-                          " columns like queries, got " + describe(keys));
-  }
-  if (raw_out.shape(0) != q || raw_out.shape(1) != n) {
-    throw py::value_error(std::string(fn) + ": raw_out must be [" + std::to_string(q) + ", " +
-                          std::to_string(n) + "], got " + describe(raw_out));
-  }
   const float* xq = static_cast<const float*>(queries.data());
   const float* xb = static_cast<const float*>(keys.data());
   float* raw = static_cast<float*>(raw_out.mutable_data());
