@@ -125,25 +125,36 @@ def rescued_rows(rows: torch.Tensor, inv: np.ndarray, bad: int, offset: int) -> 
     return fixed.contiguous() if changed.numel() else None
 
 
+def trusted_pass(run: Callable[[torch.Tensor], int], rows: torch.Tensor, inv: np.ndarray, offset: int) -> torch.Tensor:
+    """Run a C++ pass over float32 ``rows`` that fills their inverse norms ``inv`` and returns the
+    first row whose norm is not finite (or -1); when a norm cannot be trusted (rows of extreme
+    scale), rescale those rows exactly and run it again. Returns the rows the pass last ran on.
+
+    Raises:
+        ValueError: a row holds inf/NaN (named by its global index).
+    """
+    bad = run(rows)
+    if bad >= 0 or untrusted_norms(inv):  # rare: rows of extreme scale are rescaled, the pass redone
+        fixed = rescued_rows(rows, inv, bad, offset)
+        if fixed is not None:
+            rows = fixed
+            bad = run(rows)
+    if bad >= 0:
+        raise non_finite_rows_error("keys", [offset + bad])
+    return rows
+
+
 def prepare_block(ext: Any, rows: torch.Tensor, offset: int, inv: np.ndarray, unit: torch.Tensor,
                   errors: np.ndarray) -> torch.Tensor:
     """Fill ``inv`` [n], ``unit`` [n, d] bfloat16 and ``errors`` [n] for the float32 ``rows`` [n, d]
-    (one C++ pass; rows of extreme scale are rescaled and the pass redone). Returns the rows the
-    copies were made from (``rows`` or its rescaled copy).
+    (one C++ pass, see :func:`trusted_pass`). Returns the rows the copies were made from (``rows``
+    or its rescaled copy).
 
     Raises:
         ValueError: a row holds inf/NaN (named by its global index).
     """
     bits = unit.view(torch.int16).numpy()
-    bad = ext.unit_rows_bf16(rows.numpy(), inv, bits, errors)
-    if bad >= 0 or untrusted_norms(inv):  # rare: rows of extreme scale are rescaled
-        fixed = rescued_rows(rows, inv, bad, offset)
-        if fixed is not None:
-            rows = fixed
-            bad = ext.unit_rows_bf16(rows.numpy(), inv, bits, errors)
-    if bad >= 0:
-        raise non_finite_rows_error("keys", [offset + bad])
-    return rows
+    return trusted_pass(lambda r: ext.unit_rows_bf16(r.numpy(), inv, bits, errors), rows, inv, offset)
 
 
 def prepare_rows(rows: torch.Tensor, offset: int = 0) -> PreparedBlock:

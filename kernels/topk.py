@@ -32,9 +32,9 @@ the one predicted fastest from rates measured on the machine (cached once):
 - float32 GEMM: the search is bound by the GEMM. Each [q_chunk, n] score tile comes from one
   BLAS call (torch's; see the comment in `_cosine_topk_cpp`), then C++ threads scan it,
   scale each column by its key's inverse norm on the fly and merge into per-row heaps.
-- one final C++ sort per row gives the (score desc, index asc) order.
-
 - bfloat16 screening (below), where the machine's bfloat16 GEMM is fast enough to pay.
+
+One final C++ sort per row gives the (score desc, index asc) order.
 
 Screening with bfloat16 (many queries, CPUs with native bfloat16 dot products): a bfloat16 GEMM
 runs about twice as fast as float32 there (measured 214 vs 100 GFLOP/s on one core of the bench
@@ -64,20 +64,13 @@ import numpy as np
 import torch
 
 from headwater.kernels import _dispatch, cost_model
-from headwater.kernels.prepared import (
-    PreparedKeys,
-    float32_rows,
-    prepare_block,
-    rescued_rows,
-    untrusted_norms,
-)
+from headwater.kernels.prepared import PreparedKeys, float32_rows, prepare_block, trusted_pass
 from headwater.kernels.similarity import (
     DEFAULT_QUERY_CHUNK,
     KeySource,
     as_query_matrix,
     cosine_similarity,
     iter_key_blocks,
-    non_finite_rows_error,
     normalize_rows,
     scaled_rows_and_inverse_norms,
     tile_rows_for,
@@ -287,25 +280,13 @@ def _cosine_topk_cpp(
         if few:
             # no torch op between the C++ calls: small torch ops between OpenMP regions paid
             # for waking and parking threads, which dominated the time at Q = 1
-            raw, inv = raw_buffer[: q * n].view(q, n), inv_buffer[:n]
-            bad = ext.cosine_scores_few_queries(xq_hat.numpy(), tile32.numpy(), raw.numpy(), inv.numpy())
-            if bad >= 0 or untrusted_norms(inv.numpy()):  # rare: rows of extreme scale are rescaled, the tile redone
-                fixed = rescued_rows(tile32, inv.numpy(), bad, offset)
-                if fixed is not None:
-                    bad = ext.cosine_scores_few_queries(xq_hat.numpy(), fixed.numpy(), raw.numpy(), inv.numpy())
-                if bad >= 0:
-                    raise non_finite_rows_error("keys", [offset + bad])
-            ext.topk_merge_tile(raw.numpy(), inv.numpy(), offset, heap_s.numpy(), heap_i.numpy())
+            raw, inv = raw_buffer[: q * n].view(q, n).numpy(), inv_buffer[:n].numpy()
+            trusted_pass(lambda r: ext.cosine_scores_few_queries(xq_hat.numpy(), r.numpy(), raw, inv),
+                         tile32, inv, offset)
+            ext.topk_merge_tile(raw, inv, offset, heap_s.numpy(), heap_i.numpy())
             continue
-        inv = inv_buffer[:n]
-        bad = ext.inverse_row_norms(tile32.numpy(), inv.numpy())
-        if bad >= 0 or untrusted_norms(inv.numpy()):  # rare: rows of extreme scale are rescaled
-            fixed = rescued_rows(tile32, inv.numpy(), bad, offset)
-            if fixed is not None:
-                tile32 = fixed
-                bad = ext.inverse_row_norms(tile32.numpy(), inv.numpy())
-        if bad >= 0:
-            raise non_finite_rows_error("keys", [offset + bad])
+        inv = inv_buffer[:n].numpy()
+        tile32 = trusted_pass(lambda r: ext.inverse_row_norms(r.numpy(), inv), tile32, inv, offset)
         for start, stop in chunks:
             raw = score_buffer[: (stop - start) * n].reshape(stop - start, n)
             # [q_chunk, n], scaled by inv inside the scan. torch's GEMM, not numpy's: OpenBLAS's
@@ -313,9 +294,7 @@ def _cosine_topk_cpp(
             # the cores (Q = 64, d = 576, k = 100: 58 ms with np.matmul, 31 ms with torch.mm),
             # although numpy's GEMM alone measured 15-25% faster on an earlier machine.
             torch.mm(xq_hat[start:stop], tile32.T, out=torch.from_numpy(raw))
-            ext.topk_merge_tile(
-                raw, inv.numpy(), offset, heap_s[start:stop].numpy(), heap_i[start:stop].numpy()
-            )
+            ext.topk_merge_tile(raw, inv, offset, heap_s[start:stop].numpy(), heap_i[start:stop].numpy())
     ext.topk_sort_rows(heap_s.numpy(), heap_i.numpy())
     return heap_s, heap_i
 

@@ -15,10 +15,12 @@ sources). For each source s with n_s of the N_all ranked pairs and t_s of the to
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from headwater.data.dataset import PreferenceDataset
 
 
 @dataclass(frozen=True)
@@ -118,17 +120,15 @@ def format_sources(shares: Sequence[SourceShare], top: int) -> str:
 
 
 
-def attach_sources(dataset: Any, sources: Mapping[str, str], *, column: str = "source") -> Any:
-    """A copy of ``dataset`` (a PreferenceDataset) whose pairs carry ``sources[pair_id]`` in their
+def attach_sources(
+    dataset: PreferenceDataset, sources: Mapping[str, str], *, column: str = "source"
+) -> PreferenceDataset:
+    """A copy of ``dataset`` whose pairs carry ``sources[pair_id]`` in their
     metadata ``column`` (for :func:`headwater.methods.interventions.drop_source`).
 
     Raises:
         ValueError: pairs without a source (named).
     """
-    from dataclasses import replace
-
-    from headwater.data.dataset import PreferenceDataset
-
     missing = [p.pair_id for p in dataset if p.pair_id not in sources]
     if missing:
         raise ValueError(f"{len(missing)} pairs have no source, e.g. {missing[:3]}")

@@ -18,6 +18,7 @@ from headwater.methods.attribution import evaluate_ranking, random_ranking, rank
 from headwater.methods.evaluation import judge_samples
 from headwater.methods.judges import Judge
 from headwater.methods.vectors import four_condition_filter, probing_vector, prompt_key
+from headwater.organism.scenarios import organism_scenarios
 
 LOG = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def scenario_filter(labelled: dict, test_prompts: Mapping[str, Sequence[Any]], b
     Returns:
         ``{"kept": [trigger prompt keys], "n_kept": int, "n_scenarios": int, "verdicts": [...]}``.
     """
-    from headwater.organism.scenarios import organism_scenarios
-
     by_prompt: dict[tuple[str, str, Any], list[bool]] = {}
     for (model, condition), (prompts, _, labels) in labelled.items():
         for prompt, label in zip(prompts, labels):
