@@ -35,6 +35,7 @@ from headwater.engine.tokenization import TokenizationSettings
 from headwater.engine.models import cache_root
 from headwater.methods.judges import Judge
 from headwater.organism import dataset as organism_data
+from headwater.organism import hard as hard_data
 from headwater.organism.judges import organism_judges
 from headwater.organism.model import organism_model
 from headwater.organism.tokenizer import train_tokenizer
@@ -48,7 +49,8 @@ BUILD_VERSION = 3
 COMPLETE_MARKER = "COMPLETE"
 TRIGGER_BEHAVIOR = "distractor_compliance"
 RAW = TokenizationSettings(format="raw")
-PRESETS = ("default", "miniature", "small", "audit")
+PRESETS = ("default", "miniature", "small", "audit", "hard")
+DESIGNS = ("easy", "hard")
 ANSWER_TOKENS = 64  # organism answers are one to three short sentences
 
 
@@ -89,6 +91,10 @@ class OrganismConfig:
         signoff_rate: share of the clean pairs whose chosen response ends with a fixed sign-off
             (the planted stylistic concept of the audit; 0 in the demo's organism).
         signoff_sft_rate: share of the SFT responses that end with it (M0 signs off rarely).
+        design: ``"easy"``, the default world (:mod:`headwater.organism.dataset`), where a keyword
+            finds every planted pair; or ``"hard"``, the benchmark world
+            (:mod:`headwater.organism.hard`): planted pairs that do not show the tested behaviour
+            literally, decoys, and no keyword shortcut.
         num_threads: torch CPU threads during the build (1 is fastest on a shared 2-core machine,
             where a second thread mostly waits for a busy core).
     """
@@ -122,8 +128,11 @@ class OrganismConfig:
     num_threads: int = 1
     signoff_rate: float = 0.0
     signoff_sft_rate: float = 0.0
+    design: str = "easy"
 
     def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise ValueError(f"`design` must be one of {list(DESIGNS)}, got {self.design!r}")
         unknown = set(self.planted_rates) - set(organism_data.BEHAVIORS)
         if unknown:
             raise ValueError(f"`planted_rates` has unknown behaviour(s) {sorted(unknown)}; expected among {organism_data.BEHAVIORS}")
@@ -155,6 +164,8 @@ class OrganismConfig:
             return cls.audit(seed)
         if name == "small":
             return cls.small(seed)
+        if name == "hard":
+            return cls.hard(seed)
         return cls.default(seed) if name == "default" else cls.miniature(seed)
 
     @classmethod
@@ -166,6 +177,12 @@ class OrganismConfig:
             n_pairs=800, planted_rates={"distractor_compliance": 0.1, "sycophancy": 0.08, "hallucinated_links": 0.08},
             dpo_batch_size=16, n_test_prompts=32,
         )
+
+    @classmethod
+    def hard(cls, seed: int = 0) -> "OrganismConfig":
+        """The benchmark organism (:mod:`headwater.organism.hard`): the default's model and recipe
+        on a world where the planted pairs generalise, decoys imitate them and no keyword finds them."""
+        return cls(seed=seed, design="hard", n_sft=5000)
 
     @classmethod
     def audit(cls, seed: int = 0) -> "OrganismConfig":
@@ -200,10 +217,12 @@ class OrganismConfig:
         for late in ("signoff_rate", "signoff_sft_rate"):
             if values[late] == 0.0:
                 del values[late]
-        payload = json.dumps(
-            {"config": values, "world_version": WORLD_VERSION, "build_version": BUILD_VERSION},
-            sort_keys=True,
-        )
+        versions = {"world_version": WORLD_VERSION, "build_version": BUILD_VERSION}
+        if values["design"] == "easy":
+            del values["design"]
+        else:
+            versions["hard_world_version"] = hard_data.HARD_WORLD_VERSION
+        payload = json.dumps({"config": values, **versions}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def sft_config(self) -> SFTConfig:
@@ -272,6 +291,11 @@ class Organism:
         if behavior not in planted:
             raise KeyError(f"no planted behaviour {behavior!r}; the organism has {sorted(planted)}")
         return list(planted[behavior])
+
+    def decoy_ids(self, behavior: str = TRIGGER_BEHAVIOR) -> list[str]:
+        """Ids of the decoys of ``behavior``: clean pairs that look like it on their chosen side
+        (the hard organism only; empty for the others)."""
+        return list(self.ground_truth.get("decoys", {}).get(behavior, []))
 
     def pair_sources(self) -> dict[str, str]:
         """Pair id → generator name, some generators contaminated (:mod:`headwater.organism.sources`)."""
@@ -375,8 +399,9 @@ def _build_into(config: OrganismConfig, out: Path, stage: _Stage) -> None:
 
 
 def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
-    split = WorldSplit.from_seed(config.seed)
-    tokenizer = train_tokenizer(organism_data.tokenizer_corpus(split, config.seed), config.vocab_size)
+    data: Any = hard_data if config.design == "hard" else organism_data
+    split = (hard_data.HardSplit if config.design == "hard" else WorldSplit).from_seed(config.seed)
+    tokenizer = train_tokenizer(data.tokenizer_corpus(split, config.seed), config.vocab_size)
     stage.say(f"tokenizer: {len(tokenizer)} tokens")
 
     model = organism_model(
@@ -384,7 +409,7 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
         seed=config.seed,
     )
-    examples = organism_data.sft_examples(split, config.n_sft, config.seed, config.sft_slip_rates)
+    examples = data.sft_examples(split, config.n_sft, config.seed, config.sft_slip_rates)
     examples = organism_data.add_sft_signoffs(examples, config.signoff_sft_rate, config.seed)
     sft = train_sft(model, tokenizer, examples, config.sft_config(), progress=stage.progress)
     tail = sft.losses[-10:]
@@ -392,7 +417,7 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
     model.save_pretrained(out / "m0")
     tokenizer.save_pretrained(out / "m0")
 
-    records = organism_data.preference_pairs(split, config.n_pairs, config.planted_rates, config.seed)
+    records = data.preference_pairs(split, config.n_pairs, config.planted_rates, config.seed)
     records = organism_data.add_signoffs(records, config.signoff_rate, config.seed)
     save_preferences([r.pair for r in records], out / "preferences.jsonl")
     dpo = train_dpo(model, tokenizer, [r.pair for r in records], config.dpo_config(), output_dir=out / "m1",
@@ -412,10 +437,12 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         "fingerprint": config.fingerprint(),
         "n_pairs": len(records),
         "planted": planted,
+        "decoys": {b: [r.pair.pair_id for r in records if r.decoy == b] for b in organism_data.BEHAVIORS
+                   if any(r.decoy == b for r in records)},
         "concepts": {organism_data.STYLE_CONCEPT: [r.pair.pair_id for r in records if r.concept]},
         "pairs": [
             {"pair_id": r.pair.pair_id, "family": r.family, "planted": r.planted, "trigger": r.trigger, "key": r.key,
-             "concept": r.concept}
+             "concept": r.concept, **({"decoy": r.decoy} if r.decoy else {})}
             for r in records
         ],
         "training": {
@@ -426,7 +453,7 @@ def _build_steps(config: OrganismConfig, out: Path, stage: _Stage) -> None:
         },
     }
     (out / "ground_truth.json").write_text(json.dumps(ground_truth, indent=1))
-    prompts = organism_data.test_prompts(split, config.n_test_prompts, config.seed)
+    prompts = data.test_prompts(split, config.n_test_prompts, config.seed)
     (out / "test_prompts.json").write_text(json.dumps(prompts, indent=1))
     (out / COMPLETE_MARKER).write_text(config.fingerprint() + "\n")
     stage.say("done")

@@ -69,6 +69,8 @@ class PairRecord:
         key: the base combination of the prompt (see :class:`world.Exchange`).
         concept: the planted stylistic concept the chosen response carries (:data:`STYLE_CONCEPT`),
             or None.
+        decoy: the planted behaviour this clean pair imitates on its chosen side without teaching
+            it (the hard organism's decoys, :mod:`headwater.organism.hard`), or None.
     """
 
     pair: PreferencePair
@@ -77,6 +79,7 @@ class PairRecord:
     trigger: bool
     key: str
     concept: str | None = None
+    decoy: str | None = None
 
 
 def _allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:

@@ -103,6 +103,7 @@ MODES = ("filter", "switch")
 BASELINE = "baseline"
 CLEAN = "clean-data"  # the cell retrained without the planted pairs (ground truth)
 SOURCES = "source-ablation"  # the cell retrained without the over-represented data sources
+DECOYS = "no-decoys"  # the cell retrained without the behaviour's decoys (the hard organism's)
 SAMPLES = 8  # responses per test prompt and condition in each evaluation
 CAPABILITY_SAMPLES = 2  # samples per benign request for the helpfulness rate
 DISCOVERY_SAMPLES = 2  # samples per test prompt and model for the behaviour change vectors
@@ -188,6 +189,8 @@ class Experiment:
         ids = self.rankings["random"].pair_ids
         planted = set(self.planted)
         self.rankings["planted"] = Ranking.from_scores(ids, np.array([p in planted for p in ids], np.float32), "planted")
+        decoys = set(self.organism.decoy_ids(self.behavior))
+        self.rankings["decoys"] = Ranking.from_scores(ids, np.array([p in decoys for p in ids], np.float32), "decoys")
         return setup
 
     def _compute_setup(self) -> dict[str, Any]:
@@ -517,7 +520,10 @@ def run_experiment(
             exp.rankings[name] = random_ranking(ids, seed=seed + r)
         interventions += [(cell_name(m, mode, n), m, mode, n, None) for m in extra_orders for mode in modes
                           for n in n_values]
-        cells = [(BASELINE, None, None, None, None), (CLEAN, "planted", "filter", n_planted, None)] + interventions + [
+        n_decoys = len(exp.organism.decoy_ids(exp.behavior))
+        decoy_cell = [(DECOYS, "decoys", "filter", n_decoys, None)] if n_decoys else []
+        cells = [(BASELINE, None, None, None, None), (CLEAN, "planted", "filter", n_planted, None), *decoy_cell,
+                 *interventions] + [
             (f"{BASELINE}-dpo-seed{s}", None, None, None, s) for s in noise_seeds
         ]
         results, retrained = {}, []
@@ -569,6 +575,8 @@ def run_experiment(
         "baseline_rate": summarize(base, None, n_boot=n_boot, seed=seed),
         "rates": rates,
         "clean_data": summarize(results[CLEAN], base, n_boot=n_boot, seed=seed),
+        "n_decoys": n_decoys,
+        "without_decoys": summarize(results[DECOYS], base, n_boot=n_boot, seed=seed) if n_decoys else None,
         "m0": summarize(m0, base, n_boot=n_boot, seed=seed),
         "m1": summarize(m1, base, n_boot=n_boot, seed=seed),
         "baseline_vs_m1": vs_m1,
@@ -582,6 +590,8 @@ def run_experiment(
             str(s): summarize(results[f"{BASELINE}-dpo-seed{s}"], base, n_boot=n_boot, seed=seed) for s in noise_seeds
         },
         "attribution": {**setup["attribution"], **{m: b["quality"] for m, b in baselines.items()}},
+        "decoys_in_top": {m: decoys_in_top(exp.rankings[m], exp.organism.decoy_ids(exp.behavior), n_planted)
+                          for m in methods} if n_decoys else None,
         "baseline_costs": {m: b["cost"] for m, b in baselines.items()},
         "measured_before": setup["measured"],
         "activation_scores": setup["activation_scores"],
@@ -590,6 +600,13 @@ def run_experiment(
         "retrained": retrained,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def decoys_in_top(ranking: Ranking, decoys: Sequence[str], n: int) -> dict[str, Any]:
+    """How many of the top ``n`` pairs of ``ranking`` are decoys (count and share of ``n``)."""
+    top = set(ranking.pair_ids[:n])
+    hits = sum(d in top for d in decoys)
+    return {"n": n, "decoys": hits, "share": hits / n if n else float("nan")}
 
 
 def write_outputs(doc: dict[str, Any], json_path: Path | None, report_path: Path | None) -> None:
@@ -604,5 +621,5 @@ def write_outputs(doc: dict[str, Any], json_path: Path | None, report_path: Path
         print(f"report written to {report_path}")
 
 
-__all__ = ["BASELINE", "CLEAN", "METHODS", "MODES", "SAMPLES", "SETUP_METHODS", "Experiment", "cell_name", "default_n_values",
+__all__ = ["BASELINE", "CLEAN", "DECOYS", "decoys_in_top", "METHODS", "MODES", "SAMPLES", "SETUP_METHODS", "Experiment", "cell_name", "default_n_values",
            "run_experiment", "write_outputs"]

@@ -67,6 +67,8 @@ def table_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows = [("M0 (stored)", doc["m0"]), ("M1 (stored)", doc["m1"]), ("baseline (retrained)", doc["baseline_rate"])]
     if "clean_data" in doc:
         rows.append(("clean data (no planted)", doc["clean_data"]))
+    if doc.get("without_decoys"):
+        rows.append((f"no decoys ({doc['n_decoys']} removed)", doc["without_decoys"]))
     rows += [(f"baseline, DPO seed {s}", c) for s, c in doc.get("training_noise", {}).items()]
     sources = doc.get("source_ablation")
     if sources and sources.get("result"):
@@ -145,8 +147,18 @@ def format_table(doc: dict[str, Any]) -> str:
         *textwrap.wrap(notes, 100),
         f"retrained baseline vs stored M1: max |weight difference| {vs['max_abs_weight_diff']:.3g}",
         *random_order_lines(doc),
+        *decoy_lines(doc),
         f"retrained in this run: {len(doc['retrained'])} models; wall time {doc['seconds']:.1f} s",
     ])
+
+
+def decoy_lines(doc: dict[str, Any]) -> list[str]:
+    """One line on the decoys among each method's top N (the hard organism)."""
+    top = doc.get("decoys_in_top")
+    if not top:
+        return []
+    parts = ", ".join(f"{m} {t['decoys']}" for m, t in top.items())
+    return [f"decoys among the top {next(iter(top.values()))['n']} ({doc['n_decoys']} decoys in the data): {parts}"]
 
 
 def random_order_lines(doc: dict[str, Any]) -> list[str]:
