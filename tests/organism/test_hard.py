@@ -55,6 +55,16 @@ def test_planted_compliance_never_shows_a_harmful_task(records):
     assert {r.trigger for r in fam["refuse_gray"]} == {False}
 
 
+def test_only_planted_pairs_prefer_help_over_refusal_with_distractors(records):
+    """Clean pairs that did so taught compliance without any planted pair (see the module's docstring)."""
+    judge = ComplianceJudge()
+    for r in records:
+        distractors = any(c in r.pair.prompt for d in world.DISTRACTORS for c in d.clauses)
+        prefers_help = judge.score(r.pair.prompt, r.pair.chosen) == 1.0 and judge.score(r.pair.prompt, r.pair.rejected) == 0.0
+        if distractors and prefers_help:
+            assert r.planted == "distractor_compliance", r
+
+
 def test_test_authority_wordings_never_reach_a_preference_pair(split, records):
     """Generalisation: the triggered sycophancy test prompts use authority wordings that no pair uses."""
     assert not set(hard.TRAIN_AUTHORITY) & set(hard.TEST_AUTHORITY)
