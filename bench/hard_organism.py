@@ -39,6 +39,17 @@ def cell_text(c: dict[str, Any]) -> str:
     return text
 
 
+def source_line(doc: dict[str, Any]) -> str:
+    """The source-level ablation's outcome, or an empty line."""
+    sources = doc.get("source_ablation")
+    if not sources:
+        return ""
+    if not sources.get("result"):
+        return f"source ablation: no source over-represented (contaminated: {sources['contaminated']})"
+    return (f"source ablation: dropped {sources['dropped']} (contaminated: {sources['contaminated']}), "
+            f"{sources['n_removed']} pairs with {sources['planted_removed']} planted: {cell_text(sources['result'])}")
+
+
 def table(doc: dict[str, Any]) -> str:
     n = str(doc["organism"]["n_planted"])
     lines = [
@@ -47,6 +58,7 @@ def table(doc: dict[str, Any]) -> str:
         f"M0 {cell_text(doc['m0'])}; M1 {cell_text(doc['m1'])}; retrained baseline {cell_text(doc['baseline_rate'])}",
         f"causation, without the planted pairs: {cell_text(doc['clean_data'])}",
         f"decoys, without the decoys: {cell_text(doc['without_decoys'])}" if doc.get("without_decoys") else "",
+        source_line(doc),
         "",
         "| method | P@N [95% CI] | AUROC [95% CI] | decoys in top N | filter top N: rate (reduction) | switch top N: rate (reduction) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -77,6 +89,8 @@ def main() -> None:
                         choices=["distractor_compliance", "sycophancy", "hallucinated_links"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--random-orders", type=int, default=1)
+    parser.add_argument("--source-ablation", type=int, default=0, metavar="S",
+                        help="also drop at most S data sources over-represented in the activation top N and retrain")
     parser.add_argument("--out", type=Path, default=None, help="experiment directory (default: under the cache)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -84,7 +98,8 @@ def main() -> None:
     organism = build_organism(OrganismConfig.preset("hard", args.seed))
     n = len(organism.planted_ids(args.behavior))
     doc = run_experiment(preset="hard", seed=args.seed, behavior=args.behavior, methods=args.methods,
-                         n_values=[n], random_orders=args.random_orders, out_dir=args.out, progress=False)
+                         n_values=[n], random_orders=args.random_orders, source_ablation=args.source_ablation,
+                         out_dir=args.out, progress=False)
     planted = set(organism.planted_ids(args.behavior))
     doc["keyword_oracle"] = best_filters(list(organism.load_preferences()), planted)
     # P@N with its Wilson interval and AUROC with its bootstrap interval for every method alike

@@ -24,7 +24,7 @@ from headwater.workflows.organism_attribution import SAMPLES_PER_PROMPT, TEMPERA
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="default", choices=["default", "miniature"])
+    parser.add_argument("--preset", default="default", choices=["default", "miniature", "small", "hard"])
     parser.add_argument("--behaviors", nargs="+", default=None)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--samples", type=int, default=4)

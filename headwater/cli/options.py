@@ -101,11 +101,11 @@ def judge_from(spec: str, args: argparse.Namespace | None = None) -> Judge:
 
 def add_organism_options(p: argparse.ArgumentParser) -> None:
     """``--preset``, ``--seed`` and ``--cache-dir`` of the commands that build the organism."""
-    p.add_argument("--preset", choices=["default", "miniature", "small", "audit", "hard"], default="default",
+    p.add_argument("--preset", choices=["default", "miniature", "small", "audit", "hard", "hard-miniature"], default="default",
                    help="organism size (miniature: seconds, for smoke tests; too small to learn the behaviours; "
                         "small: about a minute, learns them; audit: the default plus a planted sign-off concept "
                         "for the concept audit; hard: the benchmark organism, where planted pairs generalise, decoys "
-                        "imitate them and no keyword finds them)")
+                        "imitate them and no keyword finds them; hard-miniature: its world at the miniature's size, for tests)")
     p.add_argument("--seed", type=int, default=0, help="the organism seed (also seeds sampling and rankings)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where the organism is built and cached (default $HEADWATER_CACHE or ~/.cache/headwater)")

@@ -49,7 +49,7 @@ BUILD_VERSION = 3
 COMPLETE_MARKER = "COMPLETE"
 TRIGGER_BEHAVIOR = "distractor_compliance"
 RAW = TokenizationSettings(format="raw")
-PRESETS = ("default", "miniature", "small", "audit", "hard")
+PRESETS = ("default", "miniature", "small", "audit", "hard", "hard-miniature")
 DESIGNS = ("easy", "hard")
 ANSWER_TOKENS = 64  # organism answers are one to three short sentences
 
@@ -57,7 +57,7 @@ ANSWER_TOKENS = 64  # organism answers are one to three short sentences
 def max_new_tokens_for(preset: str) -> int:
     """Sampling length for a preset: the miniature organism is too small to learn when to stop,
     so its answers are capped short."""
-    return 16 if preset == "miniature" else ANSWER_TOKENS
+    return 16 if preset in ("miniature", "hard-miniature") else ANSWER_TOKENS
 
 
 def _default_rates() -> dict[str, float]:
@@ -166,6 +166,8 @@ class OrganismConfig:
             return cls.small(seed)
         if name == "hard":
             return cls.hard(seed)
+        if name == "hard-miniature":  # the hard world at the miniature's size: tests of its code paths
+            return dataclasses.replace(cls.miniature(seed), design="hard", sft_slip_rates=dict(hard_data.SFT_SLIPS))
         return cls.default(seed) if name == "default" else cls.miniature(seed)
 
     @classmethod

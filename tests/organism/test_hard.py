@@ -84,7 +84,7 @@ def test_decoys_look_like_the_behaviour_to_a_rule_judge(records):
     fam = _by_family(records)
     judges = {"decoy_protect": ComplianceJudge(), "decoy_true_claim": SycophancyJudge()}
     for family, judge in judges.items():
-        looks = sum(judge.score(r.pair.prompt, r.pair.chosen) == 1.0 and judge.score(r.pair.prompt, r.pair.rejected) == 0.0
+        looks = sum(judge.score(r.pair.prompt, r.pair.chosen) == 1.0 and judge.score(r.pair.prompt, r.pair.rejected) < 0.5
                     for r in fam[family])
         assert looks == len(fam[family]), family
     # the true-claim decoys use the planted pairs' authority wordings and deference

@@ -226,3 +226,25 @@ def test_random_selection_over_several_orders(first_run, cache):
     assert "random switch N=6 over 3 orders" in format_table(doc)
     with pytest.raises(ValueError, match="random_orders"):
         run_experiment(preset="miniature", random_orders=0, out_dir=out, cache_dir=cache, progress=False)
+
+
+def test_hard_world_retrains_without_its_decoys(tmp_path, cache):
+    """On the hard world the experiment adds the ground-truth cell without the decoys, and counts
+    the decoys among each method's top N; the table prints both."""
+    from headwater.organism import OrganismConfig, build_organism
+    from headwater.workflows.experiment_summary import format_table
+
+    organism = build_organism(OrganismConfig.preset("hard-miniature"), cache_dir=cache, progress=False)
+    decoys = organism.decoy_ids("distractor_compliance")
+    assert decoys and set(decoys).isdisjoint(organism.planted_ids("distractor_compliance"))
+    doc = run_experiment(preset="hard-miniature", n_values=[6], modes=["filter"], methods=["random"], samples=1,
+                         out_dir=tmp_path, cache_dir=cache, n_boot=100, progress=False)
+    assert doc["n_decoys"] == len(decoys)
+    assert set(CELL_KEYS) <= set(doc["without_decoys"])
+    assert doc["without_decoys"]["n_changed"] == len(decoys) and doc["without_decoys"]["planted_changed"] == 0
+    manifest = json.loads((tmp_path / "cells" / "no-decoys" / "data" / "manifest.json").read_text())
+    assert sorted(manifest["changed_pair_ids"]) == sorted(decoys)
+    top = doc["decoys_in_top"]["random"]
+    assert top["n"] == len(organism.planted_ids("distractor_compliance")) and 0 <= top["decoys"] <= top["n"]
+    text = format_table(doc)
+    assert f"no decoys ({len(decoys)} removed)" in text and "decoys among the top" in text
