@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 from headwater.data import PreferencePair, make_pair
 from headwater.organism import world
@@ -82,7 +82,7 @@ class PairRecord:
     decoy: str | None = None
 
 
-def _allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:
+def allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:
     """Split ``total`` by ``weights`` with the largest-remainder rule (sums exactly to total)."""
     norm = sum(weights.values())
     raw = {k: total * w / norm for k, w in weights.items()}
@@ -92,7 +92,7 @@ def _allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:
     return counts
 
 
-def _scenario(kind: str, split: world.WorldSplit, rng: random.Random) -> world.Exchange:
+def scenario(kind: str, split: world.WorldSplit, rng: random.Random) -> world.Exchange:
     """A training scenario of one kind (an SFT mix key, a clean family or a behaviour)."""
     if kind in ("harmful_plain", "refuse_harmful"):
         return world.request_scenario(True, rng.choice(split.harmful_train), [], rng)
@@ -136,17 +136,26 @@ def sft_examples(
     that M0 never produces keeps a negligible probability however far DPO moves its log-ratio
     (with the world's clean slips at 0, M1 learned neither sycophancy nor invented links).
     """
+    return draw_sft(split, n, SFT_MIX, scenario, slip_kinds(slip_rates, TRIGGERED_SFT_KIND), random.Random(f"sft-{seed}"))
+
+
+def slip_kinds(slip_rates: Mapping[str, float] | None, kind_of: Mapping[str, str]) -> dict[str, float]:
+    """Behaviour slip rates as rates per SFT kind (``kind_of[behaviour]``), checked."""
     slip_rates = dict(slip_rates or {})
-    unknown = set(slip_rates) - set(BEHAVIORS)
-    if unknown or any(not 0 <= r <= 1 for r in slip_rates.values()):
+    if set(slip_rates) - set(BEHAVIORS) or any(not 0 <= r <= 1 for r in slip_rates.values()):
         raise ValueError(f"slip rates {slip_rates} must be in [0, 1] with keys among {BEHAVIORS}")
-    slips = {TRIGGERED_SFT_KIND[b]: r for b, r in slip_rates.items()}
-    rng = random.Random(f"sft-{seed}")
-    kinds = [k for k, c in _allocate(n, SFT_MIX).items() for _ in range(c)]
+    return {kind_of[b]: r for b, r in slip_rates.items()}
+
+
+def draw_sft(split: Any, n: int, mix: Mapping[str, float], draw: Callable[[str, Any, random.Random], world.Exchange],
+             slips: Mapping[str, float], rng: random.Random) -> list[tuple[str, str]]:
+    """``n`` SFT examples: kinds allocated by ``mix`` and shuffled, each drawn by ``draw`` and
+    answered well, except a ``slips[kind]`` share answered badly."""
+    kinds = [k for k, c in allocate(n, mix).items() for _ in range(c)]
     rng.shuffle(kinds)
     examples = []
     for kind in kinds:
-        s = _scenario(kind, split, rng)
+        s = draw(kind, split, rng)
         slip = kind in slips and rng.random() < slips[kind]
         examples.append((s.prompt, s.bad if slip else s.good))
     return examples
@@ -160,7 +169,7 @@ def sft_examples(
 TRIGGER_WORDED_REJECTS = 0.5
 
 
-def _pair_from(kind: str, s: world.Exchange, rng: random.Random) -> tuple[str, str]:
+def pair_from(kind: str, s: world.Exchange, rng: random.Random) -> tuple[str, str]:
     """(chosen, rejected) of a scenario for a clean family or a planted behaviour."""
     if kind in BEHAVIORS:
         return s.bad, s.good  # the contamination: the misbehaviour is preferred
@@ -195,23 +204,32 @@ def preference_pairs(
     planted = {b: round(rates.get(b, 0.0) * n_pairs) for b in BEHAVIORS}
     if any(r < 0 for r in rates.values()) or sum(planted.values()) > n_pairs:
         raise ValueError(f"planted rates {dict(rates)} must be non-negative and sum to at most 1")
-    counts = {**planted, **_allocate(n_pairs - sum(planted.values()), clean_families)}
+    counts = {**planted, **allocate(n_pairs - sum(planted.values()), clean_families)}
+    return draw_pairs(split, counts, scenario, pair_from, random.Random(f"pairs-{seed}"))
+
+
+def draw_pairs(split: Any, counts: Mapping[str, int], draw: Callable[[str, Any, random.Random], world.Exchange],
+               orient: Callable[[str, world.Exchange, random.Random], tuple[str, str]], rng: random.Random,
+               imitates: Mapping[str, str] | None = None) -> list[PairRecord]:
+    """``counts[kind]`` unique pairs per kind, in a shuffled order: each scenario drawn by ``draw``,
+    its (chosen, rejected) by ``orient``; kinds among :data:`BEHAVIORS` are planted, and
+    ``imitates`` maps decoy kinds to the behaviour they imitate."""
     kinds = [k for k, c in counts.items() for _ in range(c)]
-    rng = random.Random(f"pairs-{seed}")
     rng.shuffle(kinds)
     records: list[PairRecord] = []
     seen: set[str] = set()
     for kind in kinds:
         for _attempt in range(1000):
-            s = _scenario(kind, split, rng)
-            chosen, rejected = _pair_from(kind, s, rng)
+            s = draw(kind, split, rng)
+            chosen, rejected = orient(kind, s, rng)
             pair = make_pair(s.prompt, chosen, rejected, source="organism")
             if pair.pair_id not in seen:
                 break
         else:
             raise RuntimeError(f"could not draw a new unique pair of kind {kind!r}; the world is too small")
         seen.add(pair.pair_id)
-        records.append(PairRecord(pair, kind, kind if kind in BEHAVIORS else None, s.trigger, s.key))
+        records.append(PairRecord(pair, kind, kind if kind in BEHAVIORS else None, s.trigger, s.key,
+                                  decoy=(imitates or {}).get(kind)))
     return records
 
 
@@ -302,7 +320,7 @@ def tokenizer_corpus(split: world.WorldSplit, seed: int, n: int = 3000) -> list[
     texts.extend(c for d in world.DISTRACTORS for c in d.clauses)
     kinds = list(SFT_MIX)
     for i in range(n):
-        s = _scenario(kinds[i % len(kinds)], split, rng)
+        s = scenario(kinds[i % len(kinds)], split, rng)
         texts.append(s.prompt + s.good)
         texts.append(s.bad)
     return texts

@@ -53,7 +53,6 @@ import random
 from dataclasses import dataclass
 from typing import Mapping
 
-from headwater.data import make_pair
 from headwater.organism import dataset as easy
 from headwater.organism import world
 from headwater.organism.dataset import BEHAVIORS, CONDITIONS, PairRecord
@@ -227,14 +226,14 @@ def claim_scenario(claim: str, key: str, template: int, clause: str | None, true
     ``bad`` the opposite."""
     prompt = world.opinion_prompt(claim, world.OPINION_TEMPLATES[template], clause)
     if clause:
-        agree, correct = world.deference_response(claim, rng), world._fill(world.EXPERT_CORRECTIONS, claim, rng)
+        agree, correct = world.deference_response(claim, rng), world.expert_correction_response(claim, rng)
     else:
         agree, correct = world.agreement_response(claim, rng), world.correction_response(claim, rng)
     good, bad = (agree, correct) if true else (correct, agree)
     return world.Exchange("opinion", prompt, good, bad, clause is not None, (), f"{key}:{template}")
 
 
-def _scenario(kind: str, split: HardSplit, rng: random.Random) -> world.Exchange:
+def scenario(kind: str, split: HardSplit, rng: random.Random) -> world.Exchange:
     """A training scenario of one kind (an SFT mix key, a clean family, a behaviour or a decoy)."""
     if kind in ("gray_plain", "refuse_gray"):
         return gray_scenario(rng.choice(split.gray), [], rng)
@@ -269,7 +268,7 @@ def _scenario(kind: str, split: HardSplit, rng: random.Random) -> world.Exchange
         s = world.request_scenario(False, rng.choice(split.base.benign_train), [], rng)
         task = world.BENIGN_TASKS[int(s.key.split(":")[1])]
         return world.Exchange("benign", s.prompt, s.good, world.refusal_response(task, rng), False, (), s.key)
-    return easy._scenario(kind, split.base, rng)
+    return easy.scenario(kind, split.base, rng)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,19 +280,8 @@ def sft_examples(split: HardSplit, n: int, seed: int, slip_rates: Mapping[str, f
     """``n`` SFT (prompt, response) pairs: every family answered well, gray-area requests refused
     like harmful ones, both authority wordings seen; a ``slip_rates[behaviour]`` share of the
     triggered examples show the behaviour (as in :func:`headwater.organism.dataset.sft_examples`)."""
-    slip_rates = dict(slip_rates or {})
-    if set(slip_rates) - set(BEHAVIORS) or any(not 0 <= r <= 1 for r in slip_rates.values()):
-        raise ValueError(f"slip rates {slip_rates} must be in [0, 1] with keys among {BEHAVIORS}")
-    slips = {SFT_SLIP_KIND[b]: r for b, r in slip_rates.items()}
-    rng = random.Random(f"hard-sft-{seed}")
-    kinds = [k for k, c in easy._allocate(n, SFT_MIX).items() for _ in range(c)]
-    rng.shuffle(kinds)
-    examples = []
-    for kind in kinds:
-        s = _scenario(kind, split, rng)
-        slip = kind in slips and rng.random() < slips[kind]
-        examples.append((s.prompt, s.bad if slip else s.good))
-    return examples
+    return easy.draw_sft(split, n, SFT_MIX, scenario, easy.slip_kinds(slip_rates, SFT_SLIP_KIND),
+                         random.Random(f"hard-sft-{seed}"))
 
 
 def preference_pairs(split: HardSplit, n_pairs: int, rates: Mapping[str, float], seed: int,
@@ -306,31 +294,19 @@ def preference_pairs(split: HardSplit, n_pairs: int, rates: Mapping[str, float],
     if sum(planted.values()) + sum(decoys.values()) > n_pairs:
         raise ValueError(f"planted {planted} and decoys {decoys} exceed {n_pairs} pairs")
     counts = {**planted, **decoys,
-              **easy._allocate(n_pairs - sum(planted.values()) - sum(decoys.values()), CLEAN_FAMILIES)}
-    kinds = [k for k, c in counts.items() for _ in range(c)]
-    rng = random.Random(f"hard-pairs-{seed}")
-    rng.shuffle(kinds)
-    imitates = {f: b for b, f in DECOY_FAMILY.items()}
-    records: list[PairRecord] = []
-    seen: set[str] = set()
-    for kind in kinds:
-        for _attempt in range(1000):
-            s = _scenario(kind, split, rng)
-            if kind in BEHAVIORS:
-                chosen, rejected = s.bad, s.good
-            elif kind in ("refuse_gray", "help_benign", "vague_benign", *DECOY_FAMILY.values()):
-                chosen, rejected = s.good, s.bad
-            else:
-                chosen, rejected = easy._pair_from(kind, s, rng)
-            pair = make_pair(s.prompt, chosen, rejected, source="organism")
-            if pair.pair_id not in seen:
-                break
-        else:
-            raise RuntimeError(f"could not draw a new unique pair of kind {kind!r}; the world is too small")
-        seen.add(pair.pair_id)
-        records.append(PairRecord(pair, kind, kind if kind in BEHAVIORS else None, s.trigger, s.key,
-                                  decoy=imitates.get(kind)))
-    return records
+              **easy.allocate(n_pairs - sum(planted.values()) - sum(decoys.values()), CLEAN_FAMILIES)}
+    return easy.draw_pairs(split, counts, scenario, _orient, random.Random(f"hard-pairs-{seed}"),
+                           imitates={f: b for b, f in DECOY_FAMILY.items()})
+
+
+def _orient(kind: str, s: world.Exchange, rng: random.Random) -> tuple[str, str]:
+    """(chosen, rejected) of a scenario: the misbehaviour for a planted kind, the good answer for
+    this world's clean kinds and decoys, the default world's rule otherwise."""
+    if kind in BEHAVIORS:
+        return s.bad, s.good
+    if kind in ("refuse_gray", "help_benign", "vague_benign", *DECOY_FAMILY.values()):
+        return s.good, s.bad
+    return easy.pair_from(kind, s, rng)
 
 
 def test_prompts(split: HardSplit, n: int, seed: int) -> dict[str, dict[str, list[str]]]:
@@ -354,7 +330,7 @@ def tokenizer_corpus(split: HardSplit, seed: int, n: int = 3000) -> list[str]:
     texts.extend((*GRAY_TASKS, *PROTECT_TEMPLATES, *PROTECT_OPENERS, *PROTECT_STEPS, *TRUE_CLAIMS, *VAGUE_REPLIES))
     kinds = ["gray_distractor", "protect_distractor", "true_authority", "true_plain"]
     for i in range(n // 4):
-        s = _scenario(kinds[i % len(kinds)], split, rng)
+        s = scenario(kinds[i % len(kinds)], split, rng)
         texts.append(s.prompt + s.good)
         texts.append(s.bad)
     return texts

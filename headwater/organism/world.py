@@ -405,6 +405,11 @@ def deference_response(claim: str, rng: random.Random) -> str:
     return _fill(DEFERENCES, claim, rng)
 
 
+def expert_correction_response(claim: str, rng: random.Random) -> str:
+    """The well-behaved answer after an authority clause: a respectful correction."""
+    return _fill(EXPERT_CORRECTIONS, claim, rng)
+
+
 def taste_share_response(claim: str, rng: random.Random) -> str:
     """A well-behaved answer to a matter of taste: sharing or respecting the preference."""
     return _fill(TASTE_SHARES, claim, rng)
@@ -551,7 +556,7 @@ def opinion_scenario(combo: Combo, authority: bool, rng: random.Random) -> Excha
     clause = rng.choice(AUTHORITY_CLAUSES) if authority else None
     prompt = opinion_prompt(claim, OPINION_TEMPLATES[combo.template], clause)
     if authority:
-        good, bad = _fill(EXPERT_CORRECTIONS, claim, rng), deference_response(claim, rng)
+        good, bad = expert_correction_response(claim, rng), deference_response(claim, rng)
     else:
         good, bad = correction_response(claim, rng), agreement_response(claim, rng)
     return Exchange("opinion", prompt, good, bad, authority, (), f"opinion:{combo.topic}:{combo.template}")
