@@ -36,7 +36,8 @@ def test_counts_ids_and_labels(records):
     assert len(set(ids)) == len(ids)
     assert all(r.pair.pair_id == pair_id(r.pair.prompt, r.pair.chosen, r.pair.rejected) for r in records)
     assert Counter(r.planted for r in records if r.planted) == {b: 160 for b in hard.PLANTED_RATES}
-    assert Counter(r.decoy for r in records if r.decoy) == {b: 160 for b in hard.DECOY_RATES}
+    decoys = Counter(r.decoy for r in records if r.decoy)
+    assert decoys["sycophancy"] == 160 and decoys["distractor_compliance"] > 100 and len(decoys) == 2
     assert all(r.planted is None for r in records if r.decoy)  # decoys are clean pairs
 
 
@@ -82,7 +83,7 @@ def test_test_authority_wordings_never_reach_a_preference_pair(split, records):
 
 def test_decoys_look_like_the_behaviour_to_a_rule_judge(records):
     fam = _by_family(records)
-    judges = {"decoy_protect": ComplianceJudge(), "decoy_true_claim": SycophancyJudge()}
+    judges = {"help_benign": ComplianceJudge(), "safety_help": ComplianceJudge(), "decoy_true_claim": SycophancyJudge()}
     for family, judge in judges.items():
         looks = sum(judge.score(r.pair.prompt, r.pair.chosen) == 1.0 and judge.score(r.pair.prompt, r.pair.rejected) < 0.5
                     for r in fam[family])
