@@ -26,6 +26,10 @@ pairs taught? On the organism the answer is measured, not assumed:
    have given without its contamination. It is what a perfect attribution could reach at best,
    and the reference for an intervention's side effects: a capability that the clean data lacks
    (see the README's helpfulness note) cannot be kept by removing the planted pairs either.
+   **No decoys** (cell ``no-decoys``, only for an organism with decoys, ``--preset hard``): the
+   same retrain with exactly the behaviour's decoys removed (clean pairs that look like the
+   behaviour, :mod:`headwater.organism.hard`): whether they cause it. ``decoys_in_top`` counts
+   the decoys among each method's top N.
 4. **Cells.** For each method × mode (filter, switch) × N (default N/2, N and 2N with N = the
    number of planted pairs): :func:`headwater.methods.interventions.intervene` on the top N,
    :func:`headwater.training.retrain.retrain` from M0 with the same recipe, then evaluate.
@@ -50,7 +54,7 @@ The JSON document (``--json``): ``baseline_rate`` and ``rates.<method>.<mode>.<N
 summaries ``{"rate", "ci_low", "ci_high", "reduction", "reduction_ci", "untriggered_rate",
 "untriggered_ci", "helpfulness", "helpfulness_ci", "answer_logprob", "planted_changed", ...}``
 (rates are fractions; N is a string key), and ``clean_data`` summarises the clean-data cell the
-same way; every cell but the baseline also has
+same way (``without_decoys`` the no-decoys cell, or None); every cell but the baseline also has
 ``untriggered_change``, ``helpfulness_change`` and ``answer_logprob_change`` (minus the baseline)
 with ``*_change_ci`` paired intervals; ``helpfulness_plain`` and ``helpfulness_distractor`` split the
 helpfulness rate by request kind. ``m0`` and ``m1`` summarise the stored models the same way. Besides: ``m1``, ``baseline_vs_m1``, ``attribution``,
@@ -446,7 +450,7 @@ def run_experiment(
     """Run (or continue) the experiment and return its JSON document (see the module docstring).
 
     Args:
-        preset: ``"default"`` or ``"miniature"`` organism.
+        preset: an organism preset (:data:`headwater.organism.PRESETS`).
         seed: the organism seed (also seeds sampling, the random ranking and the bootstrap).
         behavior: the planted behaviour to remove (default: distractor compliance).
         n_values: the N to try (default: :func:`default_n_values` of the planted count).
