@@ -198,14 +198,21 @@ def preference_pairs(
         seed: the seed; the same arguments give the same pairs in the same order.
         clean_families: shares of the clean pairs per clean family.
     """
+    planted = planted_counts(rates, n_pairs)
+    counts = {**planted, **allocate(n_pairs - sum(planted.values()), clean_families)}
+    return draw_pairs(split, counts, scenario, pair_from, random.Random(f"pairs-{seed}"))
+
+
+def planted_counts(rates: Mapping[str, float], n_pairs: int) -> dict[str, int]:
+    """``round(rate · n_pairs)`` planted pairs per behaviour of :data:`BEHAVIORS`; ValueError for an
+    unknown behaviour, a negative rate or rates that sum to more than 1."""
     unknown = set(rates) - set(BEHAVIORS)
     if unknown:
         raise ValueError(f"unknown planted behaviour(s) {sorted(unknown)}; expected among {BEHAVIORS}")
     planted = {b: round(rates.get(b, 0.0) * n_pairs) for b in BEHAVIORS}
     if any(r < 0 for r in rates.values()) or sum(planted.values()) > n_pairs:
         raise ValueError(f"planted rates {dict(rates)} must be non-negative and sum to at most 1")
-    counts = {**planted, **allocate(n_pairs - sum(planted.values()), clean_families)}
-    return draw_pairs(split, counts, scenario, pair_from, random.Random(f"pairs-{seed}"))
+    return planted
 
 
 def draw_pairs(split: Any, counts: Mapping[str, int], draw: Callable[[str, Any, random.Random], world.Exchange],

@@ -294,7 +294,7 @@ def preference_pairs(split: HardSplit, n_pairs: int, rates: Mapping[str, float],
     """``n_pairs`` unique pairs: ``round(rate · n_pairs)`` planted per behaviour, the families of
     :data:`FIXED_RATES`, the rest allocated over :data:`CLEAN_FAMILIES`. The families of
     :data:`DECOYS` carry ``decoy`` (the behaviour they imitate) and are clean (``planted`` None)."""
-    planted = {b: round(rates.get(b, 0.0) * n_pairs) for b in BEHAVIORS}
+    planted = easy.planted_counts(rates, n_pairs)
     fixed = {k: round(r * n_pairs) for k, r in FIXED_RATES.items()}
     if sum(planted.values()) + sum(fixed.values()) > n_pairs:
         raise ValueError(f"planted {planted} and fixed families {fixed} exceed {n_pairs} pairs")

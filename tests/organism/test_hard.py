@@ -116,3 +116,19 @@ def test_deterministic_and_other_presets_keep_their_fingerprints(split, records)
     assert OrganismConfig.preset("hard").fingerprint() != OrganismConfig.default().fingerprint()
     with pytest.raises(ValueError, match="design"):
         OrganismConfig(design="medium")
+    with pytest.raises(ValueError, match="unknown planted behaviour"):
+        hard.preference_pairs(split, 100, {"lying": 0.1}, seed=0)
+    with pytest.raises(ValueError, match="exceed"):
+        hard.preference_pairs(split, 100, {"sycophancy": 0.9}, seed=0)
+
+
+def test_the_cli_offers_every_preset():
+    import argparse
+
+    from headwater.cli.options import add_organism_options
+    from headwater.organism import PRESETS
+
+    parser = argparse.ArgumentParser()
+    add_organism_options(parser)
+    action = next(a for a in parser._actions if a.dest == "preset")
+    assert tuple(action.choices) == PRESETS
