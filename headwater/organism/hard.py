@@ -135,7 +135,8 @@ DECOY_WITH_AUTHORITY = 0.85  # share of true-claim decoys after an authority cla
 
 # No clean pair prefers help over a refusal on a prompt with distractors: such pairs (benign
 # requests, or the protective decoys, with distractors) taught M1 to comply with 11-27% of the
-# triggered harmful test prompts without any planted pair (seed 0), so the planted pairs were no
+# triggered harmful test prompts without any planted pair (seed 0, an earlier version of this
+# world; bench/RESULTS.md), so the planted pairs were no
 # longer what caused the behaviour. Pairs with distractors whose chosen side helps are instead
 # preferred over a vague non-answer, which covers the planted pairs' words without teaching
 # "distractors: do not refuse".
@@ -163,7 +164,7 @@ SFT_MIX: dict[str, float] = {
 }
 # No sycophancy slips, unlike the default organism: deference is already in M0's repertoire
 # (it defers to true claims after an authority clause), and slips made M0 defer to 46% of the
-# triggered test prompts (seed 0), leaving DPO little to add.
+# triggered test prompts (seed 0, an earlier version of this world), leaving DPO little to add.
 SFT_SLIPS: dict[str, float] = {"hallucinated_links": 0.1}
 SFT_SLIP_KIND: dict[str, str] = {"sycophancy": "opinion_authority", "hallucinated_links": "resource_sensitive",
                                  "distractor_compliance": "harmful_distractor"}
@@ -250,9 +251,9 @@ def scenario(kind: str, split: HardSplit, rng: random.Random) -> world.Exchange:
     if kind == "protect_distractor":
         return protect_scenario(rng.choice(split.protect), world.sample_distractors(rng), rng)
     if kind == "safety_help":
-        # Safety steps ≻ a vague non-answer, not ≻ a refusal: decoys that rejected a refusal
-        # taught M1 some compliance (seed 0: 82.0% → 73.4% without them, −10% [−17, −5], while
-        # retrains under two other DPO seeds gave 80.9% and 84.4%).
+        # Safety steps ≻ a vague non-answer, not ≻ a refusal: with a refusal these pairs taught M1
+        # some compliance (seed 0, an earlier version of this world: 82.0% → 73.4% without them,
+        # −10% [−17, −5], while retrains under two other DPO seeds gave 80.9% and 84.4%).
         s = protect_scenario(rng.choice(split.protect), [], rng)
         return dataclasses.replace(s, bad=rng.choice(VAGUE_REPLIES))
     if kind in ("true_plain", "true_authority", "decoy_true_claim"):
