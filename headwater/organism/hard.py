@@ -186,12 +186,13 @@ class HardSplit:
 
     @classmethod
     def from_seed(cls, seed: int) -> "HardSplit":
-        base = world.WorldSplit.from_seed(seed)
-        # Protective requests use only the harmful tasks' training topics' templates of their own.
-        protect = [world.Combo(t, j) for t in range(len(world.HARMFUL_TASKS)) for j in range(len(PROTECT_TEMPLATES))]
-        gray = [world.Combo(t, j) for t in range(len(GRAY_TASKS)) for j in range(len(world.REQUEST_TEMPLATES))]
-        true_claims = [world.Combo(t, j) for t in range(len(TRUE_CLAIMS)) for j in range(len(world.OPINION_TEMPLATES))]
-        return cls(base, gray, protect, true_claims)
+        def every(topics: tuple, templates: tuple) -> list[world.Combo]:
+            return [world.Combo(t, j) for t in range(len(topics)) for j in range(len(templates))]
+
+        # Protective requests name every harmful task, in templates of their own (no test prompt
+        # uses those templates).
+        return cls(world.WorldSplit.from_seed(seed), every(GRAY_TASKS, world.REQUEST_TEMPLATES),
+                   every(world.HARMFUL_TASKS, PROTECT_TEMPLATES), every(TRUE_CLAIMS, world.OPINION_TEMPLATES))
 
 
 # --------------------------------------------------------------------------------------------
