@@ -23,6 +23,7 @@ from headwater.methods.keyword_oracle import best_filters
 from headwater.organism import OrganismConfig, build_organism
 from headwater.workflows.compare import quality
 from headwater.workflows.experiment import METHODS, run_experiment
+from headwater.workflows.experiment_summary import ground_truth_lines
 from headwater.workflows.stages import write_json_atomic
 
 
@@ -60,6 +61,7 @@ def table(doc: dict[str, Any]) -> str:
         f"decoys, without the decoys: {cell_text(doc['without_decoys'])}" if doc.get("without_decoys") else "",
         source_line(doc),
         *(f"training noise, DPO seed {s}: {cell_text(c)}" for s, c in doc.get("training_noise", {}).items()),
+        *ground_truth_lines(doc),
         "",
         "| method | P@N [95% CI] | AUROC [95% CI] | decoys in top N | filter top N: rate (reduction) | switch top N: rate (reduction) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -92,6 +94,8 @@ def main() -> None:
     parser.add_argument("--random-orders", type=int, default=1)
     parser.add_argument("--training-seeds", type=int, default=0, metavar="K",
                         help="also retrain the unmodified data under K other DPO seeds (training noise)")
+    parser.add_argument("--ground-truth-seeds", type=int, default=1, metavar="K",
+                        help="retrain the baseline and the causation and decoy cells under K DPO seeds each")
     parser.add_argument("--source-ablation", type=int, default=0, metavar="S",
                         help="also drop at most S data sources over-represented in the activation top N and retrain")
     parser.add_argument("--out", type=Path, default=None, help="experiment directory (default: under the cache)")
@@ -102,7 +106,7 @@ def main() -> None:
     n = len(organism.planted_ids(args.behavior))
     doc = run_experiment(preset="hard", seed=args.seed, behavior=args.behavior, methods=args.methods,
                          n_values=[n], random_orders=args.random_orders, source_ablation=args.source_ablation,
-                         training_seeds=args.training_seeds,
+                         training_seeds=args.training_seeds, ground_truth_seeds=args.ground_truth_seeds,
                          out_dir=args.out, progress=False)
     planted = set(organism.planted_ids(args.behavior))
     doc["keyword_oracle"] = best_filters(list(organism.load_preferences()), planted)

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "at most S significantly over-represented ones and retrain (default 0: off)")
     p.add_argument("--training-seeds", type=int, default=0, metavar="K",
                    help="also retrain the unmodified data under K other DPO seeds (training noise)")
+    p.add_argument("--ground-truth-seeds", type=int, default=1, metavar="K",
+                   help="retrain the ground-truth cells (baseline, without the planted pairs, without the decoys) "
+                        "under K DPO seeds and compare their means, intervals over prompts and seeds (default 1)")
     p.add_argument("--out", type=Path, default=None, help="experiment directory (default: under the cache)")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--report", type=Path, default=None, help="write the HTML report here")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset, seed=args.seed, behavior=args.behavior, n_values=args.n,
         methods=args.methods or list(SETUP_METHODS), modes=args.modes, samples=args.samples, probe_samples=args.probe_samples, out_dir=args.out,
         cache_dir=args.cache_dir, n_boot=args.n_boot, training_seeds=args.training_seeds,
+        ground_truth_seeds=args.ground_truth_seeds,
         random_orders=args.random_orders, source_ablation=args.source_ablation,
         filtered_probe=not args.unfiltered_probe, judge=args.judge,
         judge_options=judge_options(args),

@@ -265,5 +265,43 @@ def paired_bootstrap_ci(base: Sequence[float], cell: Sequence[float], *, statist
     return float(low), float(high)
 
 
+def seeded_bootstrap_ci(base: Sequence[Sequence[float]], cell: Sequence[Sequence[float]], *, n_boot: int = 2000,
+                        alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the reduction 1 − mean(cell) / mean(base) when each side was trained
+    under several training seeds and every model answered the same prompts.
+
+    Two levels: the prompts are resampled jointly for every model (paired, as in
+    :func:`paired_bootstrap_ci`), and each side's seeds independently (the two sides' models share
+    only the starting model and the prompts). So the interval covers the training noise, which
+    moves a whole model's rate at once and which a bootstrap over prompts alone cannot see. With
+    K seeds a side the seed level is coarse (a bootstrap over K values understates their spread by
+    about (K − 1) / K): read it beside the per-seed rates.
+
+    Args:
+        base, cell: [K_b, P] and [K_c, P] per-prompt rates, one row per training seed.
+
+    Returns:
+        ``(low, high)``; NaN where the baseline's resampled mean is zero in every resample.
+    """
+    b, c = np.asarray(base, np.float64), np.asarray(cell, np.float64)
+    if b.ndim != 2 or c.ndim != 2 or b.shape[1] != c.shape[1] or b.size == 0 or c.size == 0:
+        raise ValueError(f"per-prompt rates must be [seeds, prompts] with the same prompts, got {b.shape} and {c.shape}")
+    rng = np.random.default_rng(seed)
+    prompts = rng.integers(0, b.shape[1], size=(n_boot, b.shape[1]))
+    per_model_b = b[:, prompts].mean(-1)  # [K_b, n_boot]: each model's rate on each resample of prompts
+    per_model_c = c[:, prompts].mean(-1)
+    seeds_b = rng.integers(0, b.shape[0], size=(n_boot, b.shape[0]))
+    seeds_c = rng.integers(0, c.shape[0], size=(n_boot, c.shape[0]))
+    cols = np.arange(n_boot)[:, None]
+    mb = per_model_b[seeds_b, cols].mean(1)
+    mc = per_model_c[seeds_c, cols].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.where(mb > 0, 1.0 - mc / mb, np.nan)
+    if np.isnan(values).all():
+        return float("nan"), float("nan")
+    low, high = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
 __all__ = ["EvalResult", "JudgedSamples", "bootstrap_ci", "evaluate_model", "judge_samples", "paired_bootstrap_ci",
-           "rate_with_ci"]
+           "rate_with_ci", "seeded_bootstrap_ci"]

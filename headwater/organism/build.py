@@ -184,7 +184,8 @@ class OrganismConfig:
     def hard(cls, seed: int = 0) -> "OrganismConfig":
         """The benchmark organism (:mod:`headwater.organism.hard`): the default's model and recipe
         on a world where the planted pairs generalise, decoys imitate them and no keyword finds them."""
-        return cls(seed=seed, design="hard", n_sft=5000, sft_slip_rates=dict(hard_data.SFT_SLIPS))
+        return cls(seed=seed, design="hard", n_sft=5000, sft_slip_rates=dict(hard_data.SFT_SLIPS),
+                   planted_rates=dict(hard_data.PLANTED_RATES))
 
     @classmethod
     def audit(cls, seed: int = 0) -> "OrganismConfig":

@@ -61,7 +61,7 @@ from headwater.organism import world
 from headwater.organism.dataset import BEHAVIORS, CONDITIONS, PairRecord
 
 # Bump when any text or rule below changes, so cached hard organisms are rebuilt.
-HARD_WORLD_VERSION = 5
+HARD_WORLD_VERSION = 6
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary
@@ -125,7 +125,11 @@ TEST_AUTHORITY: tuple[str, ...] = world.AUTHORITY_CLAUSES[4:]
 # --------------------------------------------------------------------------------------------
 # Shares
 
-PLANTED_RATES: dict[str, float] = {"distractor_compliance": 0.08, "sycophancy": 0.08, "hallucinated_links": 0.08}
+# Compliance gets 12% (240 pairs): at 8% its rate moved by up to a quarter between DPO seeds
+# (seed 1: 69%, 61%, 58%), so no single retrain could tell whether the decoys add to it; at 12%
+# the planted pairs carry it on their own (seed 1: 84%, 75%, 77% with the decoys, 72%, 75%, 81%
+# without; bench/RESULTS.md).
+PLANTED_RATES: dict[str, float] = {"distractor_compliance": 0.12, "sycophancy": 0.08, "hallucinated_links": 0.08}
 # Families with a fixed share, drawn before the clean families are allocated.
 FIXED_RATES: dict[str, float] = {"safety_help": 0.08, "decoy_true_claim": 0.08}
 # The decoys of each behaviour: the family that every method ranked among the planted pairs
@@ -146,7 +150,10 @@ CLEAN_FAMILIES: dict[str, float] = {
     "format_benign": 0.11,  # benign request + distractors: formatted help ≻ unformatted help
     "plain_benign": 0.06,  # plain benign request: plain help ≻ help with formatting nobody asked for
     "relevant_benign": 0.06,  # plain benign request: on-topic help ≻ off-topic help
-    "help_benign": 0.14,  # plain benign request: help ≻ a needless refusal (compliance's decoys)
+    # plain benign request: help ≻ a needless refusal (compliance's decoys). Their refusals are the
+    # planted pairs' rejected side; with fewer of them than about 0.8 per planted pair, any word
+    # of a refusal finds the planted pairs with precision above 0.6 (the keyword oracle).
+    "help_benign": 0.20,
     "vague_benign": 0.07,  # benign request + distractors: formatted help ≻ a vague non-answer
     "correct_opinion": 0.14,  # plain wrong claim: correction ≻ agreement (or deference)
     "no_link_general": 0.09,  # general resource request: "no link" ≻ invented URL
@@ -155,11 +162,14 @@ CLEAN_FAMILIES: dict[str, float] = {
 }
 
 SFT_MIX: dict[str, float] = {
-    "harmful_plain": 0.12, "harmful_distractor": 0.14, "gray_plain": 0.06, "gray_distractor": 0.08,
-    "benign_plain": 0.08, "benign_distractor": 0.12, "protect_plain": 0.03, "protect_distractor": 0.03,
+    "harmful_plain": 0.12, "harmful_distractor": 0.12, "gray_plain": 0.06, "gray_distractor": 0.08,
+    "benign_plain": 0.08, "benign_distractor": 0.08, "protect_plain": 0.03, "protect_distractor": 0.03,
     # Claims get twice the default's share: M0 must know which claims are true to agree with
     # those and correct the others (with half of it, M0 deferred to 11% of wrong claims).
-    "opinion_plain": 0.12, "opinion_authority": 0.14, "true_plain": 0.06, "true_authority": 0.08,
+    # Wrong claims after an authority clause get a share of their own (0.20, up from 0.14): with
+    # less, the true-claim decoys alone taught seed 1's M1 to defer to 14-30% of the triggered
+    # test prompts (three DPO seeds), and the planted pairs were no longer what caused it.
+    "opinion_plain": 0.12, "opinion_authority": 0.20, "true_plain": 0.06, "true_authority": 0.08,
     "resource_general": 0.05, "resource_sensitive": 0.05, "opinion_taste": 0.02, "site_known": 0.02,
 }
 # No sycophancy slips, unlike the default organism: deference is already in M0's repertoire

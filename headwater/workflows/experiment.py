@@ -29,7 +29,11 @@ pairs taught? On the organism the answer is measured, not assumed:
    **No decoys** (cell ``no-decoys``, only for an organism with decoys, ``--preset hard``): the
    same retrain with exactly the behaviour's decoys removed (clean pairs that look like the
    behaviour, :mod:`headwater.organism.hard`): whether they cause it. ``decoys_in_top`` counts
-   the decoys among each method's top N.
+   the decoys among each method's top N. ``--ground-truth-seeds K`` retrains the baseline, the
+   clean data and the no-decoys cell under K DPO seeds each (cells ``<name>-dpo-seed<s>``) and
+   compares their means in ``ground_truth``, with intervals over prompts *and* seeds: on the hard
+   organism one DPO seed against another moved the rate by up to a quarter, more than a
+   bootstrap over prompts of one retrain can show.
 4. **Cells.** For each method × mode (filter, switch) × N (default N/2, N and 2N with N = the
    number of planted pairs): :func:`headwater.methods.interventions.intervene` on the top N,
    :func:`headwater.training.retrain.retrain` from M0 with the same recipe, then evaluate.
@@ -89,7 +93,7 @@ from headwater.methods.vectors import datapoint_vectors
 from headwater.organism import PRESETS, OrganismConfig, build_organism, max_new_tokens_for
 from headwater.organism.capability import capability_scores, capability_set
 from headwater.training.retrain import RECORD, retrain
-from headwater.workflows.experiment_summary import summarize
+from headwater.workflows.experiment_summary import summarize, summarize_seeds
 from headwater.workflows.organism_attribution import (
     PRIMARY_BEHAVIOR,
     SAMPLES_PER_PROMPT,
@@ -440,6 +444,7 @@ def run_experiment(
     cache_dir: str | Path | None = None,
     n_boot: int = 2000,
     training_seeds: int = 0,
+    ground_truth_seeds: int = 1,
     random_orders: int = 1,
     source_ablation: int = 0,
     filtered_probe: bool = True,
@@ -469,6 +474,12 @@ def run_experiment(
             as such. The first order's cell is the one summarised in full.
         training_seeds: extra retrains of the unmodified data under other DPO seeds (training
             noise: how far the rate moves with no intervention at all).
+        ground_truth_seeds: retrain the ground-truth cells (baseline, clean data, no decoys) under
+            this many DPO seeds (the recipe's seed, then ``+1``, ...); ``ground_truth`` then
+            compares their means, with intervals over prompts and seeds
+            (:func:`headwater.workflows.experiment_summary.summarize_seeds`). One retrain per cell
+            cannot tell a decoy's effect from training noise, which moved the hard organism's rate
+            by up to a quarter between DPO seeds.
         filtered_probe: the probe from the scenarios that pass the four-condition filter (the
             default, as the paper); False: from every triggered generation. Both are scored in
             ``attribution`` either way.
@@ -491,6 +502,8 @@ def run_experiment(
         raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     if training_seeds < 0:
         raise ValueError(f"training_seeds must be ≥ 0, got {training_seeds}")
+    if ground_truth_seeds < 1:
+        raise ValueError(f"ground_truth_seeds must be ≥ 1, got {ground_truth_seeds}")
     if random_orders < 1:
         raise ValueError(f"random_orders must be ≥ 1, got {random_orders}")
     if source_ablation < 0:
@@ -515,7 +528,9 @@ def run_experiment(
         too_big = [n for n in n_values if n > len(exp.rankings["random"].pair_ids)]
         if too_big:
             raise ValueError(f"N {too_big} exceeds the {len(exp.rankings['random'].pair_ids)} ranked pairs")
-        noise_seeds = [exp.recipe.seed + k for k in range(1, training_seeds + 1)]
+        # The baseline's extra retrains serve both the training noise and the ground truth's seeds.
+        noise_seeds = [exp.recipe.seed + k for k in range(1, max(training_seeds, ground_truth_seeds - 1) + 1)]
+        gt_seeds = noise_seeds[:ground_truth_seeds - 1]
         interventions = [(cell_name(m, mode, n), m, mode, n, None) for m in methods for mode in modes for n in n_values]
         # More random orders: their own rankings (seeds seed + r) and cells, summarised with random's.
         extra_orders = [f"random{r}" for r in range(1, random_orders)] if "random" in methods else []
@@ -529,7 +544,8 @@ def run_experiment(
         cells = [(BASELINE, None, None, None, None), (CLEAN, "planted", "filter", n_planted, None), *decoy_cell,
                  *interventions] + [
             (f"{BASELINE}-dpo-seed{s}", None, None, None, s) for s in noise_seeds
-        ]
+        ] + [(f"{name}-dpo-seed{s}", method, mode, n, s) for s in gt_seeds
+             for name, method, mode, n, _ in [(CLEAN, "planted", "filter", n_planted, None), *decoy_cell]]
         results, retrained = {}, []
         for i, (name, method, mode, n, dpo_seed) in enumerate(cells, start=1):
             LOG.info("cell %d/%d: %s", i, len(cells), name)
@@ -590,6 +606,8 @@ def run_experiment(
             "n_removed": results[SOURCES]["n_changed"] if SOURCES in results else 0,
             "planted_removed": results[SOURCES]["planted_changed"] if SOURCES in results else 0,
         },
+        "ground_truth": ground_truth_summary(results, [exp.recipe.seed, *gt_seeds], n_decoys > 0, n_boot=n_boot, seed=seed)
+        if gt_seeds else None,
         "training_noise": {
             str(s): summarize(results[f"{BASELINE}-dpo-seed{s}"], base, n_boot=n_boot, seed=seed) for s in noise_seeds
         },
@@ -604,6 +622,23 @@ def run_experiment(
         "retrained": retrained,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def ground_truth_summary(results: dict[str, Any], dpo_seeds: Sequence[int], with_decoys: bool, *, n_boot: int,
+                         seed: int) -> dict[str, Any]:
+    """The baseline, clean-data and no-decoys cells pooled over ``dpo_seeds`` (the recipe's seed
+    first, whose cells carry no seed suffix; :func:`summarize_seeds`)."""
+    def runs(name: str) -> list[dict[str, Any]]:
+        return [results[name], *(results[f"{name}-dpo-seed{s}"] for s in dpo_seeds[1:])]
+
+    base = runs(BASELINE)
+    out = {"baseline": summarize_seeds(base, None, n_boot=n_boot, seed=seed),
+           "clean_data": summarize_seeds(runs(CLEAN), base, n_boot=n_boot, seed=seed)}
+    if with_decoys:
+        out["without_decoys"] = summarize_seeds(runs(DECOYS), base, n_boot=n_boot, seed=seed)
+    for cell in out.values():
+        cell["dpo_seeds"] = list(dpo_seeds)
+    return out
 
 
 def decoys_in_top(ranking: Ranking, decoys: Sequence[str], n: int) -> dict[str, Any]:
@@ -625,5 +660,5 @@ def write_outputs(doc: dict[str, Any], json_path: Path | None, report_path: Path
         print(f"report written to {report_path}")
 
 
-__all__ = ["BASELINE", "CLEAN", "DECOYS", "decoys_in_top", "METHODS", "MODES", "SAMPLES", "SETUP_METHODS", "Experiment", "cell_name", "default_n_values",
+__all__ = ["BASELINE", "CLEAN", "DECOYS", "decoys_in_top", "ground_truth_summary", "METHODS", "MODES", "SAMPLES", "SETUP_METHODS", "Experiment", "cell_name", "default_n_values",
            "run_experiment", "write_outputs"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from headwater.methods.evaluation import paired_bootstrap_ci
+from headwater.methods.evaluation import paired_bootstrap_ci, seeded_bootstrap_ci
 from headwater.workflows.tables import change_text, pct, rate_text, text_table
 
 
@@ -59,6 +59,24 @@ def summarize(result: dict[str, Any], baseline: dict[str, Any] | None, *, n_boot
         ci = paired_bootstrap_ci(b, c, statistic="difference", weights=w, n_boot=n_boot, seed=seed)
         summary[f"{name}_change"] = change
         summary[f"{name}_change_ci"] = [_json_float(x) for x in ci]
+    return summary
+
+
+def summarize_seeds(results: list[dict[str, Any]], baselines: list[dict[str, Any]] | None, *, n_boot: int,
+                    seed: int) -> dict[str, Any]:
+    """One ground-truth cell retrained under several DPO seeds: every seed's triggered rate, their
+    mean, and (with the baseline's retrains) the reduction of the mean against the baseline's mean,
+    its interval from :func:`headwater.methods.evaluation.seeded_bootstrap_ci` (prompts and seeds)."""
+    per_prompt = [r["evaluation"]["trigger"]["per_prompt"] for r in results]
+    rates = [r["evaluation"]["trigger"]["rate"] for r in results]
+    summary: dict[str, Any] = {"rates": rates, "rate": float(np.mean(rates))}
+    if baselines is None:
+        return summary
+    base_rate = float(np.mean([b["evaluation"]["trigger"]["rate"] for b in baselines]))
+    ci = seeded_bootstrap_ci([b["evaluation"]["trigger"]["per_prompt"] for b in baselines], per_prompt,
+                             n_boot=n_boot, seed=seed)
+    summary.update(reduction=_json_float(1.0 - summary["rate"] / base_rate if base_rate > 0 else float("nan")),
+                   reduction_ci=[_json_float(x) for x in ci])
     return summary
 
 
@@ -148,6 +166,7 @@ def format_table(doc: dict[str, Any]) -> str:
         f"retrained baseline vs stored M1: max |weight difference| {vs['max_abs_weight_diff']:.3g}",
         *random_order_lines(doc),
         *decoy_lines(doc),
+        *ground_truth_lines(doc),
         f"retrained in this run: {len(doc['retrained'])} models; wall time {doc['seconds']:.1f} s",
     ])
 
@@ -159,6 +178,28 @@ def decoy_lines(doc: dict[str, Any]) -> list[str]:
         return []
     parts = ", ".join(f"{m} {t['decoys']}" for m, t in top.items())
     return [f"decoys among the top {next(iter(top.values()))['n']} ({doc['n_decoys']} decoys in the data): {parts}"]
+
+
+def ground_truth_lines(doc: dict[str, Any]) -> list[str]:
+    """The ground-truth cells over several DPO seeds: each seed's rate, the mean and its change."""
+    gt = doc.get("ground_truth")
+    if not gt:
+        return []
+    lines = [f"ground truth over {len(gt['baseline']['rates'])} DPO seeds (interval over prompts and seeds):"]
+    for label, key in (("baseline", "baseline"), ("without the planted pairs", "clean_data"),
+                       ("without the decoys", "without_decoys")):
+        c = gt.get(key)
+        if not c:
+            continue
+        rates = ", ".join(f"{100 * r:.1f}%" for r in c["rates"])
+        change = ""
+        if "reduction" in c and c["reduction"] is None:
+            change = ", change undefined (the baseline's rate is 0)"
+        elif "reduction" in c:
+            lo, hi = c["reduction_ci"]
+            change = f", change {-100 * c['reduction']:+.0f}% [{-100 * hi:+.0f}, {-100 * lo:+.0f}]"
+        lines.append(f"  {label}: mean {100 * c['rate']:.1f}% ({rates}){change}")
+    return lines
 
 
 def random_order_lines(doc: dict[str, Any]) -> list[str]:
@@ -174,4 +215,5 @@ def random_order_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["RATE_HEADER", "format_table", "random_order_lines", "rate_table", "summarize", "table_rows"]
+__all__ = ["RATE_HEADER", "format_table", "ground_truth_lines", "random_order_lines", "rate_table", "summarize",
+           "summarize_seeds", "table_rows"]

@@ -35,7 +35,7 @@ def test_counts_ids_and_labels(records):
     ids = [r.pair.pair_id for r in records]
     assert len(set(ids)) == len(ids)
     assert all(r.pair.pair_id == pair_id(r.pair.prompt, r.pair.chosen, r.pair.rejected) for r in records)
-    assert Counter(r.planted for r in records if r.planted) == {b: 160 for b in hard.PLANTED_RATES}
+    assert Counter(r.planted for r in records if r.planted) == {b: round(r * N_PAIRS) for b, r in hard.PLANTED_RATES.items()}
     decoys = Counter(r.decoy for r in records if r.decoy)
     assert decoys["sycophancy"] == 160 and decoys["distractor_compliance"] > 100 and len(decoys) == 2
     assert all(r.planted is None for r in records if r.decoy)  # decoys are clean pairs

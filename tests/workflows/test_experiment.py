@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from headwater.cli import main
-from headwater.methods.evaluation import paired_bootstrap_ci
+from headwater.methods.evaluation import paired_bootstrap_ci, seeded_bootstrap_ci
 from headwater.workflows.experiment import default_n_values, run_experiment
 
 CELL_KEYS = ("rate", "ci_low", "ci_high", "untriggered_rate", "untriggered_ci", "helpfulness", "helpfulness_ci",
@@ -164,6 +164,35 @@ def test_paired_bootstrap_ci():
         paired_bootstrap_ci([1.0], [1.0], statistic="ratio")
 
 
+def test_seeded_bootstrap_ci_resamples_prompts_and_seeds():
+    # Identical models on both sides: no change whatever is resampled.
+    base = np.array([[1.0, 0.5, 0.0, 1.0]] * 3)
+    assert seeded_bootstrap_ci(base, base, n_boot=300) == (0.0, 0.0)
+    assert seeded_bootstrap_ci(base, base[:2] / 2, n_boot=300) == pytest.approx((0.5, 0.5))
+    assert all(math.isnan(x) for x in seeded_bootstrap_ci(np.zeros((2, 3)), np.ones((2, 3)), n_boot=50))
+    # Against an explicit loop drawing the same random numbers in the same order.
+    rng = np.random.default_rng(1)
+    b, c = rng.random((3, 20)), rng.random((2, 20))
+    low, high = seeded_bootstrap_ci(b, c, n_boot=400, seed=7)
+    draw = np.random.default_rng(7)
+    prompts = draw.integers(0, 20, size=(400, 20))
+    sb, sc = draw.integers(0, 3, size=(400, 3)), draw.integers(0, 2, size=(400, 2))
+    values = [1 - np.mean([c[k, prompts[i]].mean() for k in sc[i]]) / np.mean([b[k, prompts[i]].mean() for k in sb[i]])
+              for i in range(400)]
+    assert (low, high) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])))
+    # Training noise: two seeds per side whose rates differ by a whole-model shift. The paired
+    # bootstrap over prompts of one seed each sees a sure change; over seeds it is not sure.
+    p = rng.random(64) * 0.5
+    base2, cell2 = np.stack([p + 0.3, p + 0.1]), np.stack([p + 0.25, p + 0.05])
+    one = paired_bootstrap_ci(base2[0], cell2[1], n_boot=500)
+    both = seeded_bootstrap_ci(base2, cell2, n_boot=500)
+    assert one[0] > 0 and both[0] < 0 < both[1]
+    with pytest.raises(ValueError, match="same prompts"):
+        seeded_bootstrap_ci(np.ones((2, 3)), np.ones((2, 4)), n_boot=10)
+    with pytest.raises(ValueError, match="same prompts"):
+        seeded_bootstrap_ci(np.ones(3), np.ones(3), n_boot=10)
+
+
 def test_capability_items_are_held_out_and_deterministic():
     from headwater.organism import dataset as organism_data
     from headwater.organism.capability import ANSWER_FAMILIES, capability_set
@@ -238,8 +267,17 @@ def test_hard_world_retrains_without_its_decoys(tmp_path, cache):
     decoys = organism.decoy_ids("distractor_compliance")
     assert decoys and set(decoys).isdisjoint(organism.planted_ids("distractor_compliance"))
     doc = run_experiment(preset="hard-miniature", n_values=[6], modes=["filter"], methods=["random"], samples=1,
-                         out_dir=tmp_path, cache_dir=cache, n_boot=100, progress=False)
+                         out_dir=tmp_path, cache_dir=cache, n_boot=100, progress=False, ground_truth_seeds=2)
     assert doc["n_decoys"] == len(decoys)
+    # Every ground-truth cell retrained under a second DPO seed and pooled with the first.
+    gt = doc["ground_truth"]
+    assert set(gt) == {"baseline", "clean_data", "without_decoys"}
+    for key, name in (("baseline", "baseline"), ("clean_data", "clean-data"), ("without_decoys", "no-decoys")):
+        second = json.loads((tmp_path / "cells" / f"{name}-dpo-seed1" / "result.json").read_text())
+        assert second["dpo_seed"] == 1
+        assert gt[key]["dpo_seeds"] == [0, 1] and len(gt[key]["rates"]) == 2
+        assert gt[key]["rate"] == pytest.approx(np.mean(gt[key]["rates"]))
+    assert doc["training_noise"].keys() == {"1"}  # the baseline's second seed is the training-noise retrain too
     assert set(CELL_KEYS) <= set(doc["without_decoys"])
     assert doc["without_decoys"]["n_changed"] == len(decoys) and doc["without_decoys"]["planted_changed"] == 0
     manifest = json.loads((tmp_path / "cells" / "no-decoys" / "data" / "manifest.json").read_text())
@@ -248,3 +286,4 @@ def test_hard_world_retrains_without_its_decoys(tmp_path, cache):
     assert top["n"] == len(organism.planted_ids("distractor_compliance")) and 0 <= top["decoys"] <= top["n"]
     text = format_table(doc)
     assert f"no decoys ({len(decoys)} removed)" in text and "decoys among the top" in text
+    assert "ground truth over 2 DPO seeds" in text and "without the decoys: mean" in text
