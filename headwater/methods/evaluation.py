@@ -254,6 +254,12 @@ def paired_bootstrap_ci(base: Sequence[float], cell: Sequence[float], *, statist
     idx = np.random.default_rng(seed).integers(0, b.size, size=(n_boot, b.size))
     total = w[idx].sum(1)
     mb, mc = (b * w)[idx].sum(1) / total, (c * w)[idx].sum(1) / total
+    return _percentile_interval(mb, mc, statistic, alpha)
+
+
+def _percentile_interval(mb: np.ndarray, mc: np.ndarray, statistic: str, alpha: float) -> tuple[float, float]:
+    """The (alpha/2, 1 − alpha/2) quantiles of the statistic over resampled means of the baseline
+    (``mb``) and the other model (``mc``); NaN when it is undefined in every resample."""
     if statistic == "difference":
         values = mc - mb
     else:
@@ -295,12 +301,7 @@ def seeded_bootstrap_ci(base: Sequence[Sequence[float]], cell: Sequence[Sequence
     cols = np.arange(n_boot)[:, None]
     mb = per_model_b[seeds_b, cols].mean(1)
     mc = per_model_c[seeds_c, cols].mean(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = np.where(mb > 0, 1.0 - mc / mb, np.nan)
-    if np.isnan(values).all():
-        return float("nan"), float("nan")
-    low, high = np.nanquantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    return _percentile_interval(mb, mc, "reduction", alpha)
 
 
 __all__ = ["EvalResult", "JudgedSamples", "bootstrap_ci", "evaluate_model", "judge_samples", "paired_bootstrap_ci",
