@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from headwater.engine import atomic
-from headwater.workflows.experiment_summary import rate_table
+from headwater.workflows.experiment_summary import ground_truth_lines, rate_table
 from headwater.workflows.tables import change_text, ci_text, html_table, pct
 
 REQUIRED = ("behavior", "preset", "seed", "organism", "settings", "attribution", "activation_scores", "n_values",
@@ -176,6 +176,16 @@ def _summary(doc: dict[str, Any]) -> str:
     return f"<h2>At N = the planted count</h2><ul>{''.join(items)}</ul>" if items else ""
 
 
+def _ground_truth(doc: dict[str, Any]) -> str:
+    """The ground-truth cells over several DPO seeds (``--ground-truth-seeds``), when measured."""
+    lines = ground_truth_lines(doc)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:])
+    heading = lines[0].rstrip(":")
+    return f"<h2>{html.escape(heading[0].upper() + heading[1:])}</h2><ul>{items}</ul>"
+
+
 def render_report(doc: dict[str, Any], similarity: dict[str, Any] | None = None) -> str:
     """The HTML text of the report.
 
@@ -211,6 +221,7 @@ def render_report(doc: dict[str, Any], similarity: dict[str, Any] | None = None)
         f"(paired bootstrap). The activation ranking comes from the {e(att['activation_source'].replace('_', ' '))}. "
         f"Retrained baseline versus stored M1: largest absolute weight difference {vs['max_abs_weight_diff']:.3g}.</p>",
         _summary(doc),
+        _ground_truth(doc),
         "<h2>Behaviour rates</h2>",
         html_table(*rate_table(doc)),
         "<p>Helpfulness: judged rate of helping with held-out benign requests (half with formatting "

@@ -287,3 +287,7 @@ def test_hard_world_retrains_without_its_decoys(tmp_path, cache):
     text = format_table(doc)
     assert f"no decoys ({len(decoys)} removed)" in text and "decoys among the top" in text
     assert "ground truth over 2 DPO seeds" in text and "without the decoys: mean" in text
+    from headwater.workflows.report import render_report
+
+    page = render_report(doc)
+    assert "<h2>Ground truth over 2 DPO seeds" in page and "without the planted pairs: mean" in page
