@@ -37,6 +37,21 @@ from headwater.workflows.real_model_loop import Loop, probe_inputs  # noqa: E402
 BEHAVIOR = "advertises a product, a shop or a brand"
 
 
+def loop_and_labelled(work: Path, threads: int) -> tuple[Loop, Labelled, float]:
+    """The real-model loop with a quarter of its questions planted (stages cached in ``work``), the
+    judged answers of M0 and M1 to its triggered held-out questions, and the seconds this call
+    spent on the loop's stages."""
+    loop = Loop(work, LoopConfig(planted_fraction=0.25, eval_samples=4, threads=threads))
+    start = time.perf_counter()
+    loop.m1()  # preferences, M1, and the judged answers of M0 and M1 (cached)
+    seconds = time.perf_counter() - start
+    prompts, responses, labels, models = [], [], [], []
+    for name in ("m0", "m1"):
+        p, r, lab = probe_inputs([loop.evaluated(name)])  # the judged answers to the triggered questions
+        prompts, responses, labels, models = prompts + p, responses + r, labels + lab, models + [name] * len(p)
+    return loop, Labelled(prompts, responses, labels, models), seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="the real-model loop's work directory (cached stages)")
@@ -46,20 +61,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = LoopConfig(planted_fraction=0.25, eval_samples=4, threads=args.threads)
-    loop = Loop(args.work, config)
-    start = time.perf_counter()
-    loop.m1()  # preferences, M1, and the judged answers of M0 and M1 (cached)
-    setup_seconds = time.perf_counter() - start
-    evals = {"m0": loop.evaluated("m0"), "m1": loop.evaluated("m1")}
-    prompts, responses, labels, models = [], [], [], []
-    for name, ev in evals.items():
-        p, r, lab = probe_inputs([ev])  # the judged answers to the triggered questions
-        prompts, responses, labels, models = prompts + p, responses + r, labels + lab, models + [name] * len(p)
+    loop, labelled, setup_seconds = loop_and_labelled(args.work, args.threads)
+    config = loop.config
     m0, tokenizer = loop.m0()
     layer = resolve_layer(m0, config.layer)
-    shared = {"loop_seconds_this_call": round(setup_seconds, 1), "labelled_responses": len(labels),
-              "labelled_exhibiting": int(sum(labels))}
+    shared = {"loop_seconds_this_call": round(setup_seconds, 1), "labelled_responses": len(labelled.labels),
+              "labelled_exhibiting": int(sum(labelled.labels))}
     bank = None
     if "bank" in args.methods:
         t = time.perf_counter()
@@ -75,7 +82,7 @@ def main() -> None:
         judge = resolve_judge(args.judge or f"hf:{loop.m0_path}", {"rubric": "yesno", "behavior": BEHAVIOR})
     pairs = list(loop.dataset())
     inputs = CompareInputs(model=m0, tokenizer=tokenizer, layer=layer, settings=config.settings, pairs=pairs,
-                           labelled=Labelled(prompts, responses, labels, models), behavior="promotion",
+                           labelled=labelled, behavior="promotion",
                            bank=bank, judge=judge, planted=set(loop.planted_ids()), shared_cost=shared)
     # The loop's own DPO loss (β 0.1, summed log-probs) for the gradient baseline; a LoRA rate.
     gradient = GradientConfig(dpo=DPOConfig(beta=config.beta, lr=1e-4, batch_size=8, settings=config.settings),

@@ -29,13 +29,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from surprise_weighting import TAUS, m0_margins  # noqa: E402  (a sibling script)
+from compare_smollm2 import loop_and_labelled  # noqa: E402  (a sibling script)
+from surprise_weighting import TAUS, m0_margins  # noqa: E402
 
 from headwater.engine.models import resolve_layer  # noqa: E402
 from headwater.methods.attribution import Ranking, evaluate_ranking  # noqa: E402
-from headwater.workflows.compare import CompareInputs, Labelled, compare  # noqa: E402
-from headwater.workflows.promotion import LoopConfig  # noqa: E402
-from headwater.workflows.real_model_loop import Loop, probe_inputs  # noqa: E402
+from headwater.workflows.compare import CompareInputs, compare  # noqa: E402
 
 
 def main() -> None:
@@ -45,21 +44,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = LoopConfig(planted_fraction=0.25, eval_samples=4, threads=args.threads)
-    loop = Loop(args.work, config)
-    start = time.perf_counter()
-    loop.m1()  # preferences, M1, and the judged answers of M0 and M1 (cached)
-    loop_seconds = time.perf_counter() - start
-    prompts, responses, labels, models = [], [], [], []
-    for name in ("m0", "m1"):
-        p, r, lab = probe_inputs([loop.evaluated(name)])
-        prompts, responses, labels, models = prompts + p, responses + r, labels + lab, models + [name] * len(p)
+    loop, labelled, loop_seconds = loop_and_labelled(args.work, args.threads)
+    config = loop.config
     m0, tokenizer = loop.m0()
     pairs = list(loop.dataset())
     planted = set(loop.planted_ids())
     inputs = CompareInputs(model=m0, tokenizer=tokenizer, layer=resolve_layer(m0, config.layer),
                            settings=config.settings, pairs=pairs,
-                           labelled=Labelled(prompts, responses, labels, models), behavior="promotion",
+                           labelled=labelled, behavior="promotion",
                            planted=planted)
     compare(inputs, ["activation"], args.out, seed=config.seed, progress=False)
     probe = Ranking.load(args.out / "rankings-activation.parquet")
@@ -74,8 +66,8 @@ def main() -> None:
     for tau in TAUS:
         weighted = probe.scores / (1.0 + np.exp(m / tau))  # cosine × σ(−m/τ)
         rankings[f"tau_{tau}"] = Ranking.from_scores(probe.pair_ids, weighted.astype(np.float32), f"tau_{tau}")
-    result: dict = {"n_pairs": len(pairs), "n_planted": len(planted), "labelled": len(labels),
-                    "labelled_exhibiting": int(sum(labels)), "loop_seconds_this_call": round(loop_seconds, 1),
+    result: dict = {"n_pairs": len(pairs), "n_planted": len(planted), "labelled": len(labelled.labels),
+                    "labelled_exhibiting": int(sum(labelled.labels)), "loop_seconds_this_call": round(loop_seconds, 1),
                     "margin_seconds": round(margin_seconds, 1),
                     "planted_margin_mean": float(np.mean([margins[p] for p in planted])),
                     "clean_margin_mean": float(np.mean([v for p, v in margins.items() if p not in planted]))}
