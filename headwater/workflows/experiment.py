@@ -61,7 +61,11 @@ summaries ``{"rate", "ci_low", "ci_high", "reduction", "reduction_ci", "untrigge
 same way (``without_decoys`` the no-decoys cell, or None); every cell but the baseline also has
 ``untriggered_change``, ``helpfulness_change`` and ``answer_logprob_change`` (minus the baseline)
 with ``*_change_ci`` paired intervals; ``helpfulness_plain`` and ``helpfulness_distractor`` split the
-helpfulness rate by request kind. ``m0`` and ``m1`` summarise the stored models the same way. Besides: ``m1``, ``baseline_vs_m1``, ``attribution``,
+helpfulness rate by request kind. ``m0`` and ``m1`` summarise the stored models the same way.
+``ground_truth`` (with ``--ground-truth-seeds`` K > 1, else None): ``baseline``, ``clean_data``
+and ``without_decoys``, each ``{"dpo_seeds", "rates", "rate"}`` (per-seed triggered rates and
+their mean) and, but for the baseline, ``reduction`` of the mean against the baseline's mean with
+``reduction_ci`` over prompts and seeds. Besides: ``m1``, ``baseline_vs_m1``, ``attribution``,
 ``activation_scores`` (planted and clean pairs' scores, for the report), ``discovery``,
 ``retrained`` (the cells retrained by this invocation) and ``seconds``.
 """
