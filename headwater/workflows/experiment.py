@@ -32,8 +32,8 @@ pairs taught? On the organism the answer is measured, not assumed:
    the decoys among each method's top N. ``--ground-truth-seeds K`` retrains the baseline, the
    clean data and the no-decoys cell under K DPO seeds each (cells ``<name>-dpo-seed<s>``) and
    compares their means in ``ground_truth``, with intervals over prompts *and* seeds: on the hard
-   organism one DPO seed against another moved the rate by up to a quarter, more than a
-   bootstrap over prompts of one retrain can show.
+   organism one DPO seed against another moved the rate by up to a fifth (seed 1's compliance:
+   85.9% and 69.1%), more than a bootstrap over prompts of one retrain can show.
 4. **Cells.** For each method × mode (filter, switch) × N (default N/2, N and 2N with N = the
    number of planted pairs): :func:`headwater.methods.interventions.intervene` on the top N,
    :func:`headwater.training.retrain.retrain` from M0 with the same recipe, then evaluate.
@@ -483,7 +483,7 @@ def run_experiment(
             compares their means, with intervals over prompts and seeds
             (:func:`headwater.workflows.experiment_summary.summarize_seeds`). One retrain per cell
             cannot tell a decoy's effect from training noise, which moved the hard organism's rate
-            by up to a quarter between DPO seeds.
+            by up to a fifth between DPO seeds.
         filtered_probe: the probe from the scenarios that pass the four-condition filter (the
             default, as the paper); False: from every triggered generation. Both are scored in
             ``attribution`` either way.
@@ -544,12 +544,11 @@ def run_experiment(
         interventions += [(cell_name(m, mode, n), m, mode, n, None) for m in extra_orders for mode in modes
                           for n in n_values]
         n_decoys = len(exp.organism.decoy_ids(exp.behavior))
-        decoy_cell = [(DECOYS, "decoys", "filter", n_decoys, None)] if n_decoys else []
-        cells = [(BASELINE, None, None, None, None), (CLEAN, "planted", "filter", n_planted, None), *decoy_cell,
-                 *interventions] + [
+        # The ground truth besides the baseline: without the planted pairs, and without the decoys.
+        truth = [(CLEAN, "planted", "filter", n_planted)] + ([(DECOYS, "decoys", "filter", n_decoys)] if n_decoys else [])
+        cells = [(BASELINE, None, None, None, None), *((*c, None) for c in truth), *interventions] + [
             (f"{BASELINE}-dpo-seed{s}", None, None, None, s) for s in noise_seeds
-        ] + [(f"{name}-dpo-seed{s}", method, mode, n, s) for s in gt_seeds
-             for name, method, mode, n, _ in [(CLEAN, "planted", "filter", n_planted, None), *decoy_cell]]
+        ] + [(f"{name}-dpo-seed{s}", method, mode, n, s) for s in gt_seeds for name, method, mode, n in truth]
         results, retrained = {}, []
         for i, (name, method, mode, n, dpo_seed) in enumerate(cells, start=1):
             LOG.info("cell %d/%d: %s", i, len(cells), name)
