@@ -323,6 +323,22 @@ class FeatureStore:
         empty = np.zeros((0, len(concepts)))
         return self.pair_ids, np.concatenate(chosen) if chosen else empty, np.concatenate(rejected) if rejected else empty
 
+    def prompt_rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """[len(rows), d_in] float32: the prompt means of the given store rows, in that order (read
+        part by part; only the requested rows are kept)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows must lie in [0, {len(self)}), got {rows.min()}..{rows.max()}")
+        out = np.zeros((rows.size, int(self.manifest["d_in"])), dtype=np.float32)
+        start = 0
+        for block in self.blocks():
+            stop = start + block.prompt.shape[0]
+            inside = np.nonzero((rows >= start) & (rows < stop))[0]
+            if inside.size:
+                out[inside] = block.prompt[torch.from_numpy(rows[inside] - start)].numpy()
+            start = stop
+        return out
+
     def blocks(self) -> Iterator[FeatureBlock]:
         """The parts in dataset order, one in memory at a time."""
         for part in self.manifest["parts"]:

@@ -1,6 +1,6 @@
 """The prediction check (method.md §6, step 5): does the audit predict what DPO teaches?
 
-Two predictions of each concept's shift, both made before training:
+Three predictions of each concept's shift, all made before training:
 
 - ``delta``: its Δ in the data, the mean over pairs of the chosen − rejected pooled activation
   (the audit's headline statistic);
@@ -16,6 +16,19 @@ Two predictions of each concept's shift, both made before training:
   Δ ignores both factors: a concept the chosen side carries but M0 already shows everywhere (a
   refusal M0 always gives) cannot rise, and one only rejected responses M0 never writes carry
   cannot fall.
+- ``local_first_order``: the same step read prompt by prompt. DPO moves each prompt's generations
+  through the pairs that teach about prompts like it, and relative to what M0 already does *there*
+  (not on average): on a prompt where M0 refuses, a refusing chosen response teaches nothing and a
+  complying one a lot. For each evaluation prompt x, the pairs whose prompts are its
+  ``neighbours`` nearest (cosine of the prompts' mean activation at ℓ, the representation the
+  audit's topics come from; exact top-k) give
+
+      predicted_c(x) = Σ_{i ∈ N(x)} [p⁺_i (a_c(y⁺_i) − m_c(x)) − p⁻_i (a_c(y⁻_i) − m_c(x))] / Σ_{i ∈ N(x)} (p⁺_i + p⁻_i),
+
+  with m_c(x) the concept's mean on M0's generations to x, and the prediction is its mean over
+  the evaluation prompts. With every pair as a neighbour of every prompt it is ``first_order``
+  again. Nothing in it is fitted to measured shifts; the number of neighbours is the one setting
+  (bench/RESULTS.md shows how little it matters between 5 and 100).
 
 After training, the measured shift is the mean pooled activation on M1's generations minus that
 on M0's, to the same held-out prompts, both read through M0 at ℓ and the same SAE (the reader
@@ -38,6 +51,7 @@ from headwater.audit.features import pool_codes
 from headwater.audit.sae import SparseAutoencoder
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
 from headwater.engine.tokenization import EncodedResponse, TokenizationSettings, encode_pairs, encode_response, pad_batch
+from headwater.kernels import cosine_topk
 from headwater.training.common import response_logps
 
 
@@ -112,6 +126,62 @@ def first_order_shift(chosen: np.ndarray, rejected: np.ndarray, chosen_logp: np.
     return moved.sum(axis=0) / max(float((p_chosen + p_rejected).sum()), 1e-300)
 
 
+@torch.no_grad()
+def prompt_representations(
+    model: Any, tokenizer: Any, prompts: Sequence[Any], layer: int, settings: TokenizationSettings = TokenizationSettings(),
+    *, chunk: int = 256, max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
+) -> np.ndarray:
+    """[n, d_model] float32: each prompt's mean activation at ``layer``, as the feature store keeps
+    it for the audited pairs (the prompt tokens of an encoded response; a causal model's prompt
+    activations do not depend on the response, so a one-word placeholder is read)."""
+    out: list[torch.Tensor] = []
+    for start in range(0, len(prompts), chunk):
+        encoded = [encode_response(tokenizer, prompt, "ok", settings) for prompt in prompts[start:start + chunk]]
+        captured = response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer),
+                                              max_tokens_per_batch=max_tokens_per_batch)
+        out.append(captured.prompt_means.float())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def local_first_order_shift(chosen: np.ndarray, rejected: np.ndarray, chosen_logp: np.ndarray, rejected_logp: np.ndarray,
+                            pair_prompts: np.ndarray, eval_prompts: np.ndarray, eval_m0_means: np.ndarray,
+                            *, neighbours: int = 20, chunk: int = 256) -> np.ndarray:
+    """[C] the prompt-by-prompt first-order prediction of the module docstring.
+
+    Args:
+        chosen, rejected: [n, C] pooled concept activations of each pair's sides.
+        chosen_logp, rejected_logp: [n] M0's mean log-probability per token of each side.
+        pair_prompts: [n, d] the pairs' prompt representations (:func:`prompt_representations`,
+            or the feature store's ``prompt`` rows).
+        eval_prompts: [P, d] the evaluation prompts' representations.
+        eval_m0_means: [P, C] each concept's mean on M0's generations to each evaluation prompt.
+        neighbours: pairs per evaluation prompt (at most n).
+    """
+    n, n_concepts = chosen.shape
+    if not (rejected.shape == chosen.shape and chosen_logp.shape == rejected_logp.shape == (n,)
+            and pair_prompts.shape[0] == n and eval_prompts.shape[0] == eval_m0_means.shape[0]
+            and eval_m0_means.shape[1] == n_concepts and eval_prompts.shape[1] == pair_prompts.shape[1]):
+        raise ValueError(f"shapes do not match: chosen {chosen.shape}, rejected {rejected.shape}, log-likelihoods "
+                         f"{chosen_logp.shape}/{rejected_logp.shape}, pair prompts {pair_prompts.shape}, evaluation "
+                         f"prompts {eval_prompts.shape}, M0 means {eval_m0_means.shape}")
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        raise ValueError(f"neighbours must be a positive int, got {neighbours!r}")
+    if n == 0 or eval_prompts.shape[0] == 0:
+        raise ValueError("the local prediction needs at least one pair and one evaluation prompt")
+    k = min(neighbours, n)
+    p_chosen, p_rejected = np.exp(chosen_logp), np.exp(rejected_logp)
+    total = np.zeros(n_concepts)
+    for start in range(0, eval_prompts.shape[0], chunk):
+        _, near = cosine_topk(torch.from_numpy(np.ascontiguousarray(eval_prompts[start:start + chunk], dtype=np.float32)),
+                              torch.from_numpy(np.ascontiguousarray(pair_prompts, dtype=np.float32)), k)
+        near = near.numpy()  # [p, k] pair rows, nearest first
+        m = eval_m0_means[start:start + chunk, None, :]  # [p, 1, C]
+        wc, wr = p_chosen[near], p_rejected[near]  # [p, k]
+        moved = wc[..., None] * (chosen[near] - m) - wr[..., None] * (rejected[near] - m)  # [p, k, C]
+        total += (moved.sum(axis=1) / np.maximum(wc.sum(axis=1) + wr.sum(axis=1), 1e-300)[:, None]).sum(axis=0)
+    return total / eval_prompts.shape[0]
+
+
 def measured_shifts(before: np.ndarray, after: np.ndarray, before_prompt: Sequence[int], after_prompt: Sequence[int],
                     *, n_boot: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
     """Per concept, mean over prompts of (mean on ``after`` − mean on ``before``) with a 95%
@@ -183,5 +253,5 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-__all__ = ["agreement", "agreement_figure", "concept_activations", "first_order_shift", "measured_shifts",
-           "pair_token_likelihoods", "png_data_uri"]
+__all__ = ["agreement", "agreement_figure", "concept_activations", "first_order_shift", "local_first_order_shift",
+           "measured_shifts", "pair_token_likelihoods", "png_data_uri", "prompt_representations"]

@@ -116,9 +116,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = actions.add_parser(
         "check", help="the prediction check: predicted against measured concept shifts after training, with R²",
         description="Sample M0 and M1 on held-out prompts, read both through M0 and the SAE, and compare each "
-                    "concept's measured shift (M1 − M0) with two predictions made before training: its Δ in the "
-                    "data, and a first-order DPO prediction weighted by M0's likelihood of each side. Writes "
-                    "prediction.json and prediction.png and adds the check to audit.html.",
+                    "concept's measured shift (M1 − M0) with three predictions made before training: its Δ in the "
+                    "data, a first-order DPO prediction weighted by M0's likelihood of each side, and the same "
+                    "prompt by prompt (each held-out prompt's nearest pairs, centred on M0's generations to it). "
+                    "Writes prediction.json and prediction.png and adds the check to audit.html.",
     )
     c.add_argument("--model", required=True, help="M0, the model the audit read")
     c.add_argument("--trained", required=True, help="M1, the model trained on the audited data")
@@ -129,6 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-new-tokens", type=int, default=64, help="the longest generation (default 64)")
     c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     c.add_argument("--latents", type=int, default=50, help="top significant latents checked (default 50)")
+    c.add_argument("--neighbours", type=int, default=20,
+                   help="pairs per held-out prompt in the local prediction (default 20)")
     c.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed (default 0)")
     c.add_argument("--device", default="cpu", help="torch device")
     c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -193,7 +196,7 @@ def run_check(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts)
     result = check_predictions(model_path=args.model, trained_path=args.trained, audit_dir=args.audit,
                                data=args.data, split=args.split, on_error=args.on_error, prompts=prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, seed=args.seed, n_latents=args.latents,
+                               temperature=args.temperature, seed=args.seed, n_latents=args.latents, neighbours=args.neighbours,
                                settings=settings_from(args), device=args.device, progress=args.progress)
     for kind, a in result["agreement"].items():
         print(f"prediction check ({kind}) over {a['n']} concepts: R² = {a['r2']:.3f}, Pearson r = {a['pearson']:.3f}, "

@@ -24,8 +24,10 @@ from headwater.audit.prediction import (
     agreement_figure,
     concept_activations,
     first_order_shift,
+    local_first_order_shift,
     measured_shifts,
     pair_token_likelihoods,
+    prompt_representations,
 )
 from headwater.data import load_preferences
 from headwater.engine import atomic
@@ -122,16 +124,19 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
 
 def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Path, data: str, prompts: Sequence[Any],
                       samples: int = 4, max_new_tokens: int = 64, temperature: float = 0.7, seed: int = 0,
-                      n_latents: int = 50, max_pairs: int = 20_000, split: str | None = None, on_error: str = "raise",
-                      settings: TokenizationSettings = TokenizationSettings(), device: str = "cpu",
-                      progress: bool = True) -> dict[str, Any]:
+                      n_latents: int = 50, max_pairs: int = 20_000, neighbours: int = 20, split: str | None = None,
+                      on_error: str = "raise", settings: TokenizationSettings = TokenizationSettings(),
+                      device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Predicted against measured (M1 − M0 generations) concept shifts; writes ``prediction.json``
     and ``prediction.png`` into the audit directory and adds the check to its ``audit.html``.
 
-    Both predictions of :mod:`headwater.audit.prediction` are made and scored: ``delta`` (the
-    data's Δ) and ``first_order`` (M0-likelihood-weighted and centred on M0's generations; M0's
-    token likelihoods are read on at most ``max_pairs`` pairs, a seeded sample of the audited
-    data). Concepts: the audit's reported concepts and its top ``n_latents`` significant latents.
+    The three predictions of :mod:`headwater.audit.prediction` are made and scored: ``delta`` (the
+    data's Δ), ``first_order`` (M0-likelihood-weighted and centred on M0's generations) and
+    ``local_first_order`` (the same prompt by prompt: each held-out prompt's ``neighbours``
+    nearest pairs, centred on M0's generations to that prompt; the figure plots this one). M0's
+    token likelihoods are read on at most ``max_pairs`` pairs, a seeded sample of the audited data,
+    and the local prediction draws its neighbours from those. Concepts: the audit's reported
+    concepts and its top ``n_latents`` significant latents.
     """
     audit = Path(audit_dir)
     doc = _audit(audit)
@@ -173,22 +178,30 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     rows = [row_of.get(pid) for pid in likelihood["pair_ids"]]
     usable = np.array([r is not None for r in rows])
     index = np.array([r for r in rows if r is not None], dtype=np.int64)
+    by_prompt = np.stack([acts["m0"][np.asarray(owners) == p].mean(axis=0) for p in range(len(prompts))])
     predictions = {
         "delta": np.array([concepts[n][1] for n in names]),
         "first_order": first_order_shift(chosen[index], rejected[index], likelihood["chosen"][usable],
                                          likelihood["rejected"][usable], acts["m0"].mean(axis=0)),
+        "local_first_order": local_first_order_shift(
+            chosen[index], rejected[index], likelihood["chosen"][usable], likelihood["rejected"][usable],
+            store.prompt_rows(index), prompt_representations(m0, tokenizer, prompts, layer, settings), by_prompt,
+            neighbours=neighbours),
     }
     scores = {kind: agreement(values, shifts["shift"]) for kind, values in predictions.items()}
     table = [{"concept": n, "latents": concepts[n][0], "predicted_delta": float(predictions["delta"][k]),
-              "predicted_first_order": float(predictions["first_order"][k]), "measured": float(shifts["shift"][k]),
+              "predicted_first_order": float(predictions["first_order"][k]),
+              "predicted_local_first_order": float(predictions["local_first_order"][k]),
+              "measured": float(shifts["shift"][k]),
               "measured_ci95": [float(shifts["low"][k]), float(shifts["high"][k])],
               "m0_mean": float(acts["m0"][:, k].mean()), "m1_mean": float(acts["m1"][:, k].mean())}
              for k, n in enumerate(names)]
     result = {"agreement": scores, "concepts": table, "n_prompts": len(prompts), "samples": samples,
               "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
-              "n_pairs_weighted": int(usable.sum()), "trained": str(trained_path)}
-    figure = agreement_figure(names, predictions["first_order"], shifts, scores["first_order"],
-                              xlabel="predicted shift (first order: M0-likelihood-weighted, centred)")
+              "n_pairs_weighted": int(usable.sum()), "neighbours": min(neighbours, int(usable.sum())),
+              "trained": str(trained_path)}
+    figure = agreement_figure(names, predictions["local_first_order"], shifts, scores["local_first_order"],
+                              xlabel=f"predicted shift (local first order, {result['neighbours']} pairs per prompt)")
     atomic.write_json(audit / "prediction.json", result)
     atomic.write_bytes(audit / "prediction.png", figure)
     atomic.write_text(audit / "audit.html", render_audit_html(doc, result, figure))

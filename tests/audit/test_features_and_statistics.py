@@ -67,6 +67,16 @@ def test_encoded_features_equal_a_direct_computation(tmp_path, tiny_llama, tiny_
             hidden = tiny_llama(torch.tensor([enc.input_ids]), output_hidden_states=True).hidden_states[2][0]
         direct = sae.encode(hidden[enc.prompt_length:].float()).mean(0)
         torch.testing.assert_close(torch.cat(chosen)[row], direct, rtol=1e-4, atol=1e-5)
+    # the prompt rows come back in the order asked for, and equal the prompts read on their own
+    # (the prediction check reads held-out prompts this way and compares them with these rows)
+    from headwater.audit.prediction import prompt_representations
+
+    every = torch.cat([block.prompt for block in store.blocks()]).numpy()
+    np.testing.assert_array_equal(store.prompt_rows([5, 0, 3, 3]), every[[5, 0, 3, 3]])
+    with pytest.raises(IndexError):
+        store.prompt_rows([7])
+    alone = prompt_representations(tiny_llama, tiny_tokenizer, [PAIRS[p].prompt for p in positions], 2, SETTINGS)
+    np.testing.assert_allclose(alone, every, rtol=1e-4, atol=1e-5)
     # a second call with the same inputs opens what is there; other inputs are refused
     again = encode_features(tiny_llama, tiny_tokenizer, PAIRS, 2, sae, tmp_path / "f", SETTINGS, part_pairs=3)
     assert again.manifest == store.manifest

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from headwater.audit.prediction import agreement, first_order_shift, measured_shifts, pair_token_likelihoods
+from headwater.audit.prediction import (
+    agreement,
+    first_order_shift,
+    local_first_order_shift,
+    measured_shifts,
+    pair_token_likelihoods,
+)
 from headwater.data import PreferencePair
 from headwater.engine.tokenization import TokenizationSettings, encode_pair, pad_batch
 from headwater.training.common import response_logps
@@ -28,6 +34,39 @@ def test_first_order_shift_equals_the_formula():
     only_chosen = first_order_shift(chosen, rejected, lp_c, np.full(20, -np.inf), m)
     weights = np.exp(lp_c)
     np.testing.assert_allclose(only_chosen, (weights[:, None] * (chosen - m)).sum(0) / weights.sum(), rtol=1e-12)
+
+
+def test_local_first_order_shift_equals_an_explicit_loop():
+    rng = np.random.default_rng(1)
+    n, n_concepts, d, n_prompts = 30, 4, 6, 7
+    chosen, rejected = rng.random((n, n_concepts)), rng.random((n, n_concepts))
+    lp_c, lp_r = -rng.random(n) * 3, -rng.random(n) * 3
+    lp_r[4] = -np.inf  # a side M0 never writes
+    pair_prompts, eval_prompts = rng.standard_normal((n, d)), rng.standard_normal((n_prompts, d))
+    m = rng.random((n_prompts, n_concepts))
+    for neighbours in (1, 5, n):
+        expected = np.zeros(n_concepts)
+        for x in range(n_prompts):
+            cosine = [float(eval_prompts[x] @ pair_prompts[i]) / np.linalg.norm(eval_prompts[x]) / np.linalg.norm(pair_prompts[i])
+                      for i in range(n)]
+            near = sorted(range(n), key=lambda i: -cosine[i])[:neighbours]
+            moved, norm = np.zeros(n_concepts), 0.0
+            for i in near:
+                moved += math.exp(lp_c[i]) * (chosen[i] - m[x]) - math.exp(lp_r[i]) * (rejected[i] - m[x])
+                norm += math.exp(lp_c[i]) + math.exp(lp_r[i])
+            expected += moved / norm
+        got = local_first_order_shift(chosen, rejected, lp_c, lp_r, pair_prompts, eval_prompts, m,
+                                      neighbours=neighbours, chunk=3)
+        np.testing.assert_allclose(got, expected / n_prompts, rtol=1e-10)
+    # every pair a neighbour of every prompt, one centre for all: the global first-order prediction
+    same = np.repeat(m[:1], n_prompts, axis=0)
+    np.testing.assert_allclose(local_first_order_shift(chosen, rejected, lp_c, lp_r, pair_prompts, eval_prompts, same,
+                                                       neighbours=10 * n),
+                               first_order_shift(chosen, rejected, lp_c, lp_r, m[0]), rtol=1e-10)
+    with pytest.raises(ValueError, match="neighbours"):
+        local_first_order_shift(chosen, rejected, lp_c, lp_r, pair_prompts, eval_prompts, m, neighbours=0)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        local_first_order_shift(chosen, rejected, lp_c, lp_r, pair_prompts[:, :3], eval_prompts, m)
 
 
 def test_measured_shifts_and_agreement():

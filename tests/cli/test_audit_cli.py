@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -135,9 +136,11 @@ def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, cap
     assert main(["audit", "check", "--model", str(saved_model), "--trained", str(tmp_path / "m1-project"), "--data", str(data), "--audit",
                  str(out), "--prompts", str(prompts), "--samples", "2", "--max-new-tokens", "8", "--format", "raw",
                  "--no-progress"]) == 0
-    assert "prediction check (first_order) over" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "prediction check (first_order) over" in printed and "prediction check (local_first_order) over" in printed
     check = json.loads((out / "prediction.json").read_text())
     assert check["agreement"]["first_order"]["n"] == len(check["concepts"]) >= 3 and check["n_pairs_weighted"] == 48
+    assert check["neighbours"] == 20 and all(math.isfinite(c["predicted_local_first_order"]) for c in check["concepts"])
     page = (out / "audit.html").read_text()
     assert "Prediction check" in page and "data:image/png;base64," in page and "Concepts over all pairs" in page and (out / "prediction.png").stat().st_size > 1000
 
