@@ -244,6 +244,11 @@ def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = N
                   f"samples of M0 and of {html.escape(prediction['trained'])}; measured shift = M1 − M0, read "
                   "through M0 and the SAE.</p>",
                   html_table(["prediction", "concepts", "R²", "Pearson r", "Spearman ρ", "slope"], rows)]
+        sweep = prediction.get("local_first_order_by_neighbours", [])
+        if sweep:
+            parts.append("<p>The local prediction at other neighbour counts (pairs per prompt; the table uses "
+                         f"{prediction.get('neighbours')}): "
+                         + ", ".join(f"{row['neighbours']}: R² {row['r2']:.3f}" for row in sweep) + ".</p>")
         if figure is not None:
             parts.append(f"<img alt='predicted against measured shifts' src='{png_data_uri(figure)}'>")
     parts += [render_cards_html(doc.get("cards", [])), "</body></html>\n"]

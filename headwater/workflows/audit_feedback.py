@@ -122,6 +122,9 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
     return {"out": str(out_dir), **{k: v for k, v in record.items() if k != "decisions"}}
 
 
+NEIGHBOUR_SWEEP = (5, 10, 20, 50, 100, 300)  # neighbour counts the check also reports, beside the one asked for
+
+
 def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Path, data: str, prompts: Sequence[Any],
                       samples: int = 4, max_new_tokens: int = 64, temperature: float = 0.7, seed: int = 0,
                       n_latents: int = 50, max_pairs: int = 20_000, neighbours: int = 20, split: str | None = None,
@@ -136,7 +139,9 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     nearest pairs, centred on M0's generations to that prompt; the figure plots this one). M0's
     token likelihoods are read on at most ``max_pairs`` pairs, a seeded sample of the audited data,
     and the local prediction draws its neighbours from those. Concepts: the audit's reported
-    concepts and its top ``n_latents`` significant latents.
+    concepts and its top ``n_latents`` significant latents. ``local_first_order_by_neighbours``
+    repeats the local prediction's agreement at the counts of ``NEIGHBOUR_SWEEP``, so a reader
+    sees how much that one setting matters.
     """
     audit = Path(audit_dir)
     doc = _audit(audit)
@@ -178,6 +183,8 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     rows = [row_of.get(pid) for pid in likelihood["pair_ids"]]
     usable = np.array([r is not None for r in rows])
     index = np.array([r for r in rows if r is not None], dtype=np.int64)
+    pair_prompts = store.prompt_rows(index)
+    eval_prompts = prompt_representations(m0, tokenizer, prompts, layer, settings)
     by_prompt = np.stack([acts["m0"][np.asarray(owners) == p].mean(axis=0) for p in range(len(prompts))])
     predictions = {
         "delta": np.array([concepts[n][1] for n in names]),
@@ -185,10 +192,14 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
                                          likelihood["rejected"][usable], acts["m0"].mean(axis=0)),
         "local_first_order": local_first_order_shift(
             chosen[index], rejected[index], likelihood["chosen"][usable], likelihood["rejected"][usable],
-            store.prompt_rows(index), prompt_representations(m0, tokenizer, prompts, layer, settings), by_prompt,
-            neighbours=neighbours),
+            pair_prompts, eval_prompts, by_prompt, neighbours=neighbours),
     }
     scores = {kind: agreement(values, shifts["shift"]) for kind, values in predictions.items()}
+    # how much the one setting matters: the same check at other neighbour counts (cheap: no sampling)
+    counts = sorted({min(k, int(usable.sum())) for k in (*NEIGHBOUR_SWEEP, neighbours)})
+    sweep = [{"neighbours": k, **agreement(local_first_order_shift(
+        chosen[index], rejected[index], likelihood["chosen"][usable], likelihood["rejected"][usable],
+        pair_prompts, eval_prompts, by_prompt, neighbours=k), shifts["shift"])} for k in counts]
     table = [{"concept": n, "latents": concepts[n][0], "predicted_delta": float(predictions["delta"][k]),
               "predicted_first_order": float(predictions["first_order"][k]),
               "predicted_local_first_order": float(predictions["local_first_order"][k]),
@@ -199,6 +210,7 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     result = {"agreement": scores, "concepts": table, "n_prompts": len(prompts), "samples": samples,
               "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
               "n_pairs_weighted": int(usable.sum()), "neighbours": min(neighbours, int(usable.sum())),
+              "local_first_order_by_neighbours": sweep,
               "trained": str(trained_path)}
     figure = agreement_figure(names, predictions["local_first_order"], shifts, scores["local_first_order"],
                               xlabel=f"predicted shift (local first order, {result['neighbours']} pairs per prompt)")

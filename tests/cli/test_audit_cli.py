@@ -141,8 +141,10 @@ def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, cap
     check = json.loads((out / "prediction.json").read_text())
     assert check["agreement"]["first_order"]["n"] == len(check["concepts"]) >= 3 and check["n_pairs_weighted"] == 48
     assert check["neighbours"] == 20 and all(math.isfinite(c["predicted_local_first_order"]) for c in check["concepts"])
+    sweep = {row["neighbours"]: row for row in check["local_first_order_by_neighbours"]}
+    assert sorted(sweep) == [5, 10, 20, 48] and sweep[20]["r2"] == check["agreement"]["local_first_order"]["r2"]
     page = (out / "audit.html").read_text()
-    assert "Prediction check" in page and "data:image/png;base64," in page and "Concepts over all pairs" in page and (out / "prediction.png").stat().st_size > 1000
+    assert "Prediction check" in page and "other neighbour counts" in page and "data:image/png;base64," in page and "Concepts over all pairs" in page and (out / "prediction.png").stat().st_size > 1000
 
 
 def test_active_spans_join_sub_word_tokens():
