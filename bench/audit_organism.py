@@ -12,8 +12,9 @@ Steps (each cached in --out, so a rerun resumes):
    over all pairs, and among the top 10 conditional ones: precision of the concept's top-|set|
    pairs (by chosen − rejected activation, within its prompt word for a conditional concept) and
    its AUROC;
-4. the prediction check on the organism's own M1 (held-out test prompts, 4 samples): R² of both
-   predictions (the data's Δ, and the first-order one);
+4. the prediction check on the organism's own M1 (held-out test prompts, 4 samples): R² of the
+   three predictions (the data's Δ, the first-order one, and the local first-order one with its
+   neighbour sweep in the audit directory's prediction.json);
 5. a person's decision, simulated: the first concept (in |d| order) whose card label, the text
    spans it is most active on, shows the sign-off's words ("Hope", "helps") is marked suppress; then M0 is retrained four ways with the organism recipe:
    unchanged data (the baseline), the data intervention (carriers filtered), the feature
