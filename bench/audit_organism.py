@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from headwater.audit.clusters import prompt_topics
 from headwater.audit.features import FeatureStore
 from headwater.audit.interventions import concept_differences
 from headwater.audit.sae_training import SAETrainingConfig
@@ -61,43 +62,63 @@ def planted_sets(org) -> dict[str, set[str]]:
 
 
 def match_concepts(concepts: list[dict], doc: dict, store: FeatureStore, sets: dict[str, set[str]],
-                   prompts: dict[str, str]) -> dict:
-    """For each planted set, the concept among the top ``top`` whose pair ranking finds it best.
+                   prompts: dict[str, str], topics: np.ndarray | None = None) -> dict:
+    """For each planted set, the concept among ``concepts`` whose pair ranking finds it best.
 
-    A concept ranks pairs by its chosen − rejected activation; a conditional concept
-    (``f<latent> | '<word>'``) ranks only the pairs whose prompt has its word (the others last).
+    A concept ranks pairs by its chosen − rejected activation in the direction of its d (a
+    concept with negative d by rejected − chosen); a conditional concept (``f<latent> | '<word>'``)
+    ranks only the pairs whose prompt has its word, a topic concept (``t<topic>/c<cluster>``,
+    ``topics`` [n_pairs] in store order) only its topic's pairs (the others last).
     """
     ids, diffs, typical = concept_differences(store, [c["latents"] for c in concepts],
                                               pooling=doc["config"]["pooling"])
+
+    def scope(c: dict) -> np.ndarray | None:
+        if c.get("word"):
+            return np.array([c["word"] in words(prompts[pid]) for pid in ids])
+        if "/" in c["concept"] and topics is not None:
+            return topics == int(c["concept"].split("/")[0][1:])
+        return None
+
     out = {}
     for name, members in sets.items():
         y = np.array([pid in members for pid in ids])
         best = None
         for k, c in enumerate(concepts):
-            score = diffs[:, k].copy()
-            if c.get("word"):
-                inside = np.array([c["word"] in words(prompts[pid]) for pid in ids])
+            score = (1.0 if c["d"] >= 0 else -1.0) * diffs[:, k]
+            inside = scope(c)
+            if inside is not None:
                 score[~inside] = -np.inf
             order = np.argsort(-score, kind="stable")[: int(y.sum())]
             precision = float(y[order].mean()) if y.sum() else float("nan")
             finite = np.where(np.isfinite(score), score, np.nanmin(score[np.isfinite(score)]) - 1)
             auroc = float(roc_auc_score(y, finite)) if 0 < y.sum() < y.size else float("nan")
             if best is None or precision > best["precision_at_n"]:
-                best = {"concept": c["concept"], "kind": c["kind"], "rank": k + 1, "d": c["d"], "q": c["q"],
-                        "n_pairs": c["n_pairs"], "latents": c["latents"], "precision_at_n": precision, "auroc": auroc,
-                        "n": int(y.sum()), "label": next((card["label"] for card in doc["cards"]
-                                                          if card["concept"] == c["concept"]), None)}
-        # Its carriers (chosen − rejected above half its typical value, within its prompt word):
-        # how many are planted, and how much of the planted set they cover.
+                best = {"concept": c["concept"], "kind": c.get("kind", "topic cluster"), "rank": k + 1, "d": c["d"],
+                        "q": c["q"], "n_pairs": c.get("n_pairs"), "latents": c["latents"], "precision_at_n": precision,
+                        "auroc": auroc, "n": int(y.sum()),
+                        "label": next((card["label"] for card in doc["cards"]
+                                       if card["concept"] == c["concept"].split("/")[-1]), None)}
+        # Its carriers (the difference, in the direction of d, above half its typical value, within
+        # its scope): how many are planted, and how much of the planted set they cover.
         k = best["rank"] - 1
-        carry = diffs[:, k] > 0.5 * typical[k]
-        if concepts[k].get("word"):
-            carry &= np.array([concepts[k]["word"] in words(prompts[pid]) for pid in ids])
+        carry = (1.0 if concepts[k]["d"] >= 0 else -1.0) * diffs[:, k] > 0.5 * typical[k]
+        inside = scope(concepts[k])
+        if inside is not None:
+            carry &= inside
         hits = int((carry & y).sum())
         best.update(carriers=int(carry.sum()), carrier_precision=hits / max(int(carry.sum()), 1),
                     carrier_recall=hits / max(int(y.sum()), 1))
         out[name] = best
     return out
+
+
+def topic_concepts(doc: dict, top: int = 10) -> list[dict]:
+    """The audit's top significant topic × cluster concepts by |d|, each with its cluster's latents
+    (audit.json lists every cluster)."""
+    latents = {c["concept"]: c["latents"] for c in doc["clusters"]}
+    rows = sorted(doc["topic_clusters"], key=lambda r: -abs(r["d"]))[:top]
+    return [{**r, "latents": latents[r["concept"].split("/")[1]]} for r in rows]
 
 
 def evaluate(model_dir: Path, org, tokenizer_dir: Path, samples: int, seed: int) -> dict:
@@ -146,9 +167,11 @@ def main() -> int:
     doc = json.loads((out / "audit" / "audit.json").read_text())
     store = FeatureStore.open(out / "audit" / "features")
     prompt_of = {p.pair_id: p.prompt for p in org.load_preferences()}
+    topics = prompt_topics(store, doc["config"]["n_topics"], seed=doc["config"]["seed"])  # as the audit made them
     matches = {"over_all_pairs": match_concepts(doc["concepts"][:10], doc, store, planted_sets(org), prompt_of),
                "conditional": match_concepts(doc["conditional_concepts"][:10], doc, store, planted_sets(org),
-                                             prompt_of)}
+                                             prompt_of),
+               "topic_clusters": match_concepts(topic_concepts(doc), doc, store, planted_sets(org), prompt_of, topics)}
 
     t = time.perf_counter()
     prompts = [p for b in org.test_prompts.values() for c in b.values() for p in c]
