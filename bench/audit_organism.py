@@ -9,9 +9,9 @@ Steps (each cached in --out, so a rerun resumes):
 2. a BatchTopK SAE on M0's response tokens at ℓ (``headwater sae train``'s defaults);
 3. the audit (``headwater audit run``): for each planted set (the sign-off pairs and the three
    behaviours' pairs) the best-matching concept among the top 10 significant concepts by |d|
-   over all pairs, and among the top 10 conditional ones: precision of the concept's top-|set|
-   pairs (by chosen − rejected activation, within its prompt word for a conditional concept) and
-   its AUROC;
+   over all pairs, among the top 10 conditional ones and among the top 10 topic concepts:
+   precision of the concept's top-|set| pairs (by chosen − rejected activation in the direction of
+   its d, within its prompt word or topic) and its AUROC;
 4. the prediction check on the organism's own M1 (held-out test prompts, 4 samples): R² of the
    three predictions (the data's Δ, the first-order one, and the local first-order one with its
    neighbour sweep in the audit directory's prediction.json);
@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from headwater.audit.clusters import prompt_topics
 from headwater.audit.features import FeatureStore
 from headwater.audit.interventions import concept_differences
 from headwater.audit.sae_training import SAETrainingConfig
@@ -97,8 +96,8 @@ def match_concepts(concepts: list[dict], doc: dict, store: FeatureStore, sets: d
                 best = {"concept": c["concept"], "kind": c.get("kind", "topic cluster"), "rank": k + 1, "d": c["d"],
                         "q": c["q"], "n_pairs": c.get("n_pairs"), "latents": c["latents"], "precision_at_n": precision,
                         "auroc": auroc, "n": int(y.sum()),
-                        "label": next((card["label"] for card in doc["cards"]
-                                       if card["concept"] == c["concept"].split("/")[-1]), None)}
+                        "label": next((card["label"] for card in doc["cards"] if card["concept"] == c["concept"]),
+                                      None)}
         # Its carriers (the difference, in the direction of d, above half its typical value, within
         # its scope): how many are planted, and how much of the planted set they cover.
         k = best["rank"] - 1
@@ -111,14 +110,6 @@ def match_concepts(concepts: list[dict], doc: dict, store: FeatureStore, sets: d
                     carrier_recall=hits / max(int(y.sum()), 1))
         out[name] = best
     return out
-
-
-def topic_concepts(doc: dict, top: int = 10) -> list[dict]:
-    """The audit's top significant topic × cluster concepts by |d|, each with its cluster's latents
-    (audit.json lists every cluster)."""
-    latents = {c["concept"]: c["latents"] for c in doc["clusters"]}
-    rows = sorted(doc["topic_clusters"], key=lambda r: -abs(r["d"]))[:top]
-    return [{**r, "latents": latents[r["concept"].split("/")[1]]} for r in rows]
 
 
 def evaluate(model_dir: Path, org, tokenizer_dir: Path, samples: int, seed: int) -> dict:
@@ -167,11 +158,12 @@ def main() -> int:
     doc = json.loads((out / "audit" / "audit.json").read_text())
     store = FeatureStore.open(out / "audit" / "features")
     prompt_of = {p.pair_id: p.prompt for p in org.load_preferences()}
-    topics = prompt_topics(store, doc["config"]["n_topics"], seed=doc["config"]["seed"])  # as the audit made them
+    topics = np.array(doc["pair_topics"])
     matches = {"over_all_pairs": match_concepts(doc["concepts"][:10], doc, store, planted_sets(org), prompt_of),
                "conditional": match_concepts(doc["conditional_concepts"][:10], doc, store, planted_sets(org),
                                              prompt_of),
-               "topic_clusters": match_concepts(topic_concepts(doc), doc, store, planted_sets(org), prompt_of, topics)}
+               "topic_concepts": match_concepts(doc["topic_concepts"][:10], doc, store, planted_sets(org), prompt_of,
+                                                topics)}
 
     t = time.perf_counter()
     prompts = [p for b in org.test_prompts.values() for c in b.values() for p in c]

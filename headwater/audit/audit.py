@@ -106,6 +106,19 @@ class AuditResult:
         keep = self.conditional.significant(self.config.alpha)[:top]
         return [{**rows[int(i)], "kind": "conditional", "latents": [rows[int(i)]["latent"]]} for i in keep]
 
+    def topic_concepts(self, top: int = 20) -> list[dict[str, Any]]:
+        """The top significant topic concepts by |d|: a co-activation cluster within one prompt
+        topic (``t<topic>/c<cluster>``), its statistics over that topic's pairs only."""
+        if self.topic_clusters is None:
+            return []
+        out = []
+        for i in self.topic_clusters.significant(self.config.alpha)[:top]:
+            row = self.topic_clusters.row(int(i))
+            topic, cluster = (int(part[1:]) for part in str(row["concept"]).split("/"))
+            out.append({**row, "kind": "topic", "topic": topic, "topic_label": self.topic_names.get(topic, ""),
+                        "latents": self.cluster_latents[cluster]})
+        return out
+
     def to_json(self, top: int = 50) -> dict[str, Any]:
         significant = self.significant_features()
         topic_rows = []
@@ -120,6 +133,9 @@ class AuditResult:
             "clusters": [{**self.clusters.row(k), "latents": c} for k, c in enumerate(self.cluster_latents)],
             "topics": [{"topic": t, "label": name, "pairs": int(counts[t])} for t, name in self.topic_names.items()],
             "topic_clusters": topic_rows[:top],
+            "topic_concepts": self.topic_concepts(top),
+            # each encoded pair's topic, in feature-directory order (topic concepts act within it)
+            "pair_topics": [int(t) for t in self.topics],
             "conditional_concepts": self.conditional_concepts(top),
             "conditional": contest_rows(self.conditional, self.contests),
             "features": {k: self.store_manifest.get(k) for k in ("layer", "d_sae", "sae_fingerprint",

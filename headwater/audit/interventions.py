@@ -1,6 +1,7 @@
 """Interventions from the feedback file (method.md §6, step 4).
 
-A conditional concept (``f<latent> | '<word>'``) acts only on the pairs whose prompt has its word.
+A conditional concept (``f<latent> | '<word>'``) acts only on the pairs whose prompt has its word,
+a topic concept (``t<topic>/c<cluster>``) only on the pairs of its prompt topic.
 
 *Data*: the pairs that carry a concept (its pooled activation is higher on the chosen side by at
 least ``margin`` × its typical active value, the mean of its non-zero pooled values; by default
@@ -32,6 +33,7 @@ from headwater.methods.interventions import Mode, intervene
 
 ACTING = ("suppress", "amplify")
 _CONDITION = re.compile(r"\|\s*'(.+)'\s*$")
+_TOPIC = re.compile(r"t(\d+)/c\d+")
 
 
 def condition_word(concept: str) -> str | None:
@@ -40,8 +42,23 @@ def condition_word(concept: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _in_scope(decision: Decision, ids: Sequence[str], prompts: dict[str, Any] | None) -> np.ndarray:
-    """[n] bool: the pairs a decision acts on (all, or those whose prompt has its word)."""
+def concept_topic(concept: str) -> int | None:
+    """The prompt topic of a topic concept's name (``t3/c11`` → 3), else None."""
+    found = _TOPIC.fullmatch(concept.strip())
+    return int(found.group(1)) if found else None
+
+
+def _in_scope(decision: Decision, ids: Sequence[str], prompts: dict[str, Any] | None,
+              topics: dict[str, int] | None = None) -> np.ndarray:
+    """[n] bool: the pairs a decision acts on (all; those whose prompt has its word, for a
+    conditional concept; those of its prompt topic, for a topic concept)."""
+    topic = concept_topic(decision.concept)
+    if topic is not None:
+        if topics is None:
+            raise ValueError(f"{decision.concept} acts within prompt topic {topic}: the pairs' topics are needed "
+                             "(audit.json's pair_topics; audits made before topic concepts lack them: run "
+                             "`headwater audit run` again)")
+        return np.array([topics.get(pid) == topic for pid in ids], dtype=bool)
     word = condition_word(decision.concept)
     if word is None:
         return np.ones(len(ids), dtype=bool)
@@ -70,17 +87,19 @@ class Carriers:
 
 
 def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: float = 1.0,
-             pooling: str = "mean", prompts: dict[str, Any] | None = None) -> Carriers:
+             pooling: str = "mean", prompts: dict[str, Any] | None = None,
+             topics: dict[str, int] | None = None) -> Carriers:
     """Pairs that carry a suppressed concept on the chosen side, or an amplified one on the
     rejected side (difference beyond ``margin`` × the concept's typical active value); for a
-    conditional concept, among the pairs whose prompt (``prompts[pair_id]``) has its word."""
+    conditional concept, among the pairs whose prompt (``prompts[pair_id]``) has its word; for a
+    topic concept, among the pairs of its topic (``topics[pair_id]``)."""
     acting = [d for d in decisions if d.decision in ACTING]
     ids, diffs, typical = concept_differences(store, [d.latents for d in acting], pooling=pooling)
     chosen: set[int] = set()
     counts = {}
     for k, d in enumerate(acting):
         signed = diffs[:, k] if d.decision == "suppress" else -diffs[:, k]
-        scope = _in_scope(d, ids, prompts)
+        scope = _in_scope(d, ids, prompts, topics)
         hit = np.flatnonzero(scope & (signed > margin * typical[k])) if typical[k] > 0 else np.zeros(0, dtype=int)
         counts[d.concept] = int(hit.size)
         chosen.update(hit.tolist())
@@ -88,8 +107,8 @@ def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: floa
 
 
 def data_intervention(dataset: PreferenceDataset, decisions: Sequence[Decision], store: FeatureStore, *,
-                      mode: Mode = "filter", weight: float = 0.0, margin: float = 1.0, pooling: str = "mean"
-                      ) -> tuple[PreferenceDataset, dict[str, Any]]:
+                      mode: Mode = "filter", weight: float = 0.0, margin: float = 1.0, pooling: str = "mean",
+                      topics: dict[str, int] | None = None) -> tuple[PreferenceDataset, dict[str, Any]]:
     """Filter, switch or reweight the carriers of the acted-on concepts (see :func:`carriers`).
 
     Returns the changed dataset and the intervention manifest with the decisions and per-concept
@@ -97,7 +116,7 @@ def data_intervention(dataset: PreferenceDataset, decisions: Sequence[Decision],
     when encoding) are never changed.
     """
     prompts = {p.pair_id: p.prompt for p in dataset}
-    found = carriers(decisions, store, margin=margin, pooling=pooling, prompts=prompts)
+    found = carriers(decisions, store, margin=margin, pooling=pooling, prompts=prompts, topics=topics)
     carrying = set(found.pair_ids)
     in_data = [p.pair_id for p in dataset]
     missing = carrying - set(in_data)
@@ -121,7 +140,7 @@ def concept_directions(sae: SparseAutoencoder, latents: Sequence[int]) -> torch.
 
 
 def margin_offsets(decisions: Sequence[Decision], store: FeatureStore, dataset: PreferenceDataset, *,
-                   strength: float = 1.0, pooling: str = "mean") -> list[float]:
+                   strength: float = 1.0, pooling: str = "mean", topics: dict[str, int] | None = None) -> list[float]:
     """Per pair of ``dataset``: Σ over acted-on concepts of ±strength·(a(chosen) − a(rejected)) /
     typical value; + for suppress (the concept's share of the margin is granted, so DPO need not
     learn it), − for amplify. Pairs without features get 0."""
@@ -131,11 +150,11 @@ def margin_offsets(decisions: Sequence[Decision], store: FeatureStore, dataset: 
     total = np.zeros(len(ids))
     for k, d in enumerate(acting):
         if typical[k] > 0:
-            scope = _in_scope(d, ids, prompts)
+            scope = _in_scope(d, ids, prompts, topics)
             total += scope * (1.0 if d.decision == "suppress" else -1.0) * strength * diffs[:, k] / typical[k]
     by_id = dict(zip(ids, total))
     return [float(by_id.get(p.pair_id, 0.0)) for p in dataset]
 
 
-__all__ = ["ACTING", "Carriers", "carriers", "condition_word", "concept_differences", "concept_directions", "data_intervention",
+__all__ = ["ACTING", "Carriers", "carriers", "concept_topic", "condition_word", "concept_differences", "concept_directions", "data_intervention",
            "margin_offsets"]

@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--concepts", type=int, default=20,
                    help="concepts of each list (over all pairs, conditional) in the table and the feedback file "
                         "(default 20)")
-    r.add_argument("--cards", type=int, default=10, help="concepts with a card (default 10)")
+    r.add_argument("--cards", type=int, default=10, help="concepts with a card, per list: over all pairs, conditional, topic (default 10)")
     r.add_argument("--seed", type=int, default=0, help="split halves and topics (default 0)")
     r.add_argument("--label-model", default=None,
                    help="name each carded concept with an LLM: openai:<model> on an OpenAI-compatible server "

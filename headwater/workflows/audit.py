@@ -155,8 +155,10 @@ def audit_dataset(
                        progress=(lambda stage: LOG.info("audit: %s", stage)))
     concepts = result.concepts(top)
     conditional = result.conditional_concepts(top)
+    topical = result.topic_concepts(top)
     used = settings_as_used(settings, pairs)
-    made = concept_cards(model, tokenizer, sae, layer, pairs, concepts[:cards] + conditional[:cards], used)
+    made = concept_cards(model, tokenizer, sae, layer, pairs, concepts[:cards] + conditional[:cards] + topical[:cards],
+                         used)
     labelling = None
     if label_model is not None:
         kind, _, name = label_model.partition(":")
@@ -177,11 +179,14 @@ def audit_dataset(
     atomic.write_text(out / "audit.html", render_audit_html(doc))
     feedback = out / "feedback.tsv"
     if not feedback.exists():
-        write_feedback_template(concepts + conditional, feedback, labels=labels)
+        write_feedback_template(concepts + conditional + topical, feedback, labels=labels)
     table = concept_table(concepts, labels)
     if conditional:
         table += "\n\nConditional concepts (a latent within the prompts that have a word; tested on the other split half):\n"
         table += concept_table(conditional, labels)
+    if topical:
+        table += "\n\nTopic concepts (a cluster within one prompt topic, over that topic's pairs):\n"
+        table += concept_table(topical, labels)
     return {"out": str(out), "n_pairs": doc["n_pairs"], "n_latents_tested": doc["n_latents_tested"],
             "n_latents_significant": doc["n_latents_significant"], "n_clusters": len(result.cluster_latents),
             "n_conditional_significant": len(result.conditional_concepts(10**9)),
@@ -214,7 +219,7 @@ def concept_table(concepts: list[dict[str, Any]], labels: dict[str, str]) -> str
 
 def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = None,
                       figure: bytes | None = None) -> str:
-    """``audit.html``: the summary, both concept tables, the prompt topics, the cards and, once
+    """``audit.html``: the summary, the concept tables, the prompt topics, the cards and, once
     ``headwater audit check`` has run, the prediction check with its figure. Self-contained."""
     import html
 
@@ -234,6 +239,10 @@ def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = N
         parts += ["<h2>Conditional concepts</h2><p>A latent within the prompts that have a word, the word chosen "
                   "on one split half and the statistics computed on the other.</p>",
                   html_table(CONCEPT_COLUMNS, _concept_rows(doc["conditional_concepts"], labels))]
+    if doc.get("topic_concepts"):
+        parts += ["<h2>Topic concepts</h2><p>A co-activation cluster within one prompt topic, its statistics over "
+                  "that topic's pairs (topics listed below).</p>",
+                  html_table(CONCEPT_COLUMNS, _concept_rows(doc["topic_concepts"], labels))]
     parts.append(f"<h2>Prompt topics</h2><ul>{topics}</ul>")
     if prediction is not None:
         from headwater.audit.prediction import png_data_uri

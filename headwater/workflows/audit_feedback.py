@@ -55,6 +55,17 @@ def _audited_sae(doc: dict[str, Any]) -> Any:
     return open_sae(record["path"], sparsify=record["format"] == "sparsify", hookpoint=record.get("hookpoint"))[0]
 
 
+def _pair_topics(doc: dict[str, Any], store: FeatureStore) -> dict[str, int] | None:
+    """Each encoded pair's prompt topic (topic concepts act within it), or None for an audit made
+    before topics were recorded."""
+    topics = doc.get("pair_topics")
+    if topics is None:
+        return None
+    if len(topics) != len(store):
+        raise ValueError(f"audit.json records {len(topics)} pair topics for {len(store)} encoded pairs")
+    return dict(zip(store.pair_ids, (int(t) for t in topics)))
+
+
 def _decisions(audit_dir: Path, feedback: str | Path | None) -> list[Decision]:
     decisions = read_feedback(Path(feedback) if feedback is not None else audit_dir / "feedback.tsv")
     if not any(d.decision in ("suppress", "amplify") for d in decisions):
@@ -74,7 +85,8 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
     if store.manifest["dataset_fingerprint"] != dataset.fingerprint:
         raise ValueError(f"{audit} audited other data (dataset fingerprint differs from {data}'s)")
     result, manifest = data_intervention(dataset, _decisions(audit, feedback), store, mode=mode,  # type: ignore[arg-type]
-                                         weight=weight, margin=margin, pooling=doc["config"]["pooling"])
+                                         weight=weight, margin=margin, pooling=doc["config"]["pooling"],
+                                         topics=_pair_topics(doc, store))
     written = write_intervention(out_dir, result, manifest, formats=formats, overwrite=overwrite)
     return {"out": str(out_dir), "mode": mode, "n_input": manifest["n_input"], "n_changed": manifest["n_changed"],
             "n_output": manifest["n_output"], "carriers_per_concept": manifest["carriers_per_concept"],
@@ -90,8 +102,8 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
     ``mode="project"``: suppressed concepts' directions are projected out at ℓ (amplified ones
     added with scale ``strength``); ``mode="offset"``: reward shaping with margin offsets of
     ``strength`` per typical activation. A conditional concept's offsets apply only to the pairs
-    whose prompt has its word, but its direction is projected out on every prompt (a residual
-    edit does not see the prompt's words).
+    whose prompt has its word, a topic concept's only to its topic's pairs, but their directions
+    are projected out on every prompt (a residual edit does not see the prompt).
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"mode must be one of {FEATURE_MODES}, got {mode!r}")
@@ -115,7 +127,8 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
         record["n_directions"] = len(latents)
     else:
         store = FeatureStore.open(audit / "features")
-        offsets = margin_offsets(decisions, store, dataset, strength=strength, pooling=doc["config"]["pooling"])
+        offsets = margin_offsets(decisions, store, dataset, strength=strength, pooling=doc["config"]["pooling"],
+                                 topics=_pair_topics(doc, store))
         record["offsets"] = {"n_nonzero": int(sum(o != 0 for o in offsets)), "min": min(offsets), "max": max(offsets)}
     retrain(model_path, dataset, out_dir, config=config, overwrite=overwrite, device=device, progress=progress,
             margin_offsets=offsets, residual_edit=edit, feature_intervention=record)

@@ -3,6 +3,7 @@ with the word chosen on one half and tested on the other."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -73,3 +74,23 @@ def test_a_conditional_decision_acts_only_within_its_prompts(tmp_path):
     assert within.pair_ids and all("expert" in by_id[pid] for pid in within.pair_ids)
     assert len(within.pair_ids) == sum("expert" in p for p in prompts)
     assert everywhere.pair_ids and not any("expert" in by_id[pid] for pid in everywhere.pair_ids)
+
+
+def test_a_topic_decision_acts_only_within_its_topic(tmp_path):
+    from headwater.audit.cards import Decision
+    from headwater.audit.interventions import carriers, concept_topic, margin_offsets
+    from headwater.data import PreferenceDataset, PreferencePair
+
+    store, prompts = synthetic_store(tmp_path)
+    assert concept_topic("t3/c11") == 3 and concept_topic("c3") is None and concept_topic("f2 | 'expert'") is None
+    # the "expert" prompts as one topic: latent 2, rejected over all pairs, is preferred within it
+    topics = {pid: int("expert" in p) for pid, p in zip(store.pair_ids, prompts)}
+    within = carriers([Decision("t1/c0", "suppress", (2,))], store, margin=0.5, topics=topics)
+    assert within.pair_ids and all(topics[pid] == 1 for pid in within.pair_ids)
+    assert len(within.pair_ids) == sum("expert" in p for p in prompts)
+    with pytest.raises(ValueError, match="topics are needed"):
+        carriers([Decision("t1/c0", "suppress", (2,))], store, margin=0.5)
+    dataset = PreferenceDataset([PreferencePair(pid, p, "a", "b") for pid, p in zip(store.pair_ids, prompts)])
+    offsets = margin_offsets([Decision("t0/c0", "suppress", (2,))], store, dataset, topics=topics)
+    assert any(o != 0 for o in offsets)
+    assert all(o == 0 for o, pid in zip(offsets, store.pair_ids) if topics[pid] == 1)

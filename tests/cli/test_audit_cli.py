@@ -43,11 +43,22 @@ def test_sae_train_then_audit(tmp_path, saved_model, capsys):
     assert "48 pairs" in printed and "concept" in printed
     doc = json.loads((out / "audit.json").read_text())
     assert doc["n_pairs"] == 48 and doc["sae"]["layer"] == 2 and len(doc["topics"]) == 3
-    assert len(doc["cards"]) <= 2 and "<html" in (out / "audit.html").read_text()
+    page = (out / "audit.html").read_text()
+    assert "<html" in page and len(doc["cards"]) <= 3 * 2  # --cards per list
     for card in doc["cards"]:
         assert card["examples"] and card["label"]
+    # topic concepts: a cluster within one prompt topic, with its topic and its cluster's latents
+    assert len(doc["pair_topics"]) == 48 and set(doc["pair_topics"]) <= {0, 1, 2}
+    assert doc["topic_concepts"], "the organism-like rows give significant topic concepts"
+    clusters = {c["concept"]: c["latents"] for c in doc["clusters"]}
+    for row in doc["topic_concepts"]:
+        topic, cluster = row["concept"].split("/")
+        assert row["kind"] == "topic" and row["topic"] == int(topic[1:]) and row["latents"] == clusters[cluster]
+        assert row["n_pairs"] == doc["pair_topics"].count(row["topic"])
+    assert "Topic concepts" in page and "within prompt topic" in page
     decisions = read_feedback(out / "feedback.tsv")
-    assert {d.decision for d in decisions} <= {"keep"} and len(decisions) == len(doc["concepts"][:20])
+    listed = doc["concepts"][:20] + doc["conditional_concepts"][:20] + doc["topic_concepts"][:20]
+    assert {d.decision for d in decisions} <= {"keep"} and [d.concept for d in decisions] == [c["concept"] for c in listed]
     # an edited feedback file is left alone by a second run, which reuses the features
     (out / "feedback.tsv").write_text((out / "feedback.tsv").read_text().replace("\tkeep\t", "\tsuppress\t", 1))
     assert main(audit) == 0
