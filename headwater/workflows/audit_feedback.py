@@ -156,6 +156,8 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     repeats the local prediction's agreement at the counts of ``NEIGHBOUR_SWEEP``, so a reader
     sees how much that one setting matters.
     """
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        raise ValueError(f"neighbours must be a positive int, got {neighbours!r}")  # before any sampling
     audit = Path(audit_dir)
     doc = _audit(audit)
     sae = _audited_sae(doc)

@@ -99,3 +99,11 @@ def test_pair_token_likelihoods_equal_one_pair_at_a_time(tiny_llama, tiny_tokeni
         assert got["rejected"][k] == pytest.approx(float(two), rel=1e-5)
     batched = pair_token_likelihoods(tiny_llama, tiny_tokenizer, pairs, settings, batch=8)
     np.testing.assert_allclose(batched["chosen"], got["chosen"], rtol=1e-5)
+
+
+def test_the_check_refuses_a_bad_neighbour_count_before_any_work(tmp_path):
+    from headwater.workflows.audit_feedback import check_predictions
+
+    with pytest.raises(ValueError, match="neighbours must be a positive int"):
+        check_predictions(model_path=str(tmp_path / "none"), trained_path=str(tmp_path / "none"), audit_dir=tmp_path,
+                          data=str(tmp_path / "none.jsonl"), prompts=["a"], neighbours=0)
