@@ -92,17 +92,21 @@ BF16_UNIT_ROUNDOFF = 2.0**-8
 # Force bfloat16 screening on (True) or off (False) for the C++ backend; None: the path the cost
 # model predicts fastest on this machine (the tests run every path everywhere).
 SCREEN: bool | None = None
-SCREEN_BLOCK_BYTES = 16 << 20  # bfloat16 unit key rows screened per GEMM (at least)
-SCREEN_MAX_ROWS = 16384  # key rows per screened block when k asks for more than SCREEN_BLOCK_BYTES
-SCREEN_MAX_BYTES = 64 << 20  # ... and bfloat16 unit rows per block then, at most
+SCREEN_BLOCK_BYTES = 128 << 20  # bfloat16 unit key rows per screened block, at most ...
+SCREEN_MAX_ROWS = 16384  # ... and key rows per screened block, at most
 SCREEN_SCORE_BYTES = 8 << 20  # bfloat16 screening scores per GEMM: they are scanned from cache
 
 
 def screen_block_rows(d: int, k: int) -> int:
-    """Key rows per screened block (before the tile's own limit). A large k gets larger blocks:
-    the keys kept from one block and pushed out by a later one each cost an exact score, about
-    k·(1 + ln(blocks)) per row in all."""
-    return max(256, SCREEN_BLOCK_BYTES // (2 * d), min(8 * k, SCREEN_MAX_ROWS, SCREEN_MAX_BYTES // (2 * d)))
+    """Key rows per screened block (before the tile's and the key count's own limits): as many as
+    SCREEN_MAX_ROWS and SCREEN_BLOCK_BYTES of bfloat16 unit rows allow (16,384 rows up to d =
+    4,096), at least 256. Large blocks pay: the keys kept from one block and pushed out by a later
+    one each cost an exact score, about k·(1 + ln(blocks)) per row in all, and each block costs a
+    merge of the kept set. At d = 4,096, 16,384-row blocks against 2,048-8,000 made searches
+    5-30% faster at every k ≥ 100 measured and no slower at k = 10 (bench/RESULTS.md). ``k`` is
+    kept in the signature for the cost model's callers; a block may be smaller than k (correct,
+    only slower)."""
+    return max(256, min(SCREEN_MAX_ROWS, SCREEN_BLOCK_BYTES // (2 * d)))
 
 
 def _check_k(k: Any) -> int:
@@ -433,11 +437,11 @@ def _cosine_topk_screened(
     xq_np = xq_hat.numpy()
     xq_bf16 = xq_hat.to(torch.bfloat16)
     query_errors, query_norms = screening_bounds(xq_hat, xq_bf16)
-    # Key tiles are screened in sub-blocks (screen_block_rows): the bf16 unit rows stay a few MiB,
-    # and the buffers are allocated once (a fresh tens-of-MiB output per GEMM costs page faults).
-    # Queries go in chunks whose bf16 score block stays in cache (SCREEN_SCORE_BYTES) for the scan
-    # that follows its GEMM.
-    step = min(screen_block_rows(d, k), tile_rows)
+    # Key tiles are screened in blocks of screen_block_rows (up to 128 MiB of bf16 unit rows, never
+    # more rows than there are keys), in buffers allocated once per thread (a fresh output per
+    # GEMM costs page faults). Queries go in chunks whose bf16 score block stays in cache
+    # (SCREEN_SCORE_BYTES) for the scan that follows its GEMM.
+    step = min(screen_block_rows(d, k), tile_rows, max(1, _known_rows(keys, tile_rows)))
     chunk = max(64, min(DEFAULT_QUERY_CHUNK, SCREEN_SCORE_BYTES // (2 * step)))
     chunks = [(start, min(q, start + chunk)) for start in range(0, q, chunk)]
     approx_buffer = _workspace("approx", min(q, chunk) * step, torch.bfloat16)
