@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from headwater.audit.audit import AuditConfig
 from headwater.audit.features import FeatureStore
 from headwater.audit.interventions import concept_differences
 from headwater.audit.sae_training import SAETrainingConfig
@@ -134,6 +135,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=4, help="generations per test prompt")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clusters", choices=("coactivation", "differences"), default="coactivation",
+                        help="the audit's feature clusters (headwater audit run --clusters)")
     parser.add_argument("--control-seeds", type=int, nargs="*", default=[1, 2],
                         help="DPO seeds of extra retrains of the unmodified data: how much the rates move "
                              "from retraining alone")
@@ -153,7 +156,7 @@ def main() -> int:
     timings["sae"] = time.perf_counter() - t
     t = time.perf_counter()
     audit = audit_dataset(model_path=str(org.m0_path), data=data, sae_path=out / "sae", out_dir=out / "audit",
-                          settings=org.settings, progress=False)
+                          config=AuditConfig(clusters=args.clusters), settings=org.settings, progress=False)
     timings["audit"] = time.perf_counter() - t
     doc = json.loads((out / "audit" / "audit.json").read_text())
     store = FeatureStore.open(out / "audit" / "features")

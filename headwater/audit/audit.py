@@ -25,12 +25,19 @@ import numpy as np
 import torch
 
 from headwater.audit.contested import Contest, contest_rows, contested_concepts
-from headwater.audit.clusters import cluster_columns, coactivation_clusters, prompt_topics, topic_labels
+from headwater.audit.clusters import (
+    cluster_columns,
+    coactivation_clusters,
+    difference_clusters,
+    prompt_topics,
+    topic_labels,
+)
 from headwater.audit.features import FeatureStore
 from headwater.audit.statistics import ConceptStatistics, PairedMoments, concatenate, finish, split_half
 from headwater.engine import atomic
 
 POOLINGS = ("mean", "max")
+CLUSTERINGS = ("coactivation", "differences")
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,12 @@ class AuditConfig:
         alpha: the false-discovery rate for "significant" (BH q < alpha, halves agreeing).
         min_active: responses a concept must be active in to be tested.
         min_rate: the share of responses on a side for the side badge to count it.
-        max_cluster_latents: significant latents (by |d|) that enter the co-activation clusters.
-        min_similarity: co-activation (Ochiai) under which clusters are cut apart.
+        max_cluster_latents: significant latents (by |d|) that enter the feature clusters.
+        clusters: ``"coactivation"`` (latents active in the same responses, the paper's reading
+            aid) or ``"differences"`` (latents whose chosen − rejected differences correlate over
+            the pairs; see :mod:`headwater.audit.clusters`).
+        min_similarity: similarity (Ochiai, or Pearson for ``"differences"``) under which clusters
+            are cut apart.
         n_topics: prompt topics.
         seed: split halves and topics.
     """
@@ -53,6 +64,7 @@ class AuditConfig:
     min_active: int = 5
     min_rate: float = 0.05
     max_cluster_latents: int = 200
+    clusters: str = "coactivation"
     min_similarity: float = 0.5
     n_topics: int = 8
     seed: int = 0
@@ -60,6 +72,8 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.clusters not in CLUSTERINGS:
+            raise ValueError(f"clusters must be one of {CLUSTERINGS}, got {self.clusters!r}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
 
@@ -215,7 +229,11 @@ def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, promp
         names = {t: f"topic {t}" for t in range(n_topics)}
     say("co-activation clusters")
     significant = latents.significant(config.alpha)[:config.max_cluster_latents]
-    clusters = coactivation_clusters(store, significant.tolist(), min_similarity=config.min_similarity)
+    if config.clusters == "differences":
+        clusters = difference_clusters(store, significant.tolist(), min_similarity=config.min_similarity,
+                                       pooling=config.pooling)
+    else:
+        clusters = coactivation_clusters(store, significant.tolist(), min_similarity=config.min_similarity)
     say("cluster statistics")
     if clusters:
         cluster_stats, topic_stats = _grouped_statistics(store, config, halves, clusters, topics, n_topics)

@@ -2,7 +2,11 @@
 
 - Feature clusters: for the latents of interest, how often two of them are active in the same
   response (the Ochiai coefficient |A∩B| / √(|A|·|B|) over responses); average-linkage
-  agglomerative clustering cuts the graph where similarity falls under ``min_similarity``.
+  agglomerative clustering cuts the graph where similarity falls under ``min_similarity``. Or,
+  with ``difference_clusters``, how alike their chosen − rejected differences are over the pairs
+  (Pearson correlation), cut the same way: latents taught by the same pairs group together even
+  when one of them also fires elsewhere on both sides (a word of a fixed phrase that is common on
+  its own), which splits co-activation clusters of one phrase into several.
 - Prompt topics: spherical k-means (mini-batch, streamed part by part) on the prompts' mean
   activation at ℓ, labelled by the TF-IDF terms that set a topic's prompts apart.
 
@@ -40,6 +44,11 @@ def coactivation_clusters(store: FeatureStore, latents: Sequence[int], *, min_si
             gram += active.T @ active
     counts = gram.diag().clamp_min(1)
     similarity = (gram / torch.sqrt(counts[:, None] * counts[None, :])).numpy()
+    return _cut(latents, similarity, min_similarity)
+
+
+def _cut(latents: list[int], similarity: np.ndarray, min_similarity: float) -> list[list[int]]:
+    """Average-linkage clusters of ``latents`` under a [m, m] similarity, largest first."""
     np.fill_diagonal(similarity, 1.0)
     labels = AgglomerativeClustering(
         n_clusters=None, metric="precomputed", linkage="average", distance_threshold=1.0 - min_similarity,
@@ -48,6 +57,33 @@ def coactivation_clusters(store: FeatureStore, latents: Sequence[int], *, min_si
     for latent, label in zip(latents, labels):
         clusters.setdefault(int(label), []).append(latent)
     return sorted(clusters.values(), key=lambda c: (-len(c), c[0]))
+
+
+def difference_clusters(store: FeatureStore, latents: Sequence[int], *, min_similarity: float = 0.5,
+                        pooling: str = "mean") -> list[list[int]]:
+    """Clusters of ``latents`` whose chosen − rejected pooled differences correlate over the pairs
+    (Pearson, from streamed float64 sums), largest first (singletons too). A latent whose
+    difference never varies correlates with nothing and stays alone."""
+    latents = list(dict.fromkeys(int(v) for v in latents))
+    if len(latents) < 2:
+        return [latents] if latents else []
+    index = torch.tensor(latents)
+    m = len(latents)
+    n, total, cross = 0, torch.zeros(m, dtype=torch.float64), torch.zeros((m, m), dtype=torch.float64)
+    for block in store.blocks():
+        diff = (_columns(block.chosen, index, store.d_sae, pooling)
+                - _columns(block.rejected, index, store.d_sae, pooling)).double()
+        n += diff.shape[0]
+        total += diff.sum(dim=0)
+        cross += diff.T @ diff
+    if n < 2:
+        return [[v] for v in latents]
+    mean = total / n
+    cov = (cross - n * mean[:, None] * mean[None, :]) / (n - 1)
+    sd = cov.diag().clamp_min(0).sqrt()
+    scale = sd[:, None] * sd[None, :]
+    similarity = torch.where(scale > 0, cov / torch.where(scale > 0, scale, 1.0), 0.0).clamp(-1, 1).numpy().copy()
+    return _cut(latents, similarity, min_similarity)
 
 
 def cluster_columns(features: PooledFeatures, clusters: Sequence[Sequence[int]], d_sae: int, pooling: str

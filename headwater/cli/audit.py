@@ -61,8 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-response pooling of a latent over its tokens (default mean)")
     r.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for significance (default 0.05)")
     r.add_argument("--topics", type=int, default=8, help="prompt topics (default 8)")
+    r.add_argument("--clusters", choices=("coactivation", "differences"), default="coactivation",
+                   help="feature clusters from latents active in the same responses (default) or from latents "
+                        "whose chosen − rejected differences correlate over the pairs")
     r.add_argument("--concepts", type=int, default=20,
-                   help="concepts of each list (over all pairs, conditional) in the table and the feedback file "
+                   help="concepts of each list (over all pairs, conditional, topic) in the table and the feedback file "
                         "(default 20)")
     r.add_argument("--cards", type=int, default=10, help="concepts with a card, per list: over all pairs, conditional, topic (default 10)")
     r.add_argument("--seed", type=int, default=0, help="split halves and topics (default 0)")
@@ -145,7 +148,8 @@ def run_audit(args: argparse.Namespace) -> int:
 
     summary = audit_dataset(
         model_path=args.model, data=args.data, sae_path=args.sae, out_dir=args.out,
-        config=AuditConfig(pooling=args.pooling, alpha=args.alpha, n_topics=args.topics, seed=args.seed),
+        config=AuditConfig(pooling=args.pooling, alpha=args.alpha, n_topics=args.topics, clusters=args.clusters,
+                           seed=args.seed),
         layer=args.layer, sparsify=args.sparsify, hookpoint=args.hookpoint, settings=settings_from(args),
         split=args.split, on_error=args.on_error, dtype=args.dtype, device=args.device,
         max_tokens_per_batch=args.max_tokens_per_batch, top=args.concepts, cards=args.cards, progress=args.progress,
