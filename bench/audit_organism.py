@@ -42,7 +42,7 @@ from sklearn.metrics import roc_auc_score
 
 from headwater.audit.audit import AuditConfig
 from headwater.audit.features import FeatureStore
-from headwater.audit.interventions import concept_differences
+from headwater.audit.interventions import concept_differences, concept_topic
 from headwater.audit.sae_training import SAETrainingConfig
 from headwater.methods.cards import words
 from headwater.methods.evaluation import evaluate_model, paired_bootstrap_ci
@@ -76,8 +76,9 @@ def match_concepts(concepts: list[dict], doc: dict, store: FeatureStore, sets: d
     def scope(c: dict) -> np.ndarray | None:
         if c.get("word"):
             return np.array([c["word"] in words(prompts[pid]) for pid in ids])
-        if "/" in c["concept"] and topics is not None:
-            return topics == int(c["concept"].split("/")[0][1:])
+        topic = concept_topic(c["concept"])
+        if topic is not None and topics is not None:
+            return topics == topic
         return None
 
     out = {}

@@ -52,7 +52,7 @@ def main() -> None:
     for q, d, k in SHAPES:
         xq, xb = torch.randn(q, d), torch.randn(args.n, d)
         chosen, predicted = cost_model.plan_search(rates, q, args.n, d, k, few_max=topk.FEW_QUERIES,
-                                                   screen_block_rows=topk.screen_block_rows(d, k))
+                                                   screen_block_rows=topk.screen_block_rows(d))
         measured = {}
         for path in predicted:
             screen = path == "screen"

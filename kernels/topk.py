@@ -97,15 +97,14 @@ SCREEN_MAX_ROWS = 16384  # ... and key rows per screened block, at most
 SCREEN_SCORE_BYTES = 8 << 20  # bfloat16 screening scores per GEMM: they are scanned from cache
 
 
-def screen_block_rows(d: int, k: int) -> int:
+def screen_block_rows(d: int) -> int:
     """Key rows per screened block (before the tile's and the key count's own limits): as many as
     SCREEN_MAX_ROWS and SCREEN_BLOCK_BYTES of bfloat16 unit rows allow (16,384 rows up to d =
     4,096), at least 256. Large blocks pay: the keys kept from one block and pushed out by a later
     one each cost an exact score, about k·(1 + ln(blocks)) per row in all, and each block costs a
     merge of the kept set. At d = 4,096, 16,384-row blocks against 2,048-8,000 made searches
-    5-30% faster at every k ≥ 100 measured and no slower at k = 10 (bench/RESULTS.md). ``k`` is
-    kept in the signature for the cost model's callers; a block may be smaller than k (correct,
-    only slower)."""
+    5-30% faster at every k ≥ 100 measured and no slower at k = 10 (bench/RESULTS.md). A block
+    may be smaller than k (correct, only slower)."""
     return max(256, min(SCREEN_MAX_ROWS, SCREEN_BLOCK_BYTES // (2 * d)))
 
 
@@ -364,7 +363,7 @@ def _planned_path(ext: Any, q: int, n: int, d: int, k: int, prepared: bool) -> s
     """The C++ path the cost model predicts fastest for this shape on this machine."""
     rates = cost_model.machine_rates(ext)
     path, predicted = cost_model.plan_search(
-        rates, q, n, d, k, few_max=FEW_QUERIES, screen_block_rows=screen_block_rows(d, k), prepared=prepared
+        rates, q, n, d, k, few_max=FEW_QUERIES, screen_block_rows=screen_block_rows(d), prepared=prepared
     )
     costs = ", ".join(f"{name} {seconds * 1e3:.3g} ms" for name, seconds in sorted(predicted.items()))
     _dispatch.log_once("cosine_topk", f"cpp/{path}", f"Q={q} N={n} d={d} k={k}; predicted {costs}")
@@ -441,7 +440,7 @@ def _cosine_topk_screened(
     # more rows than there are keys), in buffers allocated once per thread (a fresh output per
     # GEMM costs page faults). Queries go in chunks whose bf16 score block stays in cache
     # (SCREEN_SCORE_BYTES) for the scan that follows its GEMM.
-    step = min(screen_block_rows(d, k), tile_rows, max(1, _known_rows(keys, tile_rows)))
+    step = min(screen_block_rows(d), tile_rows, max(1, _known_rows(keys, tile_rows)))
     chunk = max(64, min(DEFAULT_QUERY_CHUNK, SCREEN_SCORE_BYTES // (2 * step)))
     chunks = [(start, min(q, start + chunk)) for start in range(0, q, chunk)]
     approx_buffer = _workspace("approx", min(q, chunk) * step, torch.bfloat16)

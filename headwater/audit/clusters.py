@@ -82,7 +82,7 @@ def difference_clusters(store: FeatureStore, latents: Sequence[int], *, min_simi
     cov = (cross - n * mean[:, None] * mean[None, :]) / (n - 1)
     sd = cov.diag().clamp_min(0).sqrt()
     scale = sd[:, None] * sd[None, :]
-    similarity = torch.where(scale > 0, cov / torch.where(scale > 0, scale, 1.0), 0.0).clamp(-1, 1).numpy().copy()
+    similarity = torch.where(scale > 0, cov / torch.where(scale > 0, scale, 1.0), 0.0).clamp(-1, 1).numpy()
     return _cut(latents, similarity, min_similarity)
 
 

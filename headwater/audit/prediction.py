@@ -51,7 +51,7 @@ from headwater.audit.features import pool_codes
 from headwater.audit.sae import SparseAutoencoder
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
 from headwater.engine.tokenization import EncodedResponse, TokenizationSettings, encode_pairs, encode_response, pad_batch
-from headwater.kernels import cosine_topk
+from headwater.kernels import cosine_topk, prepare_keys
 from headwater.training.common import response_logps
 
 
@@ -168,18 +168,49 @@ def local_first_order_shift(chosen: np.ndarray, rejected: np.ndarray, chosen_log
         raise ValueError(f"neighbours must be a positive int, got {neighbours!r}")
     if n == 0 or eval_prompts.shape[0] == 0:
         raise ValueError("the local prediction needs at least one pair and one evaluation prompt")
-    k = min(neighbours, n)
+    near = nearest_pairs(eval_prompts, pair_prompts, neighbours, chunk=chunk)
+    return shift_from_neighbours(chosen, rejected, chosen_logp, rejected_logp, near, eval_m0_means, chunk=chunk)
+
+
+def nearest_pairs(eval_prompts: np.ndarray, pair_prompts: np.ndarray, neighbours: int, *, chunk: int = 256
+                  ) -> np.ndarray:
+    """[P, min(neighbours, n)] int64: each evaluation prompt's nearest pair rows by cosine of the
+    prompt representations, nearest first (ties: lower row first), from the exact top-k kernel. The
+    first k columns are the answer for any smaller count k, so one search serves several counts."""
+    keys = prepare_keys(torch.from_numpy(np.ascontiguousarray(pair_prompts, dtype=np.float32)))  # searched per chunk
+    k = min(neighbours, pair_prompts.shape[0])
+    out = [cosine_topk(torch.from_numpy(np.ascontiguousarray(eval_prompts[start:start + chunk], dtype=np.float32)),
+                       keys, k)[1].numpy() for start in range(0, eval_prompts.shape[0], chunk)]
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def shift_from_neighbours(chosen: np.ndarray, rejected: np.ndarray, chosen_logp: np.ndarray,
+                          rejected_logp: np.ndarray, near: np.ndarray, eval_m0_means: np.ndarray, *,
+                          chunk: int = 256) -> np.ndarray:
+    """[C] the local first-order prediction given each evaluation prompt's neighbour rows ``near``
+    [P, k] (:func:`nearest_pairs`); the other arguments as in :func:`local_first_order_shift`."""
     p_chosen, p_rejected = np.exp(chosen_logp), np.exp(rejected_logp)
-    total = np.zeros(n_concepts)
-    for start in range(0, eval_prompts.shape[0], chunk):
-        _, near = cosine_topk(torch.from_numpy(np.ascontiguousarray(eval_prompts[start:start + chunk], dtype=np.float32)),
-                              torch.from_numpy(np.ascontiguousarray(pair_prompts, dtype=np.float32)), k)
-        near = near.numpy()  # [p, k] pair rows, nearest first
+    total = np.zeros(chosen.shape[1])
+    for start in range(0, near.shape[0], chunk):
+        rows = near[start:start + chunk]  # [p, k] pair rows, nearest first
         m = eval_m0_means[start:start + chunk, None, :]  # [p, 1, C]
-        wc, wr = p_chosen[near], p_rejected[near]  # [p, k]
-        moved = wc[..., None] * (chosen[near] - m) - wr[..., None] * (rejected[near] - m)  # [p, k, C]
+        wc, wr = p_chosen[rows], p_rejected[rows]  # [p, k]
+        moved = wc[..., None] * (chosen[rows] - m) - wr[..., None] * (rejected[rows] - m)  # [p, k, C]
         total += (moved.sum(axis=1) / np.maximum(wc.sum(axis=1) + wr.sum(axis=1), 1e-300)[:, None]).sum(axis=0)
-    return total / eval_prompts.shape[0]
+    return total / near.shape[0]
+
+
+def per_prompt_means(acts: np.ndarray, owner: Sequence[int], prompts: Sequence[int]) -> np.ndarray:
+    """[len(prompts), C]: the mean of ``acts`` [n, C] over the responses to each prompt (``owner``
+    [n] names each response's prompt); a prompt without responses is an error."""
+    owner = np.asarray(owner)
+    means = np.zeros((len(prompts), acts.shape[1]))
+    for j, p in enumerate(prompts):
+        mine = owner == p
+        if not mine.any():
+            raise ValueError(f"prompt {p} has responses from one model only")
+        means[j] = acts[mine].mean(axis=0)
+    return means
 
 
 def measured_shifts(before: np.ndarray, after: np.ndarray, before_prompt: Sequence[int], after_prompt: Sequence[int],
@@ -193,16 +224,7 @@ def measured_shifts(before: np.ndarray, after: np.ndarray, before_prompt: Sequen
             prompt share one).
     """
     prompts = np.unique(np.concatenate([np.asarray(before_prompt), np.asarray(after_prompt)]))
-    def per_prompt(acts: np.ndarray, owner: Sequence[int]) -> np.ndarray:
-        owner = np.asarray(owner)
-        means = np.zeros((prompts.size, acts.shape[1]))
-        for j, p in enumerate(prompts):
-            mine = owner == p
-            if not mine.any():
-                raise ValueError(f"prompt {p} has responses from one model only")
-            means[j] = acts[mine].mean(axis=0)
-        return means
-    diff = per_prompt(after, after_prompt) - per_prompt(before, before_prompt)  # [P, C]
+    diff = per_prompt_means(after, after_prompt, prompts) - per_prompt_means(before, before_prompt, prompts)  # [P, C]
     rng = np.random.default_rng(seed)
     boots = np.stack([diff[rng.integers(0, prompts.size, prompts.size)].mean(axis=0) for _ in range(n_boot)])
     low, high = np.quantile(boots, [0.025, 0.975], axis=0)
@@ -254,4 +276,5 @@ def png_data_uri(png: bytes) -> str:
 
 
 __all__ = ["agreement", "agreement_figure", "concept_activations", "first_order_shift", "local_first_order_shift",
-           "measured_shifts", "pair_token_likelihoods", "png_data_uri", "prompt_representations"]
+           "measured_shifts", "nearest_pairs", "pair_token_likelihoods", "per_prompt_means", "png_data_uri",
+           "prompt_representations", "shift_from_neighbours"]

@@ -24,10 +24,12 @@ from headwater.audit.prediction import (
     agreement_figure,
     concept_activations,
     first_order_shift,
-    local_first_order_shift,
     measured_shifts,
+    nearest_pairs,
     pair_token_likelihoods,
+    per_prompt_means,
     prompt_representations,
+    shift_from_neighbours,
 )
 from headwater.data import load_preferences
 from headwater.engine import atomic
@@ -200,21 +202,22 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     index = np.array([r for r in rows if r is not None], dtype=np.int64)
     pair_prompts = store.prompt_rows(index)
     eval_prompts = prompt_representations(m0, tokenizer, prompts, layer, settings)
-    by_prompt = np.stack([acts["m0"][np.asarray(owners) == p].mean(axis=0) for p in range(len(prompts))])
+    by_prompt = per_prompt_means(acts["m0"], owners, range(len(prompts)))
+    sides = (chosen[index], rejected[index], likelihood["chosen"][usable], likelihood["rejected"][usable])
+    # one neighbour search serves the default and the sweep's other counts (the first k columns)
+    counts = sorted({min(k, int(usable.sum())) for k in (*NEIGHBOUR_SWEEP, neighbours)})
+    near = nearest_pairs(eval_prompts, pair_prompts, max(counts))
+    def local(k: int) -> np.ndarray:
+        return shift_from_neighbours(*sides, near[:, :k], by_prompt)
+
     predictions = {
         "delta": np.array([concepts[n][1] for n in names]),
-        "first_order": first_order_shift(chosen[index], rejected[index], likelihood["chosen"][usable],
-                                         likelihood["rejected"][usable], acts["m0"].mean(axis=0)),
-        "local_first_order": local_first_order_shift(
-            chosen[index], rejected[index], likelihood["chosen"][usable], likelihood["rejected"][usable],
-            pair_prompts, eval_prompts, by_prompt, neighbours=neighbours),
+        "first_order": first_order_shift(*sides, acts["m0"].mean(axis=0)),
+        "local_first_order": local(min(neighbours, int(usable.sum()))),
     }
     scores = {kind: agreement(values, shifts["shift"]) for kind, values in predictions.items()}
     # how much the one setting matters: the same check at other neighbour counts (cheap: no sampling)
-    counts = sorted({min(k, int(usable.sum())) for k in (*NEIGHBOUR_SWEEP, neighbours)})
-    sweep = [{"neighbours": k, **agreement(local_first_order_shift(
-        chosen[index], rejected[index], likelihood["chosen"][usable], likelihood["rejected"][usable],
-        pair_prompts, eval_prompts, by_prompt, neighbours=k), shifts["shift"])} for k in counts]
+    sweep = [{"neighbours": k, **agreement(local(k), shifts["shift"])} for k in counts]
     table = [{"concept": n, "latents": concepts[n][0], "predicted_delta": float(predictions["delta"][k]),
               "predicted_first_order": float(predictions["first_order"][k]),
               "predicted_local_first_order": float(predictions["local_first_order"][k]),
