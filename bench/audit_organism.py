@@ -42,7 +42,9 @@ from sklearn.metrics import roc_auc_score
 
 from headwater.audit.audit import AuditConfig
 from headwater.audit.features import FeatureStore
-from headwater.audit.interventions import concept_differences, concept_topic
+from headwater.audit.cards import Decision
+from headwater.audit.clusters import load_centroids
+from headwater.audit.interventions import concept_topic, decision_differences
 from headwater.audit.sae_training import SAETrainingConfig
 from headwater.methods.cards import words
 from headwater.methods.evaluation import evaluate_model, paired_bootstrap_ci
@@ -62,16 +64,18 @@ def planted_sets(org) -> dict[str, set[str]]:
 
 
 def match_concepts(concepts: list[dict], doc: dict, store: FeatureStore, sets: dict[str, set[str]],
-                   prompts: dict[str, str], topics: np.ndarray | None = None) -> dict:
+                   prompts: dict[str, str], topics: np.ndarray | None = None,
+                   centroids: np.ndarray | None = None) -> dict:
     """For each planted set, the concept among ``concepts`` whose pair ranking finds it best.
 
     A concept ranks pairs by its chosen − rejected activation in the direction of its d (a
     concept with negative d by rejected − chosen); a conditional concept (``f<latent> | '<word>'``)
     ranks only the pairs whose prompt has its word, a topic concept (``t<topic>/c<cluster>``,
-    ``topics`` [n_pairs] in store order) only its topic's pairs (the others last).
+    ``t<topic>/r<cluster>``; ``topics`` [n_pairs] in store order) only its topic's pairs (the others
+    last). A response concept's activation is membership of its response cluster (``centroids``).
     """
-    ids, diffs, typical = concept_differences(store, [c["latents"] for c in concepts],
-                                              pooling=doc["config"]["pooling"])
+    ids, diffs, typical = decision_differences([Decision(c["concept"], "keep", tuple(c["latents"])) for c in concepts],
+                                               store, pooling=doc["config"]["pooling"], centroids=centroids)
 
     def scope(c: dict) -> np.ndarray | None:
         if c.get("word"):
@@ -168,6 +172,10 @@ def main() -> int:
                                              prompt_of),
                "topic_concepts": match_concepts(doc["topic_concepts"][:10], doc, store, planted_sets(org), prompt_of,
                                                 topics)}
+    if doc.get("response_concepts"):
+        centroids = load_centroids(out / "audit" / doc["response_clusters"]["file"], store.d_sae)
+        matches["response_concepts"] = match_concepts(doc["response_concepts"][:10], doc, store, planted_sets(org),
+                                                      prompt_of, topics, centroids)
 
     t = time.perf_counter()
     prompts = [p for b in org.test_prompts.values() for c in b.values() for p in c]

@@ -7,10 +7,13 @@ Passes over a :class:`~headwater.audit.features.FeatureStore`, one part in memor
 3. contested latents (preferred on some prompts, dispreferred on others) and the prompt word that
    splits them, tested on the other split half (:mod:`headwater.audit.contested`);
 4. co-activation clusters of the significant latents;
-5. per-cluster statistics, and per prompt topic × cluster.
+5. per-cluster statistics, and per prompt topic × cluster;
+6. response clusters within each prompt topic (spherical k-means on the pooled feature vectors of
+   the topic's responses): per cluster, over the topic's pairs, the paired difference of
+   membership (1 if the chosen response is in it, −1 if the rejected one is, 0 if both or neither).
 
 The result names every concept (``f<latent>``, ``c<cluster>``, ``t<topic>/c<cluster>``,
-``f<latent> | '<word>'``) and is
+``f<latent> | '<word>'``, ``t<topic>/r<cluster>``) and is
 written as ``audit.json``; cards and the feedback file build on it.
 """
 from __future__ import annotations
@@ -26,13 +29,16 @@ import torch
 
 from headwater.audit.contested import Contest, contest_rows, contested_concepts
 from headwater.audit.clusters import (
+    centroid_latents,
     cluster_columns,
     coactivation_clusters,
     difference_clusters,
     prompt_topics,
+    response_membership,
     topic_labels,
+    topic_response_centroids,
 )
-from headwater.audit.features import FeatureStore
+from headwater.audit.features import FeatureStore, PooledFeatures
 from headwater.audit.statistics import ConceptStatistics, PairedMoments, concatenate, finish, split_half
 from headwater.engine import atomic
 
@@ -56,7 +62,8 @@ class AuditConfig:
         min_similarity: similarity (Ochiai, or Pearson for ``"differences"``) under which clusters
             are cut apart.
         n_topics: prompt topics.
-        seed: split halves and topics.
+        response_clusters: response clusters per prompt topic (k of its k-means; 0: none).
+        seed: split halves, topics and response clusters.
     """
 
     pooling: str = "mean"
@@ -67,6 +74,7 @@ class AuditConfig:
     clusters: str = "coactivation"
     min_similarity: float = 0.5
     n_topics: int = 8
+    response_clusters: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,14 +82,19 @@ class AuditConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.clusters not in CLUSTERINGS:
             raise ValueError(f"clusters must be one of {CLUSTERINGS}, got {self.clusters!r}")
+        if self.response_clusters < 0:
+            raise ValueError(f"response_clusters must be ≥ 0, got {self.response_clusters}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
 
 
 @dataclass
 class AuditResult:
-    """What the audit found. ``features``, ``clusters`` and ``topic_clusters`` hold statistics;
-    ``cluster_latents[k]`` the latents of cluster k; ``topics`` [n_pairs] each pair's topic."""
+    """What the audit found. ``features``, ``clusters``, ``topic_clusters`` and ``responses`` hold
+    statistics; ``cluster_latents[k]`` the latents of cluster k; ``topics`` [n_pairs] each pair's
+    topic; ``response_centroids`` [n_topics, k, d_sae] float32 the unit centroids of each topic's
+    response clusters and ``response_latents[t][j]`` the latents that carry centroid j of topic t
+    (:func:`centroid_latents`)."""
 
     config: AuditConfig
     features: ConceptStatistics
@@ -93,6 +106,9 @@ class AuditResult:
     store_manifest: dict[str, Any] = field(default_factory=dict)
     conditional: ConceptStatistics | None = None
     contests: list[Contest] = field(default_factory=list)
+    responses: ConceptStatistics | None = None
+    response_centroids: np.ndarray | None = None
+    response_latents: list[list[list[int]]] = field(default_factory=list)
 
     def significant_features(self) -> list[int]:
         return [int(i) for i in self.features.significant(self.config.alpha)]
@@ -133,6 +149,20 @@ class AuditResult:
                         "latents": self.cluster_latents[cluster]})
         return out
 
+    def response_concepts(self, top: int = 20) -> list[dict[str, Any]]:
+        """The top significant response concepts by |d|: a response cluster of one prompt topic
+        (``t<topic>/r<k>``), its statistics over that topic's pairs; all topics one family for the
+        q-values."""
+        if self.responses is None:
+            return []
+        out = []
+        for i in self.responses.significant(self.config.alpha)[:top]:
+            row = self.responses.row(int(i))
+            topic, cluster = (int(part[1:]) for part in str(row["concept"]).split("/"))
+            out.append({**row, "kind": "response", "topic": topic, "topic_label": self.topic_names.get(topic, ""),
+                        "response_cluster": cluster, "latents": self.response_latents[topic][cluster]})
+        return out
+
     def to_json(self, top: int = 50) -> dict[str, Any]:
         significant = self.significant_features()
         topic_rows = []
@@ -151,6 +181,8 @@ class AuditResult:
             # each encoded pair's topic, in feature-directory order (topic concepts act within it)
             "pair_topics": [int(t) for t in self.topics],
             "conditional_concepts": self.conditional_concepts(top),
+            "response_concepts": self.response_concepts(top),
+            "response_clusters": {"k": self.config.response_clusters, "latents": self.response_latents},
             "conditional": contest_rows(self.conditional, self.contests),
             "features": {k: self.store_manifest.get(k) for k in ("layer", "d_sae", "sae_fingerprint",
                                                                  "dataset_fingerprint", "n_pairs", "n_tokens")},
@@ -176,16 +208,17 @@ def _latent_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndar
     return stats, np.concatenate(positions)
 
 
-def _grouped_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndarray, clusters: list[list[int]],
-                        topics: np.ndarray, n_topics: int) -> tuple[ConceptStatistics, ConceptStatistics | None]:
-    c = len(clusters)
+def _grouped_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndarray, c: int,
+                        columns: Callable[[PooledFeatures], torch.Tensor], prefix: str, topics: np.ndarray,
+                        n_topics: int) -> tuple[ConceptStatistics, ConceptStatistics | None]:
+    """Statistics of c grouped concepts (``columns`` maps a side's pooled features to [rows, c]
+    activations) over all pairs (``<prefix><k>``) and per prompt topic (``t<t>/<prefix><k>``)."""
     overall = PairedMoments(c)
     by_topic = {t: PairedMoments(c) for t in range(n_topics)} if n_topics > 1 else {}
     offset = 0
     for block in store.blocks():
         rows = block.positions.numel()
-        chosen = cluster_columns(block.chosen, clusters, store.d_sae, config.pooling)
-        rejected = cluster_columns(block.rejected, clusters, store.d_sae, config.pooling)
+        chosen, rejected = columns(block.chosen), columns(block.rejected)
         half = halves[offset:offset + rows]
         overall.add(chosen, rejected, half, block.positions)
         topic = topics[offset:offset + rows]
@@ -196,9 +229,30 @@ def _grouped_statistics(store: FeatureStore, config: AuditConfig, halves: np.nda
                 moments.add(chosen[rows_t], rejected[rows_t], half[mask], block.positions[rows_t])
         offset += rows
     options = {"min_active": config.min_active, "min_rate": config.min_rate}
-    stats = finish(overall, [f"c{k}" for k in range(c)], **options)
-    per_topic = [finish(m, [f"t{t}/c{k}" for k in range(c)], **options) for t, m in by_topic.items() if m.n >= 2]
+    stats = finish(overall, [f"{prefix}{k}" for k in range(c)], **options)
+    per_topic = [finish(m, [f"t{t}/{prefix}{k}" for k in range(c)], **options) for t, m in by_topic.items() if m.n >= 2]
     return stats, concatenate(per_topic) if per_topic else None
+
+
+def _response_statistics(store: FeatureStore, config: AuditConfig, halves: np.ndarray, centroids: np.ndarray,
+                         topics: np.ndarray) -> ConceptStatistics | None:
+    """Statistics of each topic's response clusters (``t<t>/r<j>``) over that topic's pairs, one
+    family; None when no topic has two pairs."""
+    n_topics, k = centroids.shape[:2]
+    moments = [PairedMoments(k) for _ in range(n_topics)]
+    offset = 0
+    for block in store.blocks():
+        rows = block.positions.numel()
+        topic = topics[offset:offset + rows]
+        for t in np.unique(topic):
+            mine = torch.from_numpy(np.flatnonzero(topic == t))
+            chosen = response_membership(block.chosen.select(mine), centroids[t], store.d_sae, config.pooling)
+            rejected = response_membership(block.rejected.select(mine), centroids[t], store.d_sae, config.pooling)
+            moments[t].add(chosen, rejected, halves[offset:offset + rows][topic == t], block.positions[mine])
+        offset += rows
+    options = {"min_active": config.min_active, "min_rate": config.min_rate}
+    parts = [finish(m, [f"t{t}/r{j}" for j in range(k)], **options) for t, m in enumerate(moments) if m.n >= 2]
+    return concatenate(parts) if parts else None
 
 
 def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, prompts: Sequence[str] | None = None,
@@ -236,11 +290,20 @@ def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, promp
         clusters = coactivation_clusters(store, significant.tolist(), min_similarity=config.min_similarity)
     say("cluster statistics")
     if clusters:
-        cluster_stats, topic_stats = _grouped_statistics(store, config, halves, clusters, topics, n_topics)
+        cluster_stats, topic_stats = _grouped_statistics(
+            store, config, halves, len(clusters),
+            lambda side: cluster_columns(side, clusters, store.d_sae, config.pooling), "c", topics, n_topics)
     else:
         cluster_stats, topic_stats = _empty_statistics(latents.n), None
+    responses, centroids, carriers = None, None, []
+    if config.response_clusters > 0:
+        say("response clusters")
+        centroids = topic_response_centroids(store, topics, config.response_clusters, pooling=config.pooling,
+                                             seed=config.seed)
+        carriers = [[centroid_latents(c) for c in per_topic] for per_topic in centroids]
+        responses = _response_statistics(store, config, halves, centroids, topics)
     return AuditResult(config, latents, cluster_stats, clusters, topics, names, topic_stats, store.manifest,
-                       conditional, contests)
+                       conditional, contests, responses, centroids, carriers)
 
 
 def _prompt_text(prompt: Any) -> str:

@@ -134,9 +134,16 @@ def _title(card: dict[str, Any]) -> str:
     return f"{card['llm_label']} (spans: {card['label']})" if card.get("llm_label") else card["label"]
 
 
+def _what(card: dict[str, Any]) -> str:
+    """What kind of concept a card shows, and of how many latents."""
+    if card.get("kind") == "response":
+        return f"response cluster, its centroid carried by {len(card['latents'])} latent(s)"
+    return f"{card['kind']} of {len(card['latents'])} latent(s)"
+
+
 def _scope(card: dict[str, Any]) -> str:
     """Where a concept's statistics come from, when not from every pair."""
-    if card.get("kind") == "topic":
+    if card.get("kind") in ("topic", "response") and "topic" in card:
         return f" within prompt topic t{card['topic']} ({card.get('topic_label', '')}, {card['n_pairs']} pairs)"
     return ""
 
@@ -148,7 +155,7 @@ def render_cards_html(cards: Sequence[dict[str, Any]]) -> str:
         low, high = card["ci95"]
         parts.append(
             f'<div class="card"><h3>{html.escape(card["concept"])}: {html.escape(_title(card))}</h3>'
-            f'<p>{card["kind"]} of {len(card["latents"])} latent(s){html.escape(_scope(card))}; Δ = {card["delta"]:.4g} '
+            f'<p>{html.escape(_what(card))}{html.escape(_scope(card))}; Δ = {card["delta"]:.4g} '
             f'[{low:.4g}, {high:.4g}], d = {card["d"]:.3g}, q = {card["q"]:.3g}; fires on {card["side"]} '
             f'(chosen {card["chosen_rate"]:.0%}, rejected {card["rejected_rate"]:.0%}); split halves '
             f'{"agree" if card["split_half_agree"] else "disagree"}</p>'
@@ -174,7 +181,7 @@ def format_cards(cards: Sequence[dict[str, Any]]) -> str:
     lines = []
     for card in cards:
         low, high = card["ci95"]
-        lines.append(f"{card['concept']} ({card['kind']}, {len(card['latents'])} latent(s){_scope(card)}): {_title(card)}")
+        lines.append(f"{card['concept']} ({_what(card)}{_scope(card)}): {_title(card)}")
         lines.append(f"  Δ {card['delta']:+.4g} [{low:+.4g}, {high:+.4g}]  d {card['d']:+.3f}  q {card['q']:.2g}  "
                      f"fires on {card['side']} ({card['chosen_rate']:.0%} / {card['rejected_rate']:.0%})")
         for ex in card["examples"][:2]:

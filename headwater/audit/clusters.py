@@ -9,20 +9,34 @@
   its own), which splits co-activation clusters of one phrase into several.
 - Prompt topics: spherical k-means (mini-batch, streamed part by part) on the prompts' mean
   activation at ℓ, labelled by the TF-IDF terms that set a topic's prompts apart.
+- Response clusters, per prompt topic: k-means on the unit pooled feature vectors of the topic's
+  responses (a bounded seeded sample), chosen and rejected alike (method.md §6's "clusters of
+  responses by spherical k-means on their feature vectors"). A response belongs to the cluster
+  of its nearest centroid. A kind of response that no single latent or latent cluster marks (a
+  deferential agreement worded ten ways, say) can still be one response cluster, because its
+  responses are near each other as a whole; within one kind of prompt, a few clusters separate
+  the kinds of answer the data contrasts.
 
-Both stream a :class:`~headwater.audit.features.FeatureStore`; memory stays flat in the pairs
+All stream a :class:`~headwater.audit.features.FeatureStore`; memory stays flat in the pairs
 (the topic of each pair, one int per pair, is the only per-pair array).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from sklearn.cluster import AgglomerativeClustering, MiniBatchKMeans
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+from scipy import sparse
+from sklearn.cluster import AgglomerativeClustering, KMeans, MiniBatchKMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from headwater.audit.features import FeatureStore, PooledFeatures
+from headwater.engine import atomic
 
 
 def _columns(features: PooledFeatures, latents: torch.Tensor, d_sae: int, pooling: str) -> torch.Tensor:
@@ -96,21 +110,134 @@ def _normalised(x: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(x.double(), dim=1).numpy()
 
 
-def prompt_topics(store: FeatureStore, n_topics: int, *, seed: int = 0, batch: int = 1024) -> np.ndarray:
-    """[n_pairs] int topic of each pair in store order (spherical mini-batch k-means, 3 passes)."""
-    n = len(store)
-    n_topics = max(1, min(n_topics, n))
-    kmeans = MiniBatchKMeans(n_clusters=n_topics, random_state=seed, batch_size=batch, n_init=3)
+def _spherical_kmeans(rows: Callable[[], Iterator[np.ndarray]], k: int, *, seed: int, batch: int) -> MiniBatchKMeans:
+    """Mini-batch k-means over unit rows, 3 streamed passes; ``rows()`` yields [r, d] blocks anew
+    each pass (already normalised)."""
+    kmeans = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=batch, n_init=3)
     for _ in range(3):
         pending = []
-        for block in store.blocks():
-            pending.append(_normalised(block.prompt))
-            if sum(p.shape[0] for p in pending) >= max(n_topics, batch):
+        for block in rows():
+            pending.append(block)
+            if sum(p.shape[0] for p in pending) >= max(k, batch):
                 kmeans.partial_fit(np.concatenate(pending))
                 pending = []
-        if pending and (hasattr(kmeans, "cluster_centers_") or sum(p.shape[0] for p in pending) >= n_topics):
+        if pending and (hasattr(kmeans, "cluster_centers_") or sum(p.shape[0] for p in pending) >= k):
             kmeans.partial_fit(np.concatenate(pending))
+    return kmeans
+
+
+def prompt_topics(store: FeatureStore, n_topics: int, *, seed: int = 0, batch: int = 1024) -> np.ndarray:
+    """[n_pairs] int topic of each pair in store order (spherical mini-batch k-means, 3 passes)."""
+    n_topics = max(1, min(n_topics, len(store)))
+    kmeans = _spherical_kmeans(lambda: (_normalised(b.prompt) for b in store.blocks()), n_topics, seed=seed,
+                               batch=batch)
     return np.concatenate([kmeans.predict(_normalised(b.prompt)) for b in store.blocks()]).astype(np.int64)
+
+
+def _sparse_rows(features: PooledFeatures, d_sae: int, pooling: str) -> sparse.csr_matrix:
+    """[rows, d_sae] float64 CSR of pooled features, each row scaled to unit length (a response with
+    no active latent stays zero)."""
+    values = {"mean": features.mean, "max": features.max}[pooling].double().numpy()
+    matrix = sparse.csr_matrix((values, features.indices.numpy(), features.indptr.numpy()),
+                               shape=(features.rows, d_sae))
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    return sparse.diags(np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)) @ matrix
+
+
+def topic_response_centroids(store: FeatureStore, topics: np.ndarray, k: int, *, pooling: str = "mean",
+                             seed: int = 0, sample: int = 20_000, n_init: int = 4) -> np.ndarray:
+    """[n_topics, k, d_sae] float32 unit centroids of each prompt topic's responses (chosen and
+    rejected alike); a topic with fewer than k responses that have an active latent gets that many,
+    the rest of its rows zero (never a response's nearest).
+
+    Per topic, k-means (``n_init`` seeded restarts, the best kept) on the unit pooled feature
+    vectors of at most ``sample`` of its responses, a seeded uniform sample; with fewer, all of
+    them. On unit vectors the nearest centroid by distance is the nearest by cosine, so this is
+    spherical k-means up to the centroids' length, which is then normalised. One pass over the
+    store; memory: one part, the sparse samples and the centroids, flat in the pairs.
+    """
+    n_topics = int(topics.max()) + 1 if topics.size else 0
+    rng = np.random.default_rng(seed)
+    picked_pairs = []
+    for t in range(n_topics):
+        rows = np.flatnonzero(topics == t)
+        picked_pairs.append(np.sort(rng.choice(rows, sample // 2, replace=False)) if rows.size > sample // 2 else rows)
+    wanted = np.zeros(topics.size, dtype=bool)
+    for rows in picked_pairs:
+        wanted[rows] = True
+    gathered: dict[int, list[sparse.csr_matrix]] = {t: [] for t in range(n_topics)}
+    start = 0
+    for block in store.blocks():
+        stop = start + block.positions.numel()
+        inside = np.flatnonzero(wanted[start:stop])
+        if inside.size:
+            chosen = _sparse_rows(block.chosen, store.d_sae, pooling)[inside]
+            rejected = _sparse_rows(block.rejected, store.d_sae, pooling)[inside]
+            for t in np.unique(topics[start + inside]):
+                mine = topics[start + inside] == t
+                gathered[int(t)] += [chosen[mine], rejected[mine]]
+        start = stop
+    out = np.zeros((n_topics, k, store.d_sae), dtype=np.float32)
+    for t, parts in gathered.items():
+        if not parts:
+            continue
+        x = sparse.vstack(parts).tocsr()
+        x = x[np.flatnonzero(x.getnnz(axis=1) > 0)]
+        m = min(k, x.shape[0])
+        if m < 1:
+            continue
+        centres = KMeans(n_clusters=m, n_init=n_init, random_state=seed).fit(x).cluster_centers_
+        out[t, :m] = _normalised(torch.from_numpy(np.asarray(centres))).astype(np.float32)
+    return out
+
+
+def response_membership(features: PooledFeatures, centroids: np.ndarray, d_sae: int, pooling: str) -> torch.Tensor:
+    """[rows, k] float32 one-hot: the response cluster of each response (its nearest centroid by
+    cosine, among ``centroids`` [k, d_sae] that are not zero); a response with no active latent
+    belongs to none (a zero row)."""
+    k = centroids.shape[0]
+    x = torch.nn.functional.normalize(features.dense(d_sae, pooling).double(), dim=1)
+    out = torch.zeros((x.shape[0], k), dtype=torch.float32)
+    centres = torch.from_numpy(np.asarray(centroids, dtype=np.float64))
+    real = centres.abs().sum(dim=1) > 0
+    if not bool(real.any()) or x.shape[0] == 0:
+        return out
+    nearest = (x @ centres.T).masked_fill(~real, -math.inf).argmax(dim=1)
+    rows = (x.abs().sum(dim=1) > 0).nonzero().flatten()
+    out[rows, nearest[rows]] = 1.0
+    return out
+
+
+def centroid_latents(centroid: np.ndarray, *, mass: float = 0.5, most: int = 16) -> list[int]:
+    """The latents that carry a centroid: the fewest, largest first, whose squared weights reach
+    ``mass`` of its total (at most ``most``). They name a response cluster in cards and in the
+    feedback file, and give its directions for a residual edit."""
+    order = np.argsort(-centroid, kind="stable")
+    weights = np.clip(centroid[order], 0, None) ** 2
+    total = weights.sum()
+    if total <= 0:
+        return []
+    count = int(np.searchsorted(np.cumsum(weights), mass * total) + 1)
+    return [int(v) for v in order[:min(count, most)]]
+
+
+RESPONSE_CENTROIDS = "response_clusters.safetensors"  # beside audit.json
+
+
+def save_centroids(path: str | os.PathLike[str], centroids: np.ndarray) -> Path:
+    """Write response centroids [n_topics, k, d_sae] atomically (safetensors)."""
+    return atomic.write_bytes(path, save({"centroids": torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))}))
+
+
+def load_centroids(path: str | os.PathLike[str], d_sae: int) -> np.ndarray:
+    """Response centroids written by :func:`save_centroids`, checked against ``d_sae``."""
+    try:
+        centroids = load(Path(path).read_bytes())["centroids"].numpy()
+    except (OSError, SafetensorError, KeyError) as err:
+        raise ValueError(f"{path} holds no readable response centroids: {err}") from None
+    if centroids.ndim != 3 or centroids.shape[2] != d_sae:
+        raise ValueError(f"{path}: centroids of shape {tuple(centroids.shape)}, expected [topics, k, {d_sae}]")
+    return centroids
 
 
 def topic_labels(prompts: Sequence[str], topics: np.ndarray, *, terms: int = 4, sample: int = 20_000,
@@ -136,4 +263,5 @@ def topic_labels(prompts: Sequence[str], topics: np.ndarray, *, terms: int = 4, 
     return labels
 
 
-__all__ = ["cluster_columns", "coactivation_clusters", "prompt_topics", "topic_labels"]
+__all__ = ["RESPONSE_CENTROIDS", "centroid_latents", "cluster_columns", "coactivation_clusters", "difference_clusters", "load_centroids",
+           "prompt_topics", "topic_response_centroids", "response_membership", "save_centroids", "topic_labels"]

@@ -1,7 +1,10 @@
 """Interventions from the feedback file (method.md §6, step 4).
 
 A conditional concept (``f<latent> | '<word>'``) acts only on the pairs whose prompt has its word,
-a topic concept (``t<topic>/c<cluster>``) only on the pairs of its prompt topic.
+a topic concept (``t<topic>/c<cluster>``, ``t<topic>/r<cluster>``) only on the pairs of its prompt
+topic. A response concept (``t<topic>/r<cluster>``) is read as membership of its response cluster
+(1 or 0 per response, typical value 1), from the audit's saved centroids; its
+directions for a residual edit are the decoder rows of the latents that carry its centroid.
 
 *Data*: the pairs that carry a concept (its pooled activation is higher on the chosen side by at
 least ``margin`` × its typical active value, the mean of its non-zero pooled values; by default
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from headwater.audit.cards import Decision
+from headwater.audit.clusters import response_membership
 from headwater.audit.features import FeatureStore
 from headwater.audit.sae import SparseAutoencoder
 from headwater.data import PreferenceDataset
@@ -33,7 +37,8 @@ from headwater.methods.interventions import Mode, intervene
 
 ACTING = ("suppress", "amplify")
 _CONDITION = re.compile(r"\|\s*'(.+)'\s*$")
-_TOPIC = re.compile(r"t(\d+)/c\d+")
+_TOPIC = re.compile(r"t(\d+)/[cr]\d+")
+_RESPONSE = re.compile(r"t(\d+)/r(\d+)")
 
 
 def condition_word(concept: str) -> str | None:
@@ -43,9 +48,15 @@ def condition_word(concept: str) -> str | None:
 
 
 def concept_topic(concept: str) -> int | None:
-    """The prompt topic of a topic concept's name (``t3/c11`` → 3), else None."""
+    """The prompt topic of a topic concept's name (``t3/c11``, ``t3/r5`` → 3), else None."""
     found = _TOPIC.fullmatch(concept.strip())
     return int(found.group(1)) if found else None
+
+
+def response_cluster(concept: str) -> tuple[int, int] | None:
+    """(topic, cluster) of a response concept's name (``t3/r1`` → (3, 1)), else None."""
+    found = _RESPONSE.fullmatch(concept.strip())
+    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 def _in_scope(decision: Decision, ids: Sequence[str], prompts: dict[str, Any] | None,
@@ -78,6 +89,43 @@ def concept_differences(store: FeatureStore, concepts: Sequence[Sequence[int]], 
     return ids, chosen - rejected, typical
 
 
+def membership_differences(store: FeatureStore, clusters: Sequence[tuple[int, int]], centroids: np.ndarray, *,
+                           pooling: str = "mean") -> tuple[list[str], np.ndarray]:
+    """(pair ids, [n, len(clusters)] chosen − rejected membership, each −1, 0 or 1) of the given
+    (topic, cluster) response clusters, every pair read with that topic's centroids
+    (``centroids`` [n_topics, k, d_sae]); a concept acts only within its topic (:func:`_in_scope`)."""
+    parts = []
+    for block in store.blocks():
+        columns = []
+        for topic, cluster in clusters:
+            chosen = response_membership(block.chosen, centroids[topic], store.d_sae, pooling)
+            rejected = response_membership(block.rejected, centroids[topic], store.d_sae, pooling)
+            columns.append((chosen - rejected)[:, cluster].double().numpy())
+        parts.append(np.stack(columns, axis=1) if columns else np.zeros((block.positions.numel(), 0)))
+    return store.pair_ids, np.concatenate(parts) if parts else np.zeros((0, len(clusters)))
+
+
+def decision_differences(decisions: Sequence[Decision], store: FeatureStore, *, pooling: str = "mean",
+                         centroids: np.ndarray | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """:func:`concept_differences` of the decisions' concepts, with a response concept's column
+    its membership difference (typical value 1); ``centroids`` are needed for those."""
+    ids, diffs, typical = concept_differences(store, [d.latents for d in decisions], pooling=pooling)
+    responses = [(k, response_cluster(d.concept)) for k, d in enumerate(decisions)]
+    responses = [(k, r) for k, r in responses if r is not None]
+    if responses:
+        if centroids is None:
+            raise ValueError(f"{decisions[responses[0][0]].concept} is a response concept: the audit's response "
+                             "centroids are needed (audits made before response concepts lack them: run "
+                             "`headwater audit run` again)")
+        for k, (topic, cluster) in responses:
+            if topic >= centroids.shape[0] or cluster >= centroids.shape[1] or not centroids[topic, cluster].any():
+                raise ValueError(f"the feedback names {decisions[k].concept}; the audit has no such response cluster")
+        _, members = membership_differences(store, [r for _, r in responses], centroids, pooling=pooling)
+        for column, (k, _) in enumerate(responses):
+            diffs[:, k], typical[k] = members[:, column], 1.0
+    return ids, diffs, typical
+
+
 @dataclass(frozen=True)
 class Carriers:
     """The pairs an intervention changes, and why."""
@@ -88,19 +136,23 @@ class Carriers:
 
 def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: float = 1.0,
              pooling: str = "mean", prompts: dict[str, Any] | None = None,
-             topics: dict[str, int] | None = None) -> Carriers:
+             topics: dict[str, int] | None = None, centroids: np.ndarray | None = None) -> Carriers:
     """Pairs that carry a suppressed concept on the chosen side, or an amplified one on the
-    rejected side (difference beyond ``margin`` × the concept's typical active value); for a
-    conditional concept, among the pairs whose prompt (``prompts[pair_id]``) has its word; for a
-    topic concept, among the pairs of its topic (``topics[pair_id]``)."""
+    rejected side (difference beyond ``margin`` × the concept's typical active value; for a
+    response concept, whatever the margin, the pairs whose chosen response alone is in the cluster,
+    or for amplify the rejected one);
+    for a conditional concept, among the pairs whose prompt (``prompts[pair_id]``) has its word;
+    for a topic concept, among the pairs of its topic (``topics[pair_id]``)."""
     acting = [d for d in decisions if d.decision in ACTING]
-    ids, diffs, typical = concept_differences(store, [d.latents for d in acting], pooling=pooling)
+    ids, diffs, typical = decision_differences(acting, store, pooling=pooling, centroids=centroids)
     chosen: set[int] = set()
     counts = {}
     for k, d in enumerate(acting):
         signed = diffs[:, k] if d.decision == "suppress" else -diffs[:, k]
         scope = _in_scope(d, ids, prompts, topics)
-        hit = np.flatnonzero(scope & (signed > margin * typical[k])) if typical[k] > 0 else np.zeros(0, dtype=int)
+        # a response concept's difference is 1 exactly when the chosen response alone is in the cluster
+        threshold = 0.0 if response_cluster(d.concept) is not None else margin * typical[k]
+        hit = np.flatnonzero(scope & (signed > threshold)) if typical[k] > 0 else np.zeros(0, dtype=int)
         counts[d.concept] = int(hit.size)
         chosen.update(hit.tolist())
     return Carriers([ids[i] for i in sorted(chosen)], counts)
@@ -108,7 +160,8 @@ def carriers(decisions: Sequence[Decision], store: FeatureStore, *, margin: floa
 
 def data_intervention(dataset: PreferenceDataset, decisions: Sequence[Decision], store: FeatureStore, *,
                       mode: Mode = "filter", weight: float = 0.0, margin: float = 1.0, pooling: str = "mean",
-                      topics: dict[str, int] | None = None) -> tuple[PreferenceDataset, dict[str, Any]]:
+                      topics: dict[str, int] | None = None, centroids: np.ndarray | None = None
+                      ) -> tuple[PreferenceDataset, dict[str, Any]]:
     """Filter, switch or reweight the carriers of the acted-on concepts (see :func:`carriers`).
 
     Returns the changed dataset and the intervention manifest with the decisions and per-concept
@@ -116,7 +169,8 @@ def data_intervention(dataset: PreferenceDataset, decisions: Sequence[Decision],
     when encoding) are never changed.
     """
     prompts = {p.pair_id: p.prompt for p in dataset}
-    found = carriers(decisions, store, margin=margin, pooling=pooling, prompts=prompts, topics=topics)
+    found = carriers(decisions, store, margin=margin, pooling=pooling, prompts=prompts, topics=topics,
+                     centroids=centroids)
     carrying = set(found.pair_ids)
     in_data = [p.pair_id for p in dataset]
     missing = carrying - set(in_data)
@@ -140,12 +194,13 @@ def concept_directions(sae: SparseAutoencoder, latents: Sequence[int]) -> torch.
 
 
 def margin_offsets(decisions: Sequence[Decision], store: FeatureStore, dataset: PreferenceDataset, *,
-                   strength: float = 1.0, pooling: str = "mean", topics: dict[str, int] | None = None) -> list[float]:
+                   strength: float = 1.0, pooling: str = "mean", topics: dict[str, int] | None = None,
+                   centroids: np.ndarray | None = None) -> list[float]:
     """Per pair of ``dataset``: Σ over acted-on concepts of ±strength·(a(chosen) − a(rejected)) /
     typical value; + for suppress (the concept's share of the margin is granted, so DPO need not
     learn it), − for amplify. Pairs without features get 0."""
     acting = [d for d in decisions if d.decision in ACTING]
-    ids, diffs, typical = concept_differences(store, [d.latents for d in acting], pooling=pooling)
+    ids, diffs, typical = decision_differences(acting, store, pooling=pooling, centroids=centroids)
     prompts = {p.pair_id: p.prompt for p in dataset}
     total = np.zeros(len(ids))
     for k, d in enumerate(acting):
@@ -156,5 +211,5 @@ def margin_offsets(decisions: Sequence[Decision], store: FeatureStore, dataset: 
     return [float(by_id.get(p.pair_id, 0.0)) for p in dataset]
 
 
-__all__ = ["ACTING", "Carriers", "carriers", "concept_topic", "condition_word", "concept_differences", "concept_directions", "data_intervention",
-           "margin_offsets"]
+__all__ = ["ACTING", "Carriers", "carriers", "concept_topic", "condition_word", "concept_differences", "concept_directions",
+           "data_intervention", "decision_differences", "margin_offsets", "membership_differences", "response_cluster"]

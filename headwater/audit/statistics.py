@@ -212,7 +212,8 @@ def concatenate(parts: Sequence[ConceptStatistics]) -> ConceptStatistics:
         join("chosen_rate"), join("rejected_rate"), [s for p in parts for s in p.side],
         np.concatenate([p.delta_halves for p in parts], axis=1), join("split_agree"),
         np.concatenate([pad(p.top_pairs) for p in parts]), np.concatenate([pad(p.bottom_pairs) for p in parts]),
-        np.concatenate([np.full(len(p.names), p.n) for p in parts]),
+        np.concatenate([p.n_per_concept if p.n_per_concept is not None else np.full(len(p.names), p.n)
+                        for p in parts]),
     )
 
 

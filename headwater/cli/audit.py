@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = actions.add_parser(
         "run", help="concepts that separate chosen from rejected responses: table, cards, feedback file",
         description="Encode every chosen and rejected response through an SAE on M0 at block ℓ, pool the features "
-                    "per response, and test per latent, per co-activation cluster and per prompt topic × cluster "
-                    "whether chosen responses carry more of it than rejected ones (paired t, 95% CI, effect size, "
+                    "per response, and test per latent, per co-activation cluster, per prompt topic × cluster and "
+                    "per response cluster of each prompt topic whether chosen responses carry more of it than rejected ones (paired t, 95% CI, effect size, "
                     "Benjamini-Hochberg q, split-half sign). Writes audit.json, audit.html (concept cards with "
                     "highlighted tokens) and feedback.tsv (mark each concept keep/suppress/amplify/ignore).",
     )
@@ -64,10 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--clusters", choices=("coactivation", "differences"), default="coactivation",
                    help="feature clusters from latents active in the same responses (default) or from latents "
                         "whose chosen − rejected differences correlate over the pairs")
+    r.add_argument("--response-clusters", type=int, default=4,
+                   help="response clusters per prompt topic (k-means on the pooled features of the topic's responses; "
+                        "0: none; default 4)")
     r.add_argument("--concepts", type=int, default=20,
-                   help="concepts of each list (over all pairs, conditional, topic) in the table and the feedback file "
-                        "(default 20)")
-    r.add_argument("--cards", type=int, default=10, help="concepts with a card, per list: over all pairs, conditional, topic (default 10)")
+                   help="concepts of each list (over all pairs, conditional, topic, response) in the table and the "
+                        "feedback file (default 20)")
+    r.add_argument("--cards", type=int, default=10,
+                   help="concepts with a card, per list: over all pairs, conditional, topic, response (default 10)")
     r.add_argument("--seed", type=int, default=0, help="split halves and topics (default 0)")
     r.add_argument("--label-model", default=None,
                    help="name each carded concept with an LLM: openai:<model> on an OpenAI-compatible server "
@@ -149,7 +153,7 @@ def run_audit(args: argparse.Namespace) -> int:
     summary = audit_dataset(
         model_path=args.model, data=args.data, sae_path=args.sae, out_dir=args.out,
         config=AuditConfig(pooling=args.pooling, alpha=args.alpha, n_topics=args.topics, clusters=args.clusters,
-                           seed=args.seed),
+                           response_clusters=args.response_clusters, seed=args.seed),
         layer=args.layer, sparsify=args.sparsify, hookpoint=args.hookpoint, settings=settings_from(args),
         split=args.split, on_error=args.on_error, dtype=args.dtype, device=args.device,
         max_tokens_per_batch=args.max_tokens_per_batch, top=args.concepts, cards=args.cards, progress=args.progress,

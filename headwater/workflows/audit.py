@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater.audit.audit import AuditConfig, run_audit
+from headwater.audit.clusters import RESPONSE_CENTROIDS, save_centroids
 from headwater.audit.cards import concept_cards, format_cards, render_cards_html, write_feedback_template
 from headwater.audit.features import encode_features
 from headwater.audit.labels import ConceptLabeler
@@ -156,9 +157,10 @@ def audit_dataset(
     concepts = result.concepts(top)
     conditional = result.conditional_concepts(top)
     topical = result.topic_concepts(top)
+    responding = result.response_concepts(top)
     used = settings_as_used(settings, pairs)
-    made = concept_cards(model, tokenizer, sae, layer, pairs, concepts[:cards] + conditional[:cards] + topical[:cards],
-                         used)
+    made = concept_cards(model, tokenizer, sae, layer, pairs,
+                         concepts[:cards] + conditional[:cards] + topical[:cards] + responding[:cards], used)
     labelling = None
     if label_model is not None:
         kind, _, name = label_model.partition(":")
@@ -170,6 +172,9 @@ def audit_dataset(
         labelling = {"model": label_model, "url": label_url, **labeler.stats.to_dict()}
     labels = {c["concept"]: c.get("llm_label") or c["label"] for c in made}
     doc = result.to_json(top=max(top, 50))
+    if result.response_centroids is not None:
+        written = save_centroids(out / RESPONSE_CENTROIDS, result.response_centroids)
+        doc["response_clusters"].update(file=RESPONSE_CENTROIDS, sha256=atomic.sha256_file(written))
     doc["cards"] = made
     doc["labelling"] = labelling
     doc["sae"] = {"path": str(Path(sae_path).resolve()), "format": "sparsify" if sparsify else "saelens",
@@ -179,7 +184,7 @@ def audit_dataset(
     atomic.write_text(out / "audit.html", render_audit_html(doc))
     feedback = out / "feedback.tsv"
     if not feedback.exists():
-        write_feedback_template(concepts + conditional + topical, feedback, labels=labels)
+        write_feedback_template(concepts + conditional + topical + responding, feedback, labels=labels)
     table = concept_table(concepts, labels)
     if conditional:
         table += "\n\nConditional concepts (a latent within the prompts that have a word; tested on the other split half):\n"
@@ -187,6 +192,10 @@ def audit_dataset(
     if topical:
         table += "\n\nTopic concepts (a cluster within one prompt topic, over that topic's pairs):\n"
         table += concept_table(topical, labels)
+    if responding:
+        table += ("\n\nResponse concepts (a cluster of whole responses, over all pairs or within one prompt topic; "
+                  "latents: those that carry its centroid):\n")
+        table += concept_table(responding, labels)
     return {"out": str(out), "n_pairs": doc["n_pairs"], "n_latents_tested": doc["n_latents_tested"],
             "n_latents_significant": doc["n_latents_significant"], "n_clusters": len(result.cluster_latents),
             "n_conditional_significant": len(result.conditional_concepts(10**9)),
@@ -243,6 +252,11 @@ def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = N
         parts += ["<h2>Topic concepts</h2><p>A co-activation cluster within one prompt topic, its statistics over "
                   "that topic's pairs (topics listed below).</p>",
                   html_table(CONCEPT_COLUMNS, _concept_rows(doc["topic_concepts"], labels))]
+    if doc.get("response_concepts"):
+        parts += ["<h2>Response concepts</h2><p>A cluster of whole responses (spherical k-means on their pooled "
+                  "features), over all pairs (r&lt;k&gt;) or within one prompt topic (t&lt;t&gt;/r&lt;k&gt;): the pair's "
+                  "value is 1 when its chosen response is in the cluster, −1 when its rejected one is.</p>",
+                  html_table(CONCEPT_COLUMNS, _concept_rows(doc["response_concepts"], labels))]
     parts.append(f"<h2>Prompt topics</h2><ul>{topics}</ul>")
     if prediction is not None:
         from headwater.audit.prediction import png_data_uri

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from headwater.audit.cards import Decision, read_feedback
+from headwater.audit.clusters import load_centroids
 from headwater.audit.features import FeatureStore
 from headwater.audit.interventions import concept_directions, data_intervention, margin_offsets
 from headwater.audit.prediction import (
@@ -68,6 +69,18 @@ def _pair_topics(doc: dict[str, Any], store: FeatureStore) -> dict[str, int] | N
     return dict(zip(store.pair_ids, (int(t) for t in topics)))
 
 
+def _centroids(audit_dir: Path, doc: dict[str, Any], store: FeatureStore) -> np.ndarray | None:
+    """The audit's response centroids, verified against the checksum audit.json records, or None
+    for an audit without response clusters."""
+    record = doc.get("response_clusters") or {}
+    if not record.get("file"):
+        return None
+    path = audit_dir / record["file"]
+    if not path.is_file() or atomic.sha256_file(path) != record.get("sha256"):
+        raise ValueError(f"{path} is missing or does not match the checksum in audit.json")
+    return load_centroids(path, store.d_sae)
+
+
 def _decisions(audit_dir: Path, feedback: str | Path | None) -> list[Decision]:
     decisions = read_feedback(Path(feedback) if feedback is not None else audit_dir / "feedback.tsv")
     if not any(d.decision in ("suppress", "amplify") for d in decisions):
@@ -88,7 +101,7 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
         raise ValueError(f"{audit} audited other data (dataset fingerprint differs from {data}'s)")
     result, manifest = data_intervention(dataset, _decisions(audit, feedback), store, mode=mode,  # type: ignore[arg-type]
                                          weight=weight, margin=margin, pooling=doc["config"]["pooling"],
-                                         topics=_pair_topics(doc, store))
+                                         topics=_pair_topics(doc, store), centroids=_centroids(audit, doc, store))
     written = write_intervention(out_dir, result, manifest, formats=formats, overwrite=overwrite)
     return {"out": str(out_dir), "mode": mode, "n_input": manifest["n_input"], "n_changed": manifest["n_changed"],
             "n_output": manifest["n_output"], "carriers_per_concept": manifest["carriers_per_concept"],
@@ -130,7 +143,7 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
     else:
         store = FeatureStore.open(audit / "features")
         offsets = margin_offsets(decisions, store, dataset, strength=strength, pooling=doc["config"]["pooling"],
-                                 topics=_pair_topics(doc, store))
+                                 topics=_pair_topics(doc, store), centroids=_centroids(audit, doc, store))
         record["offsets"] = {"n_nonzero": int(sum(o != 0 for o in offsets)), "min": min(offsets), "max": max(offsets)}
     retrain(model_path, dataset, out_dir, config=config, overwrite=overwrite, device=device, progress=progress,
             margin_offsets=offsets, residual_edit=edit, feature_intervention=record)

@@ -7,14 +7,27 @@ import torch
 from safetensors.torch import save_file
 
 from headwater.audit.audit import AuditConfig, run_audit
-from headwater.audit.clusters import coactivation_clusters, difference_clusters
+from headwater.audit.cards import Decision
+from headwater.audit.clusters import (
+    centroid_latents,
+    coactivation_clusters,
+    difference_clusters,
+    load_centroids,
+    response_membership,
+    save_centroids,
+    topic_response_centroids,
+)
 from headwater.audit.features import FeatureStore
+from headwater.audit.interventions import carriers, decision_differences, response_cluster
 from headwater.engine import atomic
 
 
-def store_from(tmp_path, chosen: np.ndarray, rejected: np.ndarray, part_rows: int = 64) -> FeatureStore:
-    """A feature directory holding the given pooled values ([n, d_sae] per side), in parts."""
+def store_from(tmp_path, chosen: np.ndarray, rejected: np.ndarray, part_rows: int = 64,
+               prompts: np.ndarray | None = None) -> FeatureStore:
+    """A feature directory holding the given pooled values ([n, d_sae] per side) and prompt
+    vectors ([n, 4], random by default), in parts."""
     n, d_sae = chosen.shape
+    prompt = torch.randn(n, 4) if prompts is None else torch.tensor(prompts, dtype=torch.float32)
     root = tmp_path / "features"
     root.mkdir()
     parts = []
@@ -29,7 +42,7 @@ def store_from(tmp_path, chosen: np.ndarray, rejected: np.ndarray, part_rows: in
         save_file({"indptr": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
                    "indices": nz[:, 1].to(torch.int32), "mean": dense[nz[:, 0], nz[:, 1]],
                    "max": dense[nz[:, 0], nz[:, 1]], "tokens": torch.full((dense.shape[0],), 5, dtype=torch.int32),
-                   "positions": torch.arange(start, stop), "prompt": torch.randn(stop - start, 4)}, str(root / name))
+                   "positions": torch.arange(start, stop), "prompt": prompt[start:stop]}, str(root / name))
         parts.append({"file": name, "start": start, "stop": stop, "rows": stop - start,
                       "sha256": atomic.sha256_file(root / name)})
     atomic.write_json(root / "features.json", {
@@ -84,3 +97,81 @@ def test_the_audit_uses_the_clustering_asked_for(tmp_path):
     assert sorted(map(sorted, both.cluster_latents)) == [[0, 1]]  # only significant latents are clustered
     with pytest.raises(ValueError, match="clusters must be one of"):
         AuditConfig(clusters="spectral")
+
+
+def answer_store(tmp_path, n: int = 120, seed: int = 0) -> FeatureStore:
+    """Two prompt topics of 60 pairs. Topic 0: in pairs 0-44 the chosen response agrees (latent 6)
+    in one of five wordings (latents 0-4) and the rejected one corrects (latent 7, wordings 8-9);
+    in pairs 45-59 both sides correct. Topic 1 (pairs 60-119): both sides draw latents 9-11."""
+    rng = np.random.default_rng(seed)
+    chosen, rejected = np.zeros((n, 12)), np.zeros((n, 12))
+    half = n // 2
+    for i in range(half):
+        rejected[i, 7], rejected[i, 8 + i % 2] = 1.0 + 0.2 * rng.random(), 0.4
+        if i < 45:
+            chosen[i, 6], chosen[i, i % 5] = 1.0 + 0.2 * rng.random(), 0.4
+        else:
+            chosen[i, 7], chosen[i, 8 + (i + 1) % 2] = 1.0 + 0.2 * rng.random(), 0.4
+    chosen[half:, 9:12], rejected[half:, 9:12] = rng.random((n - half, 3)), rng.random((n - half, 3))
+    prompts = np.zeros((n, 4))
+    prompts[:half, 0], prompts[half:, 1] = 1.0, 1.0
+    prompts += 0.01 * rng.standard_normal((n, 4))
+    return store_from(tmp_path, chosen, rejected, prompts=prompts)
+
+
+def test_response_clusters_of_a_topic_separate_its_kinds_of_answer(tmp_path):
+    store = answer_store(tmp_path)
+    topics = np.array([0] * 60 + [1] * 60)
+    centroids = topic_response_centroids(store, topics, 2)
+    assert centroids.shape == (2, 2, 12)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=2), 1.0, atol=1e-6)
+    block = next(store.blocks())  # pairs 0-63
+    chosen = response_membership(block.chosen, centroids[0], 12, "mean").argmax(dim=1).numpy()
+    rejected = response_membership(block.rejected, centroids[0], 12, "mean").argmax(dim=1).numpy()
+    agree = chosen[0]
+    assert (chosen[:45] == agree).all() and (chosen[45:60] != agree).all() and (rejected[:60] != agree).all()
+    # the latents that carry the agreeing centroid: the agreement latent first, then its wordings
+    assert centroid_latents(centroids[0, agree])[0] == 6
+    # a response with no active latent belongs to no cluster
+    from headwater.audit.features import PooledFeatures
+    empty = PooledFeatures(torch.zeros(2, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                           torch.zeros(0))
+    assert response_membership(empty, centroids[0], 12, "mean").sum() == 0
+
+
+def test_the_audit_ranks_a_topic_response_concept_and_it_acts_on_its_carriers(tmp_path):
+    store = answer_store(tmp_path)
+    result = run_audit(store, AuditConfig(n_topics=2, response_clusters=2, min_active=1))
+    rows = result.response_concepts()
+    top = rows[0]
+    topic, cluster = response_cluster(top["concept"])
+    assert top["kind"] == "response" and top["topic"] == topic == result.topics[0] and top["n_pairs"] == 60
+    # membership difference: +1 in pairs 0-44, 0 in 45-59 (both correct): d = mean / sd exactly
+    x = np.r_[np.ones(45), np.zeros(15)]
+    assert abs(top["d"]) == pytest.approx(x.mean() / x.std(ddof=1), rel=1e-9)
+    assert top["latents"] == result.response_latents[topic][cluster] and top["latents"][0] in (6, 7)
+    sign = "suppress" if top["d"] > 0 else "amplify"
+    decision = Decision(top["concept"], sign, tuple(top["latents"]))
+    pair_topics = dict(zip(store.pair_ids, (int(t) for t in result.topics)))
+    found = carriers([decision], store, topics=pair_topics, centroids=result.response_centroids)
+    assert found.pair_ids == [f"p{i}" for i in range(45)] and found.per_concept == {top["concept"]: 45}
+    ids, diffs, typical = decision_differences([decision], store, centroids=result.response_centroids)
+    assert typical[0] == 1.0 and set(np.unique(diffs[:60, 0])) <= {-1.0, 0.0, 1.0}
+    with pytest.raises(ValueError, match="response centroids are needed"):
+        carriers([decision], store, topics=pair_topics)
+    with pytest.raises(ValueError, match="no such response cluster"):
+        carriers([Decision(f"t{topic}/r7", "suppress", (6,))], store, topics=pair_topics,
+                 centroids=result.response_centroids)
+
+
+def test_response_centroids_round_trip_and_bad_files_are_named(tmp_path):
+    centroids = np.random.default_rng(0).random((3, 2, 5)).astype(np.float32)
+    save_centroids(tmp_path / "c.safetensors", centroids)
+    np.testing.assert_array_equal(load_centroids(tmp_path / "c.safetensors", 5), centroids)
+    with pytest.raises(ValueError, match="expected"):
+        load_centroids(tmp_path / "c.safetensors", 6)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="no readable response centroids"):
+        load_centroids(tmp_path / "bad.safetensors", 5)
+    with pytest.raises(ValueError, match="response_clusters"):
+        AuditConfig(response_clusters=-1)

@@ -44,7 +44,7 @@ def test_sae_train_then_audit(tmp_path, saved_model, capsys):
     doc = json.loads((out / "audit.json").read_text())
     assert doc["n_pairs"] == 48 and doc["sae"]["layer"] == 2 and len(doc["topics"]) == 3
     page = (out / "audit.html").read_text()
-    assert "<html" in page and len(doc["cards"]) <= 3 * 2  # --cards per list
+    assert "<html" in page and len(doc["cards"]) <= 4 * 2  # --cards per list
     for card in doc["cards"]:
         assert card["examples"] and card["label"]
     # topic concepts: a cluster within one prompt topic, with its topic and its cluster's latents
@@ -56,8 +56,16 @@ def test_sae_train_then_audit(tmp_path, saved_model, capsys):
         assert row["kind"] == "topic" and row["topic"] == int(topic[1:]) and row["latents"] == clusters[cluster]
         assert row["n_pairs"] == doc["pair_topics"].count(row["topic"])
     assert "Topic concepts" in page and "within prompt topic" in page
+    # response concepts: a response cluster of one topic, its centroids saved beside audit.json
+    record = doc["response_clusters"]
+    assert record["k"] == 4 and (out / record["file"]).is_file() and len(record["latents"]) == 3
+    for row in doc["response_concepts"]:
+        topic, cluster = (int(part[1:]) for part in row["concept"].split("/"))
+        assert row["kind"] == "response" and row["topic"] == topic and row["latents"] == record["latents"][topic][cluster]
+        assert row["n_pairs"] == doc["pair_topics"].count(topic)
     decisions = read_feedback(out / "feedback.tsv")
-    listed = doc["concepts"][:20] + doc["conditional_concepts"][:20] + doc["topic_concepts"][:20]
+    listed = (doc["concepts"][:20] + doc["conditional_concepts"][:20] + doc["topic_concepts"][:20]
+              + doc["response_concepts"][:20])
     assert {d.decision for d in decisions} <= {"keep"} and [d.concept for d in decisions] == [c["concept"] for c in listed]
     # an edited feedback file is left alone by a second run, which reuses the features
     (out / "feedback.tsv").write_text((out / "feedback.tsv").read_text().replace("\tkeep\t", "\tsuppress\t", 1))
