@@ -136,32 +136,30 @@ class AuditResult:
         keep = self.conditional.significant(self.config.alpha)[:top]
         return [{**rows[int(i)], "kind": "conditional", "latents": [rows[int(i)]["latent"]]} for i in keep]
 
+    def _per_topic(self, stats: ConceptStatistics | None, top: int, kind: str,
+                   latents: Callable[[int, int], list[int]]) -> list[dict[str, Any]]:
+        """The top significant rows of a per-topic family (``t<topic>/<c|r><k>``) by |d|, with
+        their topic, its label and ``latents(topic, k)``."""
+        if stats is None:
+            return []
+        out = []
+        for i in stats.significant(self.config.alpha)[:top]:
+            row = stats.row(int(i))
+            topic, k = (int(part[1:]) for part in str(row["concept"]).split("/"))
+            out.append({**row, "kind": kind, "topic": topic, "topic_label": self.topic_names.get(topic, ""),
+                        **({"response_cluster": k} if kind == "response" else {}), "latents": latents(topic, k)})
+        return out
+
     def topic_concepts(self, top: int = 20) -> list[dict[str, Any]]:
         """The top significant topic concepts by |d|: a co-activation cluster within one prompt
         topic (``t<topic>/c<cluster>``), its statistics over that topic's pairs only."""
-        if self.topic_clusters is None:
-            return []
-        out = []
-        for i in self.topic_clusters.significant(self.config.alpha)[:top]:
-            row = self.topic_clusters.row(int(i))
-            topic, cluster = (int(part[1:]) for part in str(row["concept"]).split("/"))
-            out.append({**row, "kind": "topic", "topic": topic, "topic_label": self.topic_names.get(topic, ""),
-                        "latents": self.cluster_latents[cluster]})
-        return out
+        return self._per_topic(self.topic_clusters, top, "topic", lambda _topic, k: self.cluster_latents[k])
 
     def response_concepts(self, top: int = 20) -> list[dict[str, Any]]:
         """The top significant response concepts by |d|: a response cluster of one prompt topic
         (``t<topic>/r<k>``), its statistics over that topic's pairs; all topics one family for the
         q-values."""
-        if self.responses is None:
-            return []
-        out = []
-        for i in self.responses.significant(self.config.alpha)[:top]:
-            row = self.responses.row(int(i))
-            topic, cluster = (int(part[1:]) for part in str(row["concept"]).split("/"))
-            out.append({**row, "kind": "response", "topic": topic, "topic_label": self.topic_names.get(topic, ""),
-                        "response_cluster": cluster, "latents": self.response_latents[topic][cluster]})
-        return out
+        return self._per_topic(self.responses, top, "response", lambda topic, k: self.response_latents[topic][k])
 
     def to_json(self, top: int = 50) -> dict[str, Any]:
         significant = self.significant_features()

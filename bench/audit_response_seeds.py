@@ -1,0 +1,76 @@
+"""How much do the audit's response concepts depend on the audit's own seed (split halves, prompt
+topics and the per-topic k-means)? Re-runs the audit statistics on an organism's stored features
+under several audit seeds and prints, per planted behaviour, its best match among the top 10
+response concepts (and topic concepts) by |d|: rank, d, and how many of that concept's carriers
+are planted. Needs a finished `bench/audit_organism.py` directory (its features and summary).
+
+    python bench/audit_response_seeds.py --run /tmp/audit-organism --audit-seeds 0 1 2
+    python bench/audit_response_seeds.py --run /tmp/audit-organism --response-clusters 8 --topics 16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from audit_organism import match_concepts, planted_sets  # noqa: E402
+
+from headwater.audit.audit import AuditConfig, run_audit  # noqa: E402
+from headwater.audit.features import FeatureStore  # noqa: E402
+from headwater.organism import OrganismConfig, build_organism  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a bench/audit_organism.py --out directory")
+    parser.add_argument("--audit-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--response-clusters", type=int, default=AuditConfig.response_clusters)
+    parser.add_argument("--topics", type=int, default=AuditConfig.n_topics)
+    args = parser.parse_args()
+    summary = json.loads((args.run / "summary.json").read_text())
+    org = build_organism(OrganismConfig.audit(int(summary["seed"])))  # cached: only read
+    store = FeatureStore.open(args.run / "audit" / "features")
+    pairs = org.load_preferences()
+    prompt_of = {p.pair_id: p.prompt for p in pairs}
+    sets = {k: v for k, v in planted_sets(org).items() if k != "signoff"}
+    doc_base = json.loads((args.run / "audit" / "audit.json").read_text())
+    print(f"organism seed {summary['seed']}, {len(store)} pairs, {args.topics} prompt topics, "
+          f"{args.response_clusters} response clusters per topic")
+    tally = {b: {"response": 0, "topic": 0, "either": 0} for b in sets}
+    for audit_seed in args.audit_seeds:
+        result = run_audit(store, AuditConfig(response_clusters=args.response_clusters, n_topics=args.topics,
+                                              seed=audit_seed),
+                           prompts=[p.prompt for p in pairs])
+        doc = {**doc_base, "cards": [], "config": {**doc_base["config"], "pooling": result.config.pooling}}
+        topics = result.topics
+        lists = {"response": (result.response_concepts(10), result.response_centroids),
+                 "topic": (result.topic_concepts(10), None)}
+        hit = {b: set() for b in sets}
+        for name, (concepts, centroids) in lists.items():
+            found = match_concepts(concepts, doc, store, sets, prompt_of, topics, centroids) if concepts else {}
+            cells = []
+            for behaviour, best in found.items():
+                clean = best["carrier_precision"] >= 0.8 and best["carriers"] > 0
+                if clean:
+                    hit[behaviour].add(name)
+                cells.append(f"{behaviour}: {best['concept']} rank {best['rank']} d {best['d']:+.2f} carriers "
+                             f"{round(best['carrier_precision'] * best['carriers'])}/{best['carriers']} planted"
+                             f"{'' if clean else ' (no clean match)'}")
+            print(f"  audit seed {audit_seed}, {name} concepts: " + "; ".join(cells))
+        for behaviour, lists_hit in hit.items():
+            for name in lists_hit:
+                tally[behaviour][name] += 1
+            tally[behaviour]["either"] += bool(lists_hit)
+    runs = len(args.audit_seeds)
+    print("clean match (≥ 80% of its carriers planted) in the top 10, audit seeds out of " + str(runs) + ": "
+          + "; ".join(f"{b}: response {t['response']}, topic {t['topic']}, either {t['either']}"
+                      for b, t in tally.items()))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
