@@ -89,20 +89,32 @@ def concept_differences(store: FeatureStore, concepts: Sequence[Sequence[int]], 
     return ids, chosen - rejected, typical
 
 
+def membership_sides(store: FeatureStore, clusters: Sequence[tuple[int, int]], centroids: np.ndarray, *,
+                     pooling: str = "mean") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(pair ids, chosen [n, C], rejected [n, C]) membership (1 or 0) of each pair's responses in
+    the given (topic, cluster) response clusters, every pair read with that topic's centroids
+    (``centroids`` [n_topics, k, d_sae]); a concept acts only within its topic (:func:`_in_scope`)."""
+    chosen, rejected = [], []
+    for block in store.blocks():
+        rows = block.positions.numel()
+        sides = []
+        for side in (block.chosen, block.rejected):
+            columns = [response_membership(side, centroids[topic], store.d_sae, pooling)[:, cluster].double().numpy()
+                       for topic, cluster in clusters]
+            sides.append(np.stack(columns, axis=1) if columns else np.zeros((rows, 0)))
+        chosen.append(sides[0])
+        rejected.append(sides[1])
+    empty = np.zeros((0, len(clusters)))
+    return (store.pair_ids, np.concatenate(chosen) if chosen else empty,
+            np.concatenate(rejected) if rejected else empty)
+
+
 def membership_differences(store: FeatureStore, clusters: Sequence[tuple[int, int]], centroids: np.ndarray, *,
                            pooling: str = "mean") -> tuple[list[str], np.ndarray]:
-    """(pair ids, [n, len(clusters)] chosen − rejected membership, each −1, 0 or 1) of the given
-    (topic, cluster) response clusters, every pair read with that topic's centroids
-    (``centroids`` [n_topics, k, d_sae]); a concept acts only within its topic (:func:`_in_scope`)."""
-    parts = []
-    for block in store.blocks():
-        columns = []
-        for topic, cluster in clusters:
-            chosen = response_membership(block.chosen, centroids[topic], store.d_sae, pooling)
-            rejected = response_membership(block.rejected, centroids[topic], store.d_sae, pooling)
-            columns.append((chosen - rejected)[:, cluster].double().numpy())
-        parts.append(np.stack(columns, axis=1) if columns else np.zeros((block.positions.numel(), 0)))
-    return store.pair_ids, np.concatenate(parts) if parts else np.zeros((0, len(clusters)))
+    """(pair ids, [n, len(clusters)] chosen − rejected membership, each −1, 0 or 1); see
+    :func:`membership_sides`."""
+    ids, chosen, rejected = membership_sides(store, clusters, centroids, pooling=pooling)
+    return ids, chosen - rejected
 
 
 def decision_differences(decisions: Sequence[Decision], store: FeatureStore, *, pooling: str = "mean",
@@ -212,4 +224,4 @@ def margin_offsets(decisions: Sequence[Decision], store: FeatureStore, dataset: 
 
 
 __all__ = ["ACTING", "Carriers", "carriers", "concept_topic", "condition_word", "concept_differences", "concept_directions",
-           "data_intervention", "decision_differences", "margin_offsets", "membership_differences", "response_cluster"]
+           "data_intervention", "decision_differences", "margin_offsets", "membership_differences", "membership_sides", "response_cluster"]

@@ -35,19 +35,24 @@ on M0's, to the same held-out prompts, both read through M0 at ℓ and the same 
 stays fixed, so only the text differs). Agreement over concepts is the R² of the least-squares
 line measured ≈ a·predicted + b (the squared Pearson correlation), with Spearman's ρ beside it;
 each measured shift has a 95% bootstrap interval over prompts.
+
+Topic and response concepts act within one prompt topic, so :func:`scoped_shifts` checks each over
+the evaluation prompts of its topic only (an evaluation prompt's topic is the one most common
+among its neighbour pairs, :func:`topics_from_neighbours`): measured on those prompts' generations,
+predicted locally from their neighbours, and globally from the topic's pairs.
 """
 from __future__ import annotations
 
 import base64
 import io
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 
-from headwater.audit.features import pool_codes
+from headwater.audit.features import PooledFeatures, pool_codes
 from headwater.audit.sae import SparseAutoencoder
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
 from headwater.engine.tokenization import EncodedResponse, TokenizationSettings, encode_pairs, encode_response, pad_batch
@@ -56,17 +61,18 @@ from headwater.training.common import response_logps
 
 
 @torch.no_grad()
-def concept_activations(
-    model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int, prompts: Sequence[Any],
-    responses: Sequence[Any], concepts: Sequence[Sequence[int]], settings: TokenizationSettings = TokenizationSettings(),
-    *, pooling: str = "mean", chunk: int = 256, max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
+def response_columns(
+    model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int, prompts: Sequence[Any], responses: Sequence[Any],
+    read: Callable[[PooledFeatures], np.ndarray], width: int, settings: TokenizationSettings = TokenizationSettings(),
+    *, chunk: int = 256, max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
 ) -> np.ndarray:
-    """[n, n_concepts] float64: each response's pooled activation of each concept (the sum over the
-    concept's latents). An empty response (a model may stop at once) reads as 0 everywhere."""
+    """[n, width] float64: ``read`` applied to the pooled SAE features of each response (to its
+    prompt), read through ``model`` at ``layer``, ``chunk`` responses at a time. An empty response
+    (a model may stop at once) reads as 0 everywhere."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     sae = sae.inference_form()
-    out = np.zeros((len(responses), len(concepts)))
+    out = np.zeros((len(responses), width))
     for start in range(0, len(responses), chunk):
         encoded: list[EncodedResponse] = []
         rows: list[int] = []
@@ -82,9 +88,20 @@ def concept_activations(
             continue
         captured = response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer),
                                               max_tokens_per_batch=max_tokens_per_batch)
-        pooled = pool_codes(sae, captured.activations, captured.lengths)
-        out[rows] = pooled.concept_columns(concepts, sae.d_sae, pooling).numpy()
+        out[rows] = read(pool_codes(sae, captured.activations, captured.lengths))
     return out
+
+
+def concept_activations(
+    model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int, prompts: Sequence[Any],
+    responses: Sequence[Any], concepts: Sequence[Sequence[int]], settings: TokenizationSettings = TokenizationSettings(),
+    *, pooling: str = "mean", chunk: int = 256, max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
+) -> np.ndarray:
+    """[n, n_concepts] float64: each response's pooled activation of each concept (the sum over the
+    concept's latents). An empty response (a model may stop at once) reads as 0 everywhere."""
+    return response_columns(model, tokenizer, sae, layer, prompts, responses,
+                            lambda pooled: pooled.concept_columns(concepts, sae.d_sae, pooling).numpy(), len(concepts),
+                            settings, chunk=chunk, max_tokens_per_batch=max_tokens_per_batch)
 
 
 @torch.no_grad()
@@ -231,6 +248,66 @@ def measured_shifts(before: np.ndarray, after: np.ndarray, before_prompt: Sequen
     return {"shift": diff.mean(axis=0), "low": low, "high": high}
 
 
+def topics_from_neighbours(near: np.ndarray, pair_topics: np.ndarray) -> np.ndarray:
+    """[P] int: each evaluation prompt's prompt topic, the one most common among its neighbour pairs
+    ``near`` [P, k] (rows of ``pair_topics``); a tie goes to the topic of the nearer pair."""
+    out = np.zeros(near.shape[0], dtype=np.int64)
+    for i, row in enumerate(pair_topics[near]):
+        counts = np.bincount(row)
+        tied = counts == counts.max()
+        out[i] = next(int(t) for t in row if tied[t])
+    return out
+
+
+def scoped_shifts(chosen: np.ndarray, rejected: np.ndarray, chosen_logp: np.ndarray, rejected_logp: np.ndarray,
+                  pair_topics: np.ndarray, near: np.ndarray, eval_topics: np.ndarray, m0_acts: np.ndarray,
+                  m1_acts: np.ndarray, owners: Sequence[int], concept_topics: Sequence[int], *, seed: int = 0
+                  ) -> dict[str, np.ndarray]:
+    """Predicted and measured shifts of concepts that act within one prompt topic (topic and
+    response concepts), each over the evaluation prompts of its topic only.
+
+    Args:
+        chosen, rejected: [n, C] the concepts' activations on the pairs' sides.
+        chosen_logp, rejected_logp: [n] M0's mean log-probability per token of each side.
+        pair_topics: [n] each pair's prompt topic.
+        near: [P, k] each evaluation prompt's neighbour pair rows (:func:`nearest_pairs`).
+        eval_topics: [P] each evaluation prompt's topic (:func:`topics_from_neighbours`).
+        m0_acts, m1_acts: [R, C] the concepts on M0's and M1's generations; ``owners`` [R] the
+            evaluation prompt of each (the same for both models).
+        concept_topics: [C] each concept's topic.
+
+    Returns ``shift``, ``low``, ``high`` (measured, with its bootstrap interval over the topic's
+    prompts), ``first_order`` (over the topic's pairs, centred on M0's generations to the topic's
+    prompts), ``local_first_order`` (over the topic's prompts) and ``n_prompts``, each [C]; NaN
+    (and 0 prompts) for a concept whose topic no evaluation prompt falls in.
+    """
+    c = chosen.shape[1]
+    owners = np.asarray(owners)
+    concept_topics = np.asarray(concept_topics, dtype=np.int64)
+    out = {key: np.full(c, np.nan) for key in ("shift", "low", "high", "first_order", "local_first_order")}
+    out["n_prompts"] = np.zeros(c, dtype=np.int64)
+    for topic in np.unique(concept_topics):
+        cols = np.flatnonzero(concept_topics == topic)
+        prompts = np.flatnonzero(eval_topics == topic)
+        if prompts.size == 0:
+            continue
+        responses = np.isin(owners, prompts)
+        measured = measured_shifts(m0_acts[responses][:, cols], m1_acts[responses][:, cols], owners[responses],
+                                   owners[responses], seed=seed)
+        for key in ("shift", "low", "high"):
+            out[key][cols] = measured[key]
+        by_prompt = per_prompt_means(m0_acts[:, cols], owners, prompts)
+        out["local_first_order"][cols] = shift_from_neighbours(chosen[:, cols], rejected[:, cols], chosen_logp,
+                                                               rejected_logp, near[prompts], by_prompt)
+        mine = pair_topics == topic
+        if mine.any():
+            out["first_order"][cols] = first_order_shift(chosen[mine][:, cols], rejected[mine][:, cols],
+                                                         chosen_logp[mine], rejected_logp[mine],
+                                                         m0_acts[responses][:, cols].mean(axis=0))
+        out["n_prompts"][cols] = prompts.size
+    return out
+
+
 def agreement(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
     """R² of the least-squares line measured ≈ slope·predicted + intercept, Pearson r, Spearman ρ."""
     x, y = np.asarray(predicted, dtype=np.float64), np.asarray(measured, dtype=np.float64)
@@ -243,8 +320,11 @@ def agreement(predicted: Sequence[float], measured: Sequence[float]) -> dict[str
 
 
 def agreement_figure(names: Sequence[str], predicted: Sequence[float], shifts: dict[str, np.ndarray],
-                     summary: dict[str, float], xlabel: str = "predicted shift") -> bytes:
-    """A PNG: measured shift (with its interval) against predicted shift, one point per concept."""
+                     summary: dict[str, float], xlabel: str = "predicted shift",
+                     extra: tuple[Sequence[str], Sequence[float], dict[str, np.ndarray]] | None = None) -> bytes:
+    """A PNG: measured shift (with its interval) against predicted shift, one point per concept;
+    ``extra`` (names, predicted, shifts) adds concepts checked within their prompt topic, drawn
+    apart and left out of the fitted line and the title's R²."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,7 +333,15 @@ def agreement_figure(names: Sequence[str], predicted: Sequence[float], shifts: d
     x = np.asarray(predicted)
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
     y = shifts["shift"]
-    ax.errorbar(x, y, yerr=[y - shifts["low"], shifts["high"] - y], fmt="o", ms=4, alpha=0.8, capsize=2)
+    ax.errorbar(x, y, yerr=[y - shifts["low"], shifts["high"] - y], fmt="o", ms=4, alpha=0.8, capsize=2,
+                label="concepts over all prompts")
+    if extra is not None and len(extra[0]):
+        ex, ey = np.asarray(extra[1]), extra[2]["shift"]
+        ax.errorbar(ex, ey, yerr=[ey - extra[2]["low"], extra[2]["high"] - ey], fmt="^", ms=4, alpha=0.6, capsize=2,
+                    color="tab:orange", label="topic and response concepts (their topic's prompts)")
+        for name, xi, yi in zip(extra[0], ex, ey):
+            ax.annotate(name, (xi, yi), fontsize=5, alpha=0.6)
+        ax.legend(fontsize=6)
     if math.isfinite(summary["slope"]):
         grid = np.linspace(x.min(), x.max(), 2)
         ax.plot(grid, summary["slope"] * grid + summary["intercept"], "k--", lw=1)
@@ -277,4 +365,5 @@ def png_data_uri(png: bytes) -> str:
 
 __all__ = ["agreement", "agreement_figure", "concept_activations", "first_order_shift", "local_first_order_shift",
            "measured_shifts", "nearest_pairs", "pair_token_likelihoods", "per_prompt_means", "png_data_uri",
-           "prompt_representations", "shift_from_neighbours"]
+           "prompt_representations", "response_columns", "scoped_shifts", "shift_from_neighbours",
+           "topics_from_neighbours"]

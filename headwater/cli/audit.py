@@ -137,6 +137,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-new-tokens", type=int, default=64, help="the longest generation (default 64)")
     c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     c.add_argument("--latents", type=int, default=50, help="top significant latents checked (default 50)")
+    c.add_argument("--scoped", type=int, default=20,
+                   help="top topic concepts and top response concepts checked, each over the held-out prompts of "
+                        "its prompt topic (default 20 of each; 0: none)")
     c.add_argument("--neighbours", type=int, default=20,
                    help="pairs per held-out prompt in the local prediction (default 20)")
     c.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed (default 0)")
@@ -204,10 +207,20 @@ def run_check(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts)
     result = check_predictions(model_path=args.model, trained_path=args.trained, audit_dir=args.audit,
                                data=args.data, split=args.split, on_error=args.on_error, prompts=prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, seed=args.seed, n_latents=args.latents, neighbours=args.neighbours,
+                               temperature=args.temperature, seed=args.seed, n_latents=args.latents, n_scoped=args.scoped,
+                               neighbours=args.neighbours,
                                settings=settings_from(args), device=args.device, progress=args.progress)
     for kind, a in result["agreement"].items():
         print(f"prediction check ({kind}) over {a['n']} concepts: R² = {a['r2']:.3f}, Pearson r = {a['pearson']:.3f}, "
               f"Spearman ρ = {a['spearman']:.3f} (slope {a['slope']:.3g})")
+    if "scoped" in result:
+        scoped = result["scoped"]
+        for label, table in (("topic and response concepts", scoped["agreement"]),
+                             ("all concepts together", scoped["agreement_all"])):
+            a = table["local_first_order"]
+            print(f"prediction check (local_first_order), {label}, over {a['n']} concepts: R² = {a['r2']:.3f}, "
+                  f"Spearman ρ = {a['spearman']:.3f}")
+        if scoped["n_unchecked"]:
+            print(f"  ({scoped['n_unchecked']} topic or response concepts have no held-out prompt in their topic)")
     print(f"written: {args.audit}/prediction.json, prediction.png")
     return 0

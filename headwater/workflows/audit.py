@@ -261,12 +261,18 @@ def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = N
     if prediction is not None:
         from headwater.audit.prediction import png_data_uri
 
-        rows = [[kind, a["n"], f"{a['r2']:.3f}", f"{a['pearson']:.3f}", f"{a['spearman']:.3f}", f"{a['slope']:.3g}"]
-                for kind, a in prediction["agreement"].items()]
+        def agreement_rows(table: dict[str, Any], scope: str) -> list[list[Any]]:
+            return [[kind, scope, a["n"], f"{a['r2']:.3f}", f"{a['pearson']:.3f}", f"{a['spearman']:.3f}",
+                     f"{a['slope']:.3g}"] for kind, a in table.items()]
+
+        rows = agreement_rows(prediction["agreement"], "over all pairs")
+        if "scoped" in prediction:
+            rows += agreement_rows(prediction["scoped"]["agreement"], "topic and response (their topic's prompts)")
+            rows += agreement_rows(prediction["scoped"]["agreement_all"], "all together")
         parts += [f"<h2>Prediction check</h2><p>{prediction['n_prompts']} held-out prompts × {prediction['samples']} "
                   f"samples of M0 and of {html.escape(prediction['trained'])}; measured shift = M1 − M0, read "
                   "through M0 and the SAE.</p>",
-                  html_table(["prediction", "concepts", "R²", "Pearson r", "Spearman ρ", "slope"], rows)]
+                  html_table(["prediction", "concepts", "n", "R²", "Pearson r", "Spearman ρ", "slope"], rows)]
         sweep = prediction.get("local_first_order_by_neighbours", [])
         if sweep:
             parts.append("<p>The local prediction at other neighbour counts (pairs per prompt; the table uses "

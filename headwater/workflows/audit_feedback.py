@@ -5,8 +5,9 @@
 - :func:`retrain_with_feedback`: DPO from M0 with a feature intervention: the marked concepts'
   decoder directions projected out of (suppress) or added to (amplify) the residual stream at ℓ,
   or the reward-shaping margin offsets;
-- :func:`check_predictions`: each concept's predicted shift (its Δ in the data) against its
-  measured shift (M1's generations against M0's, read through M0 and the SAE), with R².
+- :func:`check_predictions`: each concept's predicted shift (its Δ in the data, and two first-order
+  DPO predictions) against its measured shift (M1's generations against M0's, read through M0 and
+  the SAE), with R²; topic and response concepts over their topic's held-out prompts.
 """
 from __future__ import annotations
 
@@ -17,20 +18,22 @@ from typing import Any, Sequence
 import numpy as np
 
 from headwater.audit.cards import Decision, read_feedback
-from headwater.audit.clusters import load_centroids
+from headwater.audit.clusters import load_centroids, response_membership
 from headwater.audit.features import FeatureStore
-from headwater.audit.interventions import concept_directions, data_intervention, margin_offsets
+from headwater.audit.interventions import concept_directions, data_intervention, margin_offsets, membership_sides
 from headwater.audit.prediction import (
     agreement,
     agreement_figure,
-    concept_activations,
     first_order_shift,
     measured_shifts,
     nearest_pairs,
     pair_token_likelihoods,
     per_prompt_means,
     prompt_representations,
+    response_columns,
+    scoped_shifts,
     shift_from_neighbours,
+    topics_from_neighbours,
 )
 from headwater.data import load_preferences
 from headwater.engine import atomic
@@ -153,11 +156,19 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
 NEIGHBOUR_SWEEP = (5, 10, 20, 50, 100, 300)  # neighbour counts the check also reports, beside the one asked for
 
 
+def _scoped_concepts(doc: dict[str, Any], top: int) -> list[dict[str, Any]]:
+    """The audit's top ``top`` topic concepts and top ``top`` response concepts (each acts within one
+    prompt topic)."""
+    rows = doc.get("topic_concepts", [])[:top] + doc.get("response_concepts", [])[:top]
+    return [row for row in rows if "topic" in row]
+
+
 def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Path, data: str, prompts: Sequence[Any],
                       samples: int = 4, max_new_tokens: int = 64, temperature: float = 0.7, seed: int = 0,
-                      n_latents: int = 50, max_pairs: int = 20_000, neighbours: int = 20, split: str | None = None,
-                      on_error: str = "raise", settings: TokenizationSettings = TokenizationSettings(),
-                      device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+                      n_latents: int = 50, n_scoped: int = 20, max_pairs: int = 20_000, neighbours: int = 20,
+                      split: str | None = None, on_error: str = "raise",
+                      settings: TokenizationSettings = TokenizationSettings(), device: str = "cpu",
+                      progress: bool = True) -> dict[str, Any]:
     """Predicted against measured (M1 − M0 generations) concept shifts; writes ``prediction.json``
     and ``prediction.png`` into the audit directory and adds the check to its ``audit.html``.
 
@@ -170,6 +181,11 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     concepts and its top ``n_latents`` significant latents. ``local_first_order_by_neighbours``
     repeats the local prediction's agreement at the counts of ``NEIGHBOUR_SWEEP``, so a reader
     sees how much that one setting matters.
+
+    ``scoped`` checks the top ``n_scoped`` topic concepts and response concepts the same way, each
+    over the held-out prompts of its topic only (a held-out prompt's topic: the most common one
+    among its neighbour pairs); a concept whose topic gets no held-out prompt is listed and left
+    out of the agreement.
     """
     if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
         raise ValueError(f"neighbours must be a positive int, got {neighbours!r}")  # before any sampling
@@ -185,11 +201,26 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     if len(concepts) < 3:
         raise ValueError(f"the audit in {audit} reports {len(concepts)} concepts; the check needs at least 3")
     names = list(concepts)
-    latents = [concepts[n][0] for n in names]
     dataset = load_preferences(data, split=split, on_error=on_error)  # type: ignore[arg-type]
     store = FeatureStore.open(audit / "features")
     if store.manifest["dataset_fingerprint"] != dataset.fingerprint:
         raise ValueError(f"{audit} audited other data (dataset fingerprint differs from {data}'s)")
+    scoped = _scoped_concepts(doc, n_scoped)
+    pair_topics = np.asarray(doc.get("pair_topics", []), dtype=np.int64)
+    if scoped and pair_topics.size != len(store):
+        raise ValueError(f"audit.json records {pair_topics.size} pair topics for {len(store)} encoded pairs")
+    summed = [concepts[n][0] for n in names] + [row["latents"] for row in scoped if row["kind"] != "response"]
+    members = [(row["topic"], row["response_cluster"]) for row in scoped if row["kind"] == "response"]
+    centroids = _centroids(audit, doc, store) if members else None
+    order = ([row["concept"] for row in scoped if row["kind"] != "response"]
+             + [row["concept"] for row in scoped if row["kind"] == "response"])  # the scoped columns' order
+
+    def read(pooled: Any) -> np.ndarray:
+        columns = [pooled.concept_columns(summed, sae.d_sae, pooling).numpy()]
+        columns += [response_membership(pooled, centroids[t], sae.d_sae, pooling)[:, [k]].double().numpy()
+                    for t, k in members]
+        return np.concatenate(columns, axis=1)
+
     m0, tokenizer = load_model(model_path, device=device)
     m1, _ = load_model(trained_path, device=device)
     options = dict(n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, settings=settings)
@@ -199,34 +230,41 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
         responses = sample_responses(model, tokenizer, prompts, progress=f"{name} generations" if progress else None,
                                      **options)
         flat = [r for rs in responses for r in rs]
-        acts[name] = concept_activations(m0, tokenizer, sae, layer, [prompts[i] for i in owners], flat, latents,
-                                         settings, pooling=pooling)
-    shifts = measured_shifts(acts["m0"], acts["m1"], owners, owners, seed=seed)
+        acts[name] = response_columns(m0, tokenizer, sae, layer, [prompts[i] for i in owners], flat, read,
+                                      len(summed) + len(members), settings)
+    c = len(names)
+    shifts = measured_shifts(acts["m0"][:, :c], acts["m1"][:, :c], owners, owners, seed=seed)
 
     pairs = list(dataset)
     if len(pairs) > max_pairs:
         keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_pairs, replace=False))
         pairs = [pairs[i] for i in keep]
     likelihood = pair_token_likelihoods(m0, tokenizer, pairs, settings)
-    ids, chosen, rejected = store.concept_sides(latents, pooling)
+    ids, chosen, rejected = store.concept_sides(summed, pooling)
+    if members:
+        _, member_chosen, member_rejected = membership_sides(store, members, centroids, pooling=pooling)
+        chosen, rejected = np.concatenate([chosen, member_chosen], 1), np.concatenate([rejected, member_rejected], 1)
     row_of = {pid: k for k, pid in enumerate(ids)}
     rows = [row_of.get(pid) for pid in likelihood["pair_ids"]]
     usable = np.array([r is not None for r in rows])
     index = np.array([r for r in rows if r is not None], dtype=np.int64)
     pair_prompts = store.prompt_rows(index)
     eval_prompts = prompt_representations(m0, tokenizer, prompts, layer, settings)
-    by_prompt = per_prompt_means(acts["m0"], owners, range(len(prompts)))
-    sides = (chosen[index], rejected[index], likelihood["chosen"][usable], likelihood["rejected"][usable])
+    by_prompt = per_prompt_means(acts["m0"][:, :c], owners, range(len(prompts)))
+    logps = (likelihood["chosen"][usable], likelihood["rejected"][usable])
+    sides = (chosen[index, :c], rejected[index, :c], *logps)
     # one neighbour search serves the default and the sweep's other counts (the first k columns)
     counts = sorted({min(k, int(usable.sum())) for k in (*NEIGHBOUR_SWEEP, neighbours)})
     near = nearest_pairs(eval_prompts, pair_prompts, max(counts))
+    k_used = min(neighbours, int(usable.sum()))
+
     def local(k: int) -> np.ndarray:
         return shift_from_neighbours(*sides, near[:, :k], by_prompt)
 
     predictions = {
         "delta": np.array([concepts[n][1] for n in names]),
-        "first_order": first_order_shift(*sides, acts["m0"].mean(axis=0)),
-        "local_first_order": local(min(neighbours, int(usable.sum()))),
+        "first_order": first_order_shift(*sides, acts["m0"][:, :c].mean(axis=0)),
+        "local_first_order": local(k_used),
     }
     scores = {kind: agreement(values, shifts["shift"]) for kind, values in predictions.items()}
     # how much the one setting matters: the same check at other neighbour counts (cheap: no sampling)
@@ -240,11 +278,36 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
              for k, n in enumerate(names)]
     result = {"agreement": scores, "concepts": table, "n_prompts": len(prompts), "samples": samples,
               "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
-              "n_pairs_weighted": int(usable.sum()), "neighbours": min(neighbours, int(usable.sum())),
+              "n_pairs_weighted": int(usable.sum()), "neighbours": k_used,
               "local_first_order_by_neighbours": sweep,
               "trained": str(trained_path)}
+    extra = None
+    if scoped:
+        by_name = {row["concept"]: row for row in scoped}
+        topic_of = np.array([by_name[n]["topic"] for n in order], dtype=np.int64)
+        eval_topics = topics_from_neighbours(near[:, :k_used], pair_topics[index])
+        found = scoped_shifts(chosen[index, c:], rejected[index, c:], *logps, pair_topics[index], near[:, :k_used],
+                              eval_topics, acts["m0"][:, c:], acts["m1"][:, c:], owners, topic_of, seed=seed)
+        found["delta"] = np.array([by_name[n]["delta"] for n in order])
+        checked = np.flatnonzero(found["n_prompts"] > 0)
+        rows_out = [{"concept": n, "kind": by_name[n]["kind"], "topic": int(topic_of[j]),
+                     "n_prompts": int(found["n_prompts"][j]), "predicted_delta": float(found["delta"][j]),
+                     "predicted_first_order": float(found["first_order"][j]),
+                     "predicted_local_first_order": float(found["local_first_order"][j]),
+                     "measured": float(found["shift"][j]), "measured_ci95": [float(found["low"][j]),
+                                                                             float(found["high"][j])]}
+                    for j, n in enumerate(order)]
+        both = {kind: agreement(np.r_[predictions[kind], found[kind][checked]],
+                                np.r_[shifts["shift"], found["shift"][checked]]) for kind in predictions}
+        result["scoped"] = {"concepts": rows_out, "n_unchecked": int(len(order) - checked.size),
+                            "agreement": {kind: agreement(found[kind][checked], found["shift"][checked])
+                                          for kind in predictions},
+                            "agreement_all": both}
+        extra = ([order[j] for j in checked], found["local_first_order"][checked],
+                 {key: found[key][checked] for key in ("shift", "low", "high")})
     figure = agreement_figure(names, predictions["local_first_order"], shifts, scores["local_first_order"],
-                              xlabel=f"predicted shift (local first order, {result['neighbours']} pairs per prompt)")
+                              xlabel=f"predicted shift (local first order, {result['neighbours']} pairs per prompt)",
+                              extra=extra)
     atomic.write_json(audit / "prediction.json", result)
     atomic.write_bytes(audit / "prediction.png", figure)
     atomic.write_text(audit / "audit.html", render_audit_html(doc, result, figure))

@@ -13,6 +13,8 @@ from headwater.audit.prediction import (
     local_first_order_shift,
     measured_shifts,
     pair_token_likelihoods,
+    scoped_shifts,
+    topics_from_neighbours,
 )
 from headwater.data import PreferencePair
 from headwater.engine.tokenization import TokenizationSettings, encode_pair, pad_batch
@@ -67,6 +69,45 @@ def test_local_first_order_shift_equals_an_explicit_loop():
         local_first_order_shift(chosen, rejected, lp_c, lp_r, pair_prompts, eval_prompts, m, neighbours=0)
     with pytest.raises(ValueError, match="shapes do not match"):
         local_first_order_shift(chosen, rejected, lp_c, lp_r, pair_prompts[:, :3], eval_prompts, m)
+
+
+def test_a_held_out_prompt_takes_its_neighbours_most_common_topic():
+    pair_topics = np.array([0, 1, 1, 2, 2])
+    near = np.array([[0, 1, 2], [3, 0, 1], [1, 3, 4], [0, 3, 1]])  # topics [0,1,1], [2,0,1], [1,2,2], [0,2,1]
+    # majority where there is one; a tie goes to the nearer pair's topic
+    np.testing.assert_array_equal(topics_from_neighbours(near, pair_topics), [1, 2, 2, 0])
+
+
+def test_scoped_shifts_use_only_their_topics_prompts_and_pairs():
+    rng = np.random.default_rng(2)
+    n, n_prompts, samples = 24, 6, 3
+    chosen, rejected = rng.random((n, 2)), rng.random((n, 2))
+    lp_c, lp_r = -rng.random(n) * 2, -rng.random(n) * 2
+    pair_topics = np.arange(n) % 3
+    near = np.stack([rng.permutation(n)[:5] for _ in range(n_prompts)])
+    eval_topics = np.array([0, 0, 1, 1, 1, 2])
+    owners = np.repeat(np.arange(n_prompts), samples)
+    m0, m1 = rng.random((owners.size, 2)), rng.random((owners.size, 2))
+    concept_topics = [1, 2]
+    out = scoped_shifts(chosen, rejected, lp_c, lp_r, pair_topics, near, eval_topics, m0, m1, owners, concept_topics)
+    for j, topic in enumerate(concept_topics):
+        prompts = [x for x in range(n_prompts) if eval_topics[x] == topic]
+        diff = [m1[owners == x, j].mean() - m0[owners == x, j].mean() for x in prompts]
+        assert out["shift"][j] == pytest.approx(np.mean(diff)) and out["n_prompts"][j] == len(prompts)
+        local = 0.0
+        for x in prompts:
+            m = m0[owners == x, j].mean()
+            wc, wr = np.exp(lp_c[near[x]]), np.exp(lp_r[near[x]])
+            local += (wc * (chosen[near[x], j] - m) - wr * (rejected[near[x], j] - m)).sum() / (wc.sum() + wr.sum())
+        assert out["local_first_order"][j] == pytest.approx(local / len(prompts), rel=1e-10)
+        mine = pair_topics == topic
+        centre = m0[np.isin(owners, prompts), j].mean()
+        expected = first_order_shift(chosen[mine][:, [j]], rejected[mine][:, [j]], lp_c[mine], lp_r[mine],
+                                     np.array([centre]))[0]
+        assert out["first_order"][j] == pytest.approx(expected, rel=1e-10)
+    # a topic no held-out prompt falls in: NaN and no prompts, not an error
+    none = scoped_shifts(chosen, rejected, lp_c, lp_r, pair_topics, near, eval_topics, m0, m1, owners, [1, 3])
+    assert none["n_prompts"][1] == 0 and math.isnan(none["local_first_order"][1]) and math.isnan(none["shift"][1])
 
 
 def test_measured_shifts_and_agreement():

@@ -160,6 +160,16 @@ def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, cap
     check = json.loads((out / "prediction.json").read_text())
     assert check["agreement"]["first_order"]["n"] == len(check["concepts"]) >= 3 and check["n_pairs_weighted"] == 48
     assert check["neighbours"] == 20 and all(math.isfinite(c["predicted_local_first_order"]) for c in check["concepts"])
+    # topic and response concepts, each over its topic's held-out prompts; all of them together
+    scoped = check["scoped"]
+    listed = json.loads((out / "audit.json").read_text())
+    assert len(scoped["concepts"]) == len(listed["topic_concepts"][:20]) + len(listed["response_concepts"][:20]) > 0
+    checked = [row for row in scoped["concepts"] if row["n_prompts"] > 0]
+    assert scoped["n_unchecked"] == len(scoped["concepts"]) - len(checked)
+    assert scoped["agreement_all"]["local_first_order"]["n"] == len(check["concepts"]) + len(checked)
+    assert {row["kind"] for row in scoped["concepts"]} <= {"topic", "response"}
+    per_topic = {r["topic"]: r["n_prompts"] for r in checked}  # each held-out prompt in one topic
+    assert all(r["n_prompts"] == per_topic[r["topic"]] for r in checked) and sum(per_topic.values()) <= 3
     sweep = {row["neighbours"]: row for row in check["local_first_order_by_neighbours"]}
     assert sorted(sweep) == [5, 10, 20, 48] and sweep[20]["r2"] == check["agreement"]["local_first_order"]["r2"]
     page = (out / "audit.html").read_text()
