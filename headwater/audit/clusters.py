@@ -145,40 +145,35 @@ def _sparse_rows(features: PooledFeatures, d_sae: int, pooling: str) -> sparse.c
 
 
 def topic_response_centroids(store: FeatureStore, topics: np.ndarray, k: int, *, pooling: str = "mean",
-                             seed: int = 0, sample: int = 20_000, n_init: int = 4) -> np.ndarray:
+                             seed: int = 0, sample: int = 8192, n_init: int = 4) -> np.ndarray:
     """[n_topics, k, d_sae] float32 unit centroids of each prompt topic's responses (chosen and
     rejected alike); a topic with fewer than k responses that have an active latent gets that many,
     the rest of its rows zero (never a response's nearest).
 
     Per topic, k-means (``n_init`` seeded restarts, the best kept) on the unit pooled feature
-    vectors of at most ``sample`` of its responses, a seeded uniform sample; with fewer, all of
-    them. On unit vectors the nearest centroid by distance is the nearest by cosine, so this is
-    spherical k-means up to the centroids' length, which is then normalised. One pass over the
-    store; memory: one part, the sparse samples and the centroids, flat in the pairs.
+    vectors of at most ``sample`` of its responses (a seeded uniform sample of its pairs, both
+    sides); with fewer, all of them. On unit vectors the nearest centroid by distance is the
+    nearest by cosine, so this is spherical k-means up to the centroids' length, which is then
+    normalised. One pass over the store per topic; memory: one part, one topic's sparse sample and
+    the centroids, flat in the pairs.
     """
     n_topics = int(topics.max()) + 1 if topics.size else 0
     rng = np.random.default_rng(seed)
-    picked_pairs = []
+    out = np.zeros((n_topics, k, store.d_sae), dtype=np.float32)
     for t in range(n_topics):
         rows = np.flatnonzero(topics == t)
-        picked_pairs.append(np.sort(rng.choice(rows, sample // 2, replace=False)) if rows.size > sample // 2 else rows)
-    wanted = np.zeros(topics.size, dtype=bool)
-    for rows in picked_pairs:
+        if rows.size > sample // 2:
+            rows = np.sort(rng.choice(rows, sample // 2, replace=False))
+        wanted = np.zeros(topics.size, dtype=bool)
         wanted[rows] = True
-    gathered: dict[int, list[sparse.csr_matrix]] = {t: [] for t in range(n_topics)}
-    start = 0
-    for block in store.blocks():
-        stop = start + block.positions.numel()
-        inside = np.flatnonzero(wanted[start:stop])
-        if inside.size:
-            chosen = _sparse_rows(block.chosen, store.d_sae, pooling)[inside]
-            rejected = _sparse_rows(block.rejected, store.d_sae, pooling)[inside]
-            for t in np.unique(topics[start + inside]):
-                mine = topics[start + inside] == t
-                gathered[int(t)] += [chosen[mine], rejected[mine]]
-        start = stop
-    out = np.zeros((n_topics, k, store.d_sae), dtype=np.float32)
-    for t, parts in gathered.items():
+        parts, start = [], 0
+        for block in store.blocks():
+            stop = start + block.positions.numel()
+            inside = np.flatnonzero(wanted[start:stop])
+            if inside.size:
+                parts += [_sparse_rows(block.chosen, store.d_sae, pooling)[inside],
+                          _sparse_rows(block.rejected, store.d_sae, pooling)[inside]]
+            start = stop
         if not parts:
             continue
         x = sparse.vstack(parts).tocsr()
