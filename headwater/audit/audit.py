@@ -298,7 +298,7 @@ def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, promp
         say("response clusters")
         centroids = topic_response_centroids(store, topics, config.response_clusters, pooling=config.pooling,
                                              seed=config.seed)
-        carriers = [[centroid_latents(c) for c in per_topic] for per_topic in centroids]
+        carriers = [centroid_latents(per_topic) for per_topic in centroids]
         responses = _response_statistics(store, config, halves, centroids, topics)
     return AuditResult(config, latents, cluster_stats, clusters, topics, names, topic_stats, store.manifest,
                        conditional, contests, responses, centroids, carriers)

@@ -137,7 +137,7 @@ def _title(card: dict[str, Any]) -> str:
 def _what(card: dict[str, Any]) -> str:
     """What kind of concept a card shows, and of how many latents."""
     if card.get("kind") == "response":
-        return f"response cluster, its centroid carried by {len(card['latents'])} latent(s)"
+        return f"response cluster, set apart by {len(card['latents'])} latent(s)"
     return f"{card['kind']} of {len(card['latents'])} latent(s)"
 
 

@@ -181,8 +181,27 @@ def topic_response_centroids(store: FeatureStore, topics: np.ndarray, k: int, *,
         m = min(k, x.shape[0])
         if m < 1:
             continue
-        centres = KMeans(n_clusters=m, n_init=n_init, random_state=seed).fit(x).cluster_centers_
-        out[t, :m] = _normalised(torch.from_numpy(np.asarray(centres))).astype(np.float32)
+        centres = _normalised(torch.from_numpy(np.asarray(
+            KMeans(n_clusters=m, n_init=n_init, random_state=seed).fit(x).cluster_centers_))).astype(np.float32)
+        for j in range(1, m):  # fewer distinct responses than clusters: k-means repeats a centre
+            if any(np.allclose(centres[j], centres[i], atol=1e-6) for i in range(j)):
+                centres[j] = 0.0
+        out[t, :m] = centres
+    return out
+
+
+def topic_memberships(features: PooledFeatures, centroids: np.ndarray, clusters: Sequence[tuple[int, int]], d_sae: int,
+                      pooling: str) -> np.ndarray:
+    """[rows, len(clusters)] float64 membership (1 or 0) of each response in each (topic, cluster)
+    response cluster, read with that topic's centroids (``centroids`` [n_topics, k, d_sae]); each
+    topic's memberships are computed once, however many of its clusters are asked for."""
+    out = np.zeros((features.rows, len(clusters)))
+    by_topic: dict[int, list[int]] = {}
+    for column, (topic, _) in enumerate(clusters):
+        by_topic.setdefault(topic, []).append(column)
+    for topic, columns in by_topic.items():
+        member = response_membership(features, centroids[topic], d_sae, pooling).double().numpy()
+        out[:, columns] = member[:, [clusters[c][1] for c in columns]]
     return out
 
 
@@ -203,17 +222,28 @@ def response_membership(features: PooledFeatures, centroids: np.ndarray, d_sae: 
     return out
 
 
-def centroid_latents(centroid: np.ndarray, *, mass: float = 0.5, most: int = 16) -> list[int]:
-    """The latents that carry a centroid: the fewest, largest first, whose squared weights reach
-    ``mass`` of its total (at most ``most``). They name a response cluster in cards and in the
-    feedback file, and give its directions for a residual edit."""
-    order = np.argsort(-centroid, kind="stable")
-    weights = np.clip(centroid[order], 0, None) ** 2
-    total = weights.sum()
-    if total <= 0:
-        return []
-    count = int(np.searchsorted(np.cumsum(weights), mass * total) + 1)
-    return [int(v) for v in order[:min(count, most)]]
+def centroid_latents(centroids: np.ndarray, *, mass: float = 0.5, most: int = 16) -> list[list[int]]:
+    """Per centroid of one topic ([k, d_sae]; zero rows are absent clusters), the latents that set
+    it apart: the fewest, largest first, whose squared contrast weights reach ``mass`` of their
+    total (at most ``most``). The contrast is the centroid minus the mean of the topic's other
+    centroids, clipped at 0, so a latent every response of the topic carries (its format, its
+    vocabulary) names no cluster. They name a response cluster in cards and in the feedback file,
+    and give its directions for a residual edit. A topic's only cluster is named by its own
+    weights."""
+    centroids = np.asarray(centroids, dtype=np.float64)
+    real = np.flatnonzero(np.abs(centroids).sum(axis=1) > 0)
+    out: list[list[int]] = [[] for _ in range(centroids.shape[0])]
+    for j in real:
+        others = real[real != j]
+        weights = centroids[j] - (centroids[others].mean(axis=0) if others.size else 0.0)
+        weights = np.clip(weights, 0, None) ** 2
+        total = weights.sum()
+        if total <= 0:
+            continue
+        order = np.argsort(-weights, kind="stable")
+        count = int(np.searchsorted(np.cumsum(weights[order]), mass * total) + 1)
+        out[j] = [int(v) for v in order[:min(count, most)]]
+    return out
 
 
 RESPONSE_CENTROIDS = "response_clusters.safetensors"  # beside audit.json
@@ -259,4 +289,4 @@ def topic_labels(prompts: Sequence[str], topics: np.ndarray, *, terms: int = 4, 
 
 
 __all__ = ["RESPONSE_CENTROIDS", "centroid_latents", "cluster_columns", "coactivation_clusters", "difference_clusters", "load_centroids",
-           "prompt_topics", "topic_response_centroids", "response_membership", "save_centroids", "topic_labels"]
+           "prompt_topics", "topic_memberships", "topic_response_centroids", "response_membership", "save_centroids", "topic_labels"]

@@ -4,7 +4,8 @@ A conditional concept (``f<latent> | '<word>'``) acts only on the pairs whose pr
 a topic concept (``t<topic>/c<cluster>``, ``t<topic>/r<cluster>``) only on the pairs of its prompt
 topic. A response concept (``t<topic>/r<cluster>``) is read as membership of its response cluster
 (1 or 0 per response, typical value 1), from the audit's saved centroids; its
-directions for a residual edit are the decoder rows of the latents that carry its centroid.
+directions for a residual edit are the decoder rows of the latents that set its centroid apart
+from its topic's other clusters.
 
 *Data*: the pairs that carry a concept (its pooled activation is higher on the chosen side by at
 least ``margin`` × its typical active value, the mean of its non-zero pooled values; by default
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from headwater.audit.cards import Decision
-from headwater.audit.clusters import response_membership
+from headwater.audit.clusters import topic_memberships
 from headwater.audit.features import FeatureStore
 from headwater.audit.sae import SparseAutoencoder
 from headwater.data import PreferenceDataset
@@ -96,14 +97,8 @@ def membership_sides(store: FeatureStore, clusters: Sequence[tuple[int, int]], c
     (``centroids`` [n_topics, k, d_sae]); a concept acts only within its topic (:func:`_in_scope`)."""
     chosen, rejected = [], []
     for block in store.blocks():
-        rows = block.positions.numel()
-        sides = []
-        for side in (block.chosen, block.rejected):
-            columns = [response_membership(side, centroids[topic], store.d_sae, pooling)[:, cluster].double().numpy()
-                       for topic, cluster in clusters]
-            sides.append(np.stack(columns, axis=1) if columns else np.zeros((rows, 0)))
-        chosen.append(sides[0])
-        rejected.append(sides[1])
+        chosen.append(topic_memberships(block.chosen, centroids, clusters, store.d_sae, pooling))
+        rejected.append(topic_memberships(block.rejected, centroids, clusters, store.d_sae, pooling))
     empty = np.zeros((0, len(clusters)))
     return (store.pair_ids, np.concatenate(chosen) if chosen else empty,
             np.concatenate(rejected) if rejected else empty)

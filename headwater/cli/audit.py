@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "feedback file (default 20)")
     r.add_argument("--cards", type=int, default=10,
                    help="concepts with a card, per list: over all pairs, conditional, topic, response (default 10)")
-    r.add_argument("--seed", type=int, default=0, help="split halves and topics (default 0)")
+    r.add_argument("--seed", type=int, default=0, help="split halves, topics and response clusters (default 0)")
     r.add_argument("--label-model", default=None,
                    help="name each carded concept with an LLM: openai:<model> on an OpenAI-compatible server "
                         "(the key from $HEADWATER_JUDGE_API_KEY or $OPENAI_API_KEY)")
@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--weight", type=float, default=0.0, help="their weight with --mode reweight (default 0)")
     a.add_argument("--margin", type=float, default=1.0,
                    help="a carrier's chosen − rejected difference must exceed this × the concept's typical "
-                        "activation, the mean of its non-zero pooled values (default 1)")
+                        "activation, the mean of its non-zero pooled values (default 1; a response concept's "
+                        "carriers are the pairs whose chosen response alone is in the cluster, whatever the margin)")
     a.add_argument("--out", required=True, type=Path, help="output directory")
     a.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl",
                    help="file format of the written pairs (default jsonl)")

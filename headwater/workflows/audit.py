@@ -193,8 +193,8 @@ def audit_dataset(
         table += "\n\nTopic concepts (a cluster within one prompt topic, over that topic's pairs):\n"
         table += concept_table(topical, labels)
     if responding:
-        table += ("\n\nResponse concepts (a cluster of whole responses, over all pairs or within one prompt topic; "
-                  "latents: those that carry its centroid):\n")
+        table += ("\n\nResponse concepts (a cluster of whole responses within one prompt topic, over that topic's "
+                  "pairs; latents: those that set it apart from the topic's other clusters):\n")
         table += concept_table(responding, labels)
     return {"out": str(out), "n_pairs": doc["n_pairs"], "n_latents_tested": doc["n_latents_tested"],
             "n_latents_significant": doc["n_latents_significant"], "n_clusters": len(result.cluster_latents),
@@ -254,8 +254,8 @@ def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = N
                   html_table(CONCEPT_COLUMNS, _concept_rows(doc["topic_concepts"], labels))]
     if doc.get("response_concepts"):
         parts += ["<h2>Response concepts</h2><p>A cluster of whole responses (spherical k-means on their pooled "
-                  "features), over all pairs (r&lt;k&gt;) or within one prompt topic (t&lt;t&gt;/r&lt;k&gt;): the pair's "
-                  "value is 1 when its chosen response is in the cluster, −1 when its rejected one is.</p>",
+                  "features) within one prompt topic (t&lt;t&gt;/r&lt;k&gt;), over that topic's pairs: the pair's value is 1 "
+                  "when its chosen response is in the cluster, −1 when its rejected one is.</p>",
                   html_table(CONCEPT_COLUMNS, _concept_rows(doc["response_concepts"], labels))]
     parts.append(f"<h2>Prompt topics</h2><ul>{topics}</ul>")
     if prediction is not None:
@@ -265,14 +265,14 @@ def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = N
             return [[kind, scope, a["n"], f"{a['r2']:.3f}", f"{a['pearson']:.3f}", f"{a['spearman']:.3f}",
                      f"{a['slope']:.3g}"] for kind, a in table.items()]
 
-        rows = agreement_rows(prediction["agreement"], "over all pairs")
+        rows = agreement_rows(prediction["agreement"], "over all held-out prompts")
         if "scoped" in prediction:
             rows += agreement_rows(prediction["scoped"]["agreement"], "topic and response (their topic's prompts)")
             rows += agreement_rows(prediction["scoped"]["agreement_all"], "all together")
         parts += [f"<h2>Prediction check</h2><p>{prediction['n_prompts']} held-out prompts × {prediction['samples']} "
                   f"samples of M0 and of {html.escape(prediction['trained'])}; measured shift = M1 − M0, read "
                   "through M0 and the SAE.</p>",
-                  html_table(["prediction", "concepts", "n", "R²", "Pearson r", "Spearman ρ", "slope"], rows)]
+                  html_table(["prediction", "concepts read", "n", "R²", "Pearson r", "Spearman ρ", "slope"], rows)]
         sweep = prediction.get("local_first_order_by_neighbours", [])
         if sweep:
             parts.append("<p>The local prediction at other neighbour counts (pairs per prompt; the table uses "

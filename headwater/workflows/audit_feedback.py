@@ -18,9 +18,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from headwater.audit.cards import Decision, read_feedback
-from headwater.audit.clusters import load_centroids, response_membership
+from headwater.audit.clusters import load_centroids, topic_memberships
 from headwater.audit.features import FeatureStore
-from headwater.audit.interventions import concept_directions, data_intervention, margin_offsets, membership_sides
+from headwater.audit.interventions import (
+    ACTING,
+    concept_directions,
+    data_intervention,
+    margin_offsets,
+    membership_sides,
+    response_cluster,
+)
 from headwater.audit.prediction import (
     agreement,
     agreement_figure,
@@ -84,6 +91,29 @@ def _centroids(audit_dir: Path, doc: dict[str, Any], store: FeatureStore) -> np.
     return load_centroids(path, store.d_sae)
 
 
+def _response_centroids(audit_dir: Path, doc: dict[str, Any], store: FeatureStore,
+                        decisions: Sequence[Decision]) -> np.ndarray | None:
+    """The centroids, when an acted-on decision is a response concept (else None, unread). Each such
+    decision's latents must be the ones this audit records for its cluster: a feedback file written
+    for an earlier run of the audit (another seed, topic count or k) names other clusters."""
+    acting = [d for d in decisions if d.decision in ACTING and response_cluster(d.concept) is not None]
+    if not acting:
+        return None
+    centroids = _centroids(audit_dir, doc, store)
+    if centroids is None:
+        raise ValueError(f"the feedback acts on response concept {acting[0].concept}, but {audit_dir} has no response "
+                         "clusters (run `headwater audit run` again)")
+    recorded = (doc.get("response_clusters") or {}).get("latents") or []
+    for d in acting:
+        topic, cluster = response_cluster(d.concept)  # type: ignore[misc]
+        known = recorded[topic][cluster] if topic < len(recorded) and cluster < len(recorded[topic]) else None
+        if known is None or tuple(known) != tuple(d.latents):
+            raise ValueError(f"the feedback line for {d.concept} names latents {list(d.latents)}, but this audit's "
+                             f"{d.concept} is set apart by {known}: the audit was run again after the feedback file "
+                             "was written, so its response clusters differ; mark the concepts of this run again")
+    return centroids
+
+
 def _decisions(audit_dir: Path, feedback: str | Path | None) -> list[Decision]:
     decisions = read_feedback(Path(feedback) if feedback is not None else audit_dir / "feedback.tsv")
     if not any(d.decision in ("suppress", "amplify") for d in decisions):
@@ -102,9 +132,11 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
     store = FeatureStore.open(audit / "features")
     if store.manifest["dataset_fingerprint"] != dataset.fingerprint:
         raise ValueError(f"{audit} audited other data (dataset fingerprint differs from {data}'s)")
-    result, manifest = data_intervention(dataset, _decisions(audit, feedback), store, mode=mode,  # type: ignore[arg-type]
+    decisions = _decisions(audit, feedback)
+    result, manifest = data_intervention(dataset, decisions, store, mode=mode,  # type: ignore[arg-type]
                                          weight=weight, margin=margin, pooling=doc["config"]["pooling"],
-                                         topics=_pair_topics(doc, store), centroids=_centroids(audit, doc, store))
+                                         topics=_pair_topics(doc, store),
+                                         centroids=_response_centroids(audit, doc, store, decisions))
     written = write_intervention(out_dir, result, manifest, formats=formats, overwrite=overwrite)
     return {"out": str(out_dir), "mode": mode, "n_input": manifest["n_input"], "n_changed": manifest["n_changed"],
             "n_output": manifest["n_output"], "carriers_per_concept": manifest["carriers_per_concept"],
@@ -135,6 +167,8 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
                               "decisions": [{"concept": d.concept, "decision": d.decision, "latents": list(d.latents)}
                                             for d in decisions]}
     edit, offsets = None, None
+    store = FeatureStore.open(audit / "features")
+    _response_centroids(audit, doc, store, decisions)  # a stale feedback line is refused in either mode
     if mode == "project":
         suppress = [lat for d in decisions if d.decision == "suppress" for lat in d.latents]
         amplify = [lat for d in decisions if d.decision == "amplify" for lat in d.latents]
@@ -144,9 +178,9 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
         edit = ResidualEdit(layer, concept_directions(sae, latents), "project" if suppress else "add", strength)
         record["n_directions"] = len(latents)
     else:
-        store = FeatureStore.open(audit / "features")
         offsets = margin_offsets(decisions, store, dataset, strength=strength, pooling=doc["config"]["pooling"],
-                                 topics=_pair_topics(doc, store), centroids=_centroids(audit, doc, store))
+                                 topics=_pair_topics(doc, store),
+                                 centroids=_response_centroids(audit, doc, store, decisions))
         record["offsets"] = {"n_nonzero": int(sum(o != 0 for o in offsets)), "min": min(offsets), "max": max(offsets)}
     retrain(model_path, dataset, out_dir, config=config, overwrite=overwrite, device=device, progress=progress,
             margin_offsets=offsets, residual_edit=edit, feature_intervention=record)
@@ -189,6 +223,8 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     """
     if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
         raise ValueError(f"neighbours must be a positive int, got {neighbours!r}")  # before any sampling
+    if n_scoped < 0:
+        raise ValueError(f"n_scoped must be ≥ 0, got {n_scoped}")
     audit = Path(audit_dir)
     doc = _audit(audit)
     sae = _audited_sae(doc)
@@ -212,13 +248,16 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     summed = [concepts[n][0] for n in names] + [row["latents"] for row in scoped if row["kind"] != "response"]
     members = [(row["topic"], row["response_cluster"]) for row in scoped if row["kind"] == "response"]
     centroids = _centroids(audit, doc, store) if members else None
+    if members and centroids is None:  # before the models are loaded and sampled
+        raise ValueError(f"{audit}/audit.json lists response concepts but no response cluster file: run "
+                         "`headwater audit run` again, or check with --scoped 0")
     order = ([row["concept"] for row in scoped if row["kind"] != "response"]
              + [row["concept"] for row in scoped if row["kind"] == "response"])  # the scoped columns' order
 
     def read(pooled: Any) -> np.ndarray:
         columns = [pooled.concept_columns(summed, sae.d_sae, pooling).numpy()]
-        columns += [response_membership(pooled, centroids[t], sae.d_sae, pooling)[:, [k]].double().numpy()
-                    for t, k in members]
+        if members:
+            columns.append(topic_memberships(pooled, centroids, members, sae.d_sae, pooling))
         return np.concatenate(columns, axis=1)
 
     m0, tokenizer = load_model(model_path, device=device)

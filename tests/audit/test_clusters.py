@@ -99,12 +99,14 @@ def test_the_audit_uses_the_clustering_asked_for(tmp_path):
         AuditConfig(clusters="spectral")
 
 
-def answer_store(tmp_path, n: int = 120, seed: int = 0) -> FeatureStore:
+def answer_store(tmp_path, n: int = 120, seed: int = 0, shared: float = 0.0) -> FeatureStore:
     """Two prompt topics of 60 pairs. Topic 0: in pairs 0-44 the chosen response agrees (latent 6)
     in one of five wordings (latents 0-4) and the rejected one corrects (latent 7, wordings 8-9);
-    in pairs 45-59 both sides correct. Topic 1 (pairs 60-119): both sides draw latents 9-11."""
+    in pairs 45-59 both sides correct. Topic 1 (pairs 60-119): both sides draw latents 9-11.
+    Latent 12 is ``shared`` on every response (a format every answer has)."""
     rng = np.random.default_rng(seed)
-    chosen, rejected = np.zeros((n, 12)), np.zeros((n, 12))
+    chosen, rejected = np.zeros((n, 13)), np.zeros((n, 13))
+    chosen[:, 12] = rejected[:, 12] = shared
     half = n // 2
     for i in range(half):
         rejected[i, 7], rejected[i, 8 + i % 2] = 1.0 + 0.2 * rng.random(), 0.4
@@ -123,20 +125,31 @@ def test_response_clusters_of_a_topic_separate_its_kinds_of_answer(tmp_path):
     store = answer_store(tmp_path)
     topics = np.array([0] * 60 + [1] * 60)
     centroids = topic_response_centroids(store, topics, 2)
-    assert centroids.shape == (2, 2, 12)
+    assert centroids.shape == (2, 2, 13)
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=2), 1.0, atol=1e-6)
     block = next(store.blocks())  # pairs 0-63
-    chosen = response_membership(block.chosen, centroids[0], 12, "mean").argmax(dim=1).numpy()
-    rejected = response_membership(block.rejected, centroids[0], 12, "mean").argmax(dim=1).numpy()
+    chosen = response_membership(block.chosen, centroids[0], 13, "mean").argmax(dim=1).numpy()
+    rejected = response_membership(block.rejected, centroids[0], 13, "mean").argmax(dim=1).numpy()
     agree = chosen[0]
     assert (chosen[:45] == agree).all() and (chosen[45:60] != agree).all() and (rejected[:60] != agree).all()
-    # the latents that carry the agreeing centroid: the agreement latent first, then its wordings
-    assert centroid_latents(centroids[0, agree])[0] == 6
+    # the latents that set the agreeing centroid apart: the agreement latent first
+    assert centroid_latents(centroids[0])[agree][0] == 6
     # a response with no active latent belongs to no cluster
     from headwater.audit.features import PooledFeatures
     empty = PooledFeatures(torch.zeros(2, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0),
                            torch.zeros(0))
-    assert response_membership(empty, centroids[0], 12, "mean").sum() == 0
+    assert response_membership(empty, centroids[0], 13, "mean").sum() == 0
+
+
+def test_a_latent_every_response_carries_names_no_response_cluster(tmp_path):
+    """Latent 12 is on every response at twice the others' weight: it is the largest entry of every
+    centroid, but what sets the agreeing cluster apart is latent 6, the correcting one latent 7."""
+    store = answer_store(tmp_path, shared=2.0)
+    result = run_audit(store, AuditConfig(n_topics=2, response_clusters=2, min_active=1))
+    topic = int(result.topics[0])
+    named = result.response_latents[topic]
+    assert sorted(lat[0] for lat in named) == [6, 7] and all(12 not in lat for lat in named)
+    assert centroid_latents(np.zeros((2, 13))) == [[], []]  # absent clusters are named by nothing
 
 
 def test_the_audit_ranks_a_topic_response_concept_and_it_acts_on_its_carriers(tmp_path):

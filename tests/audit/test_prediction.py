@@ -78,7 +78,7 @@ def test_a_held_out_prompt_takes_its_neighbours_most_common_topic():
     np.testing.assert_array_equal(topics_from_neighbours(near, pair_topics), [1, 2, 2, 0])
 
 
-def test_scoped_shifts_use_only_their_topics_prompts_and_pairs():
+def test_scoped_shifts_read_each_concept_over_its_topics_prompts():
     rng = np.random.default_rng(2)
     n, n_prompts, samples = 24, 6, 3
     chosen, rejected = rng.random((n, 2)), rng.random((n, 2))

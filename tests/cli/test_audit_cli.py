@@ -123,7 +123,9 @@ def test_feedback_file_errors_name_the_line(tmp_path):
     assert set(DECISIONS) == {"keep", "suppress", "amplify", "ignore"}
 
 
-def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, capsys):
+def _sae_and_audit(tmp_path, saved_model, *, topics: int, alpha: float = 0.5):
+    """The rows as a file, an SAE trained on them at block 2 and their audit (by default at a lenient
+    FDR, so the small data gives response concepts): (data, SAE directory, audit directory)."""
     data = tmp_path / "prefs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
     sae_dir, out = tmp_path / "sae", tmp_path / "audit"
@@ -131,7 +133,14 @@ def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, cap
                  str(sae_dir), "--format", "raw", "--d-sae", "64", "--k", "4", "--tokens", "6000", "--batch-tokens",
                  "128", "--buffer-tokens", "512", "--lr", "0.01", "--no-progress"]) == 0
     assert main(["audit", "run", "--model", str(saved_model), "--data", str(data), "--sae", str(sae_dir), "--out",
-                 str(out), "--format", "raw", "--topics", "2", "--cards", "1", "--no-progress"]) == 0
+                 str(out), "--format", "raw", "--topics", str(topics), "--cards", "1", "--alpha", str(alpha),
+                 "--no-progress"]) == 0
+    return data, sae_dir, out
+
+
+
+def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, capsys):
+    data, sae_dir, out = _sae_and_audit(tmp_path, saved_model, topics=2, alpha=0.05)
     capsys.readouterr()
     # nothing marked: apply refuses to do nothing silently
     assert main(["audit", "apply", "--data", str(data), "--audit", str(out), "--out", str(tmp_path / "i0")]) == 2
@@ -183,3 +192,104 @@ def test_active_spans_join_sub_word_tokens():
     assert active_spans(response) == [("Hope this helps", pytest.approx(2.0))]
     assert active_spans(HighlightedResponse(["a", "b"], [1.0, 2.0])) == [("ab", 3.0)]
     assert active_spans(HighlightedResponse([], [])) == []
+
+
+def test_the_check_measures_response_concepts_as_membership_shares(tmp_path, saved_model, capsys):
+    """One prompt topic, so every held-out prompt is in scope: a response concept's measured shift
+    must equal the change in the share of generations in its cluster, recomputed here from the
+    pooled features and the saved centroids."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from headwater.audit.clusters import load_centroids
+    from headwater.audit.prediction import response_columns
+    from headwater.engine.models import load_model
+    from headwater.engine.tokenization import TokenizationSettings
+    from headwater.methods.generation import sample_responses
+    from headwater.workflows.audit import open_sae
+    from headwater.workflows.audit_feedback import check_predictions
+
+    data, sae_dir, out = _sae_and_audit(tmp_path, saved_model, topics=1)
+    capsys.readouterr()
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["response_concepts"], "the rows give response concepts at a lenient FDR"
+    # M1: M0 with its output layer perturbed, so the generations change
+    m1 = AutoModelForCausalLM.from_pretrained(saved_model)
+    with torch.no_grad():
+        m1.lm_head.weight.add_(0.5 * torch.randn(m1.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)))
+    m1.save_pretrained(tmp_path / "m1")
+    (tmp_path / "m1").joinpath("tokenizer_config.json").write_text((saved_model / "tokenizer_config.json").read_text())
+    for name in ("tokenizer.json", "special_tokens_map.json"):
+        if (saved_model / name).exists():
+            (tmp_path / "m1" / name).write_bytes((saved_model / name).read_bytes())
+    prompts = ["Tell me about bread (99).", "Tell me about chess (98).", "Tell me about stars (97)."]
+    settings = TokenizationSettings(format="raw")
+    result = check_predictions(model_path=str(saved_model), trained_path=str(tmp_path / "m1"), audit_dir=out,
+                               data=str(data), prompts=prompts, samples=3, max_new_tokens=8, settings=settings,
+                               progress=False)
+    rows = [r for r in result["scoped"]["concepts"] if r["kind"] == "response"]
+    assert rows and all(r["n_prompts"] == 3 for r in rows) and result["scoped"]["n_unchecked"] == 0
+
+    sae = open_sae(sae_dir)[0]
+    centroids = load_centroids(out / doc["response_clusters"]["file"], sae.d_sae)[0]  # the one topic's
+    owners = np.repeat(np.arange(3), 3)
+    share = {}
+    for name, path in (("m0", saved_model), ("m1", tmp_path / "m1")):
+        model, tokenizer = load_model(str(path))
+        flat = [r for rs in sample_responses(model, tokenizer, prompts, n=3, temperature=0.7, max_new_tokens=8,
+                                             settings=settings, seed=0) for r in rs]
+        m0, m0_tokenizer = load_model(str(saved_model))  # generations are read through M0
+        dense = response_columns(m0, m0_tokenizer, sae, 2, [prompts[i] for i in owners], flat,
+                                 lambda pooled: pooled.dense(sae.d_sae, "mean").numpy(), sae.d_sae, settings)
+        unit = dense / np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-30)
+        scores = unit @ centroids.T
+        scores[:, np.abs(centroids).sum(axis=1) == 0] = -np.inf
+        nearest = np.where(np.abs(dense).sum(axis=1) > 0, scores.argmax(axis=1), -1)
+        share[name] = np.stack([[np.mean(nearest[owners == x] == j) for j in range(centroids.shape[0])]
+                                for x in range(3)])
+    expected = (share["m1"] - share["m0"]).mean(axis=0)
+    assert np.abs(expected).max() > 0, "the perturbed M1 writes other answers"
+    for row in rows:
+        assert row["measured"] == pytest.approx(expected[int(row["concept"].split("/r")[1])], abs=1e-12)
+
+
+def test_feedback_on_a_response_concept_acts_on_its_carriers_and_a_stale_line_is_refused(tmp_path, saved_model,
+                                                                                          capsys):
+    import numpy as np
+
+    from headwater.audit.clusters import load_centroids
+    from headwater.audit.features import FeatureStore
+    from headwater.audit.interventions import membership_differences
+
+    data, sae_dir, out = _sae_and_audit(tmp_path, saved_model, topics=2)
+    capsys.readouterr()
+    doc = json.loads((out / "audit.json").read_text())
+    row = doc["response_concepts"][0]
+    topic, cluster = row["topic"], row["response_cluster"]
+    verb = "suppress" if row["d"] > 0 else "amplify"
+    line = f"{row['concept']}\t{verb}\t{','.join(map(str, row['latents']))}\t{row['d']:.4f}\tx\n"
+    header = "concept\tdecision\tlatents\td\tlabel\n"
+    (tmp_path / "fb.tsv").write_text(header + line)
+    assert main(["audit", "apply", "--data", str(data), "--audit", str(out), "--feedback", str(tmp_path / "fb.tsv"),
+                 "--out", str(tmp_path / "i1")]) == 0
+    applied = json.loads(capsys.readouterr().out)
+    store = FeatureStore.open(out / "features")
+    centroids = load_centroids(out / doc["response_clusters"]["file"], store.d_sae)
+    _, diffs = membership_differences(store, [(topic, cluster)], centroids)
+    signed = diffs[:, 0] if verb == "suppress" else -diffs[:, 0]
+    expected = int(((np.array(doc["pair_topics"]) == topic) & (signed > 0)).sum())
+    assert applied["carriers_per_concept"] == {row["concept"]: expected} and expected > 0
+    # the same line after the audit was run again with other response clusters: refused, named
+    assert main(["audit", "run", "--model", str(saved_model), "--data", str(data), "--sae", str(sae_dir), "--out",
+                 str(out), "--format", "raw", "--topics", "2", "--cards", "1", "--alpha", "0.5", "--seed", "3",
+                 "--response-clusters", "3", "--no-progress"]) == 0
+    capsys.readouterr()
+    now = json.loads((out / "audit.json").read_text())["response_clusters"]["latents"]
+    assert cluster >= len(now[topic]) or now[topic][cluster] != row["latents"]  # the rerun's clusters differ
+    assert main(["audit", "apply", "--data", str(data), "--audit", str(out), "--feedback", str(tmp_path / "fb.tsv"),
+                 "--out", str(tmp_path / "i2")]) == 2
+    assert "run again after the feedback file was written" in capsys.readouterr().err
+    assert main(["audit", "retrain", "--model", str(saved_model), "--data", str(data), "--audit", str(out),
+                 "--feedback", str(tmp_path / "fb.tsv"), "--out", str(tmp_path / "m1")]) == 2
+    assert "run again" in capsys.readouterr().err
