@@ -16,9 +16,10 @@ Steps (each cached in --out, so a rerun resumes):
    three predictions (the data's Δ, the first-order one, and the local first-order one with its
    neighbour sweep in the audit directory's prediction.json);
 5. a person's decision, simulated: the first concept (in |d| order) whose card label, the text
-   spans it is most active on, shows the sign-off's words ("Hope", "helps") is marked suppress; then M0 is retrained four ways with the organism recipe:
-   unchanged data (the baseline), the data intervention (carriers filtered), the feature
-   intervention (its directions projected out at ℓ) and reward shaping (margin offsets), and the
+   spans it is most active on, shows the sign-off's words ("Hope", "helps") is marked suppress; then M0 is retrained five ways with the organism recipe:
+   unchanged data (the baseline), the data interventions (carriers filtered; the concept's words
+   cut out of the carriers' chosen responses), the feature intervention (its directions
+   projected out at ℓ) and reward shaping (margin offsets), and the
    unmodified data again under other DPO seeds (``--control-seeds``: how far retraining alone
    moves the rates);
 6. each model's sign-off rate on every test prompt, the three behaviours' triggered rates and the
@@ -205,6 +206,12 @@ def main() -> int:
                                               feedback=feedback, mode="filter", overwrite=True)
         if not (out / "m1-data" / "retrain.json").exists():
             retrain(org.m0_path, out / "filter", out / "m1-data", config="organism", overwrite=True)
+        if not (out / "edit" / "manifest.json").exists():
+            decision["edit"] = apply_feedback(data=data, audit_dir=out / "audit", out_dir=out / "edit",
+                                              feedback=feedback, mode="edit", overwrite=True,
+                                              model_path=str(org.m0_path), settings=org.settings)
+        if not (out / "m1-edit" / "retrain.json").exists():
+            retrain(org.m0_path, out / "edit", out / "m1-edit", config="organism", overwrite=True)
         for control in args.control_seeds:
             if not (out / f"m1-base-seed{control}" / "retrain.json").exists():
                 retrain(org.m0_path, data, out / f"m1-base-seed{control}",
@@ -216,7 +223,7 @@ def main() -> int:
                                       overwrite=True)
         timings["retrains"] = time.perf_counter() - t
         t = time.perf_counter()
-        names = ["base", *(f"base-seed{c}" for c in args.control_seeds), "data", "project", "offset"]
+        names = ["base", *(f"base-seed{c}" for c in args.control_seeds), "data", "edit", "project", "offset"]
         for name in names:
             models[name] = evaluate(out / f"m1-{name}", org, org.m0_path, args.samples, args.seed)
         timings["evaluation"] = time.perf_counter() - t

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     import headwater.organism  # noqa: F401  (registers the organism's recipe)
     from headwater.training.recipes import RECIPES
 
-    p = sub.add_parser("audit", help="the concept audit of preference data before training (run, apply, retrain, "
+    p = sub.add_parser("audit", help="the concept audit of preference data before training (run, apply, edit, retrain, "
                                      "check)",
                        description="Which interpretable concepts (SAE features of M0) separate chosen from rejected "
                                    "responses, what a person decides about them, and whether DPO then learned what "
@@ -101,6 +101,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="file format of the written pairs (default jsonl)")
     add_overwrite_option(a, "an intervention")
     a.set_defaults(func=run_apply)
+
+    e = actions.add_parser(
+        "edit", help="a data intervention from the feedback file: cut each marked concept's words out of its carriers",
+        description="Each carrier of a concept marked suppress (amplify: its rejected response) is read through M0 and "
+                    "the SAE token by token; the runs of tokens where the concept peaks are cut out of the response "
+                    "text, widened to whole words, and the pair is kept under a new id. Written like `headwater "
+                    "intervene` (pairs + manifest, with examples and the pairs left unedited and why).",
+    )
+    add_model_options(e, what="M0, the model the audit read", dtype=False)
+    _data_options(e, "the audited preference data")
+    _feedback_options(e)
+    e.add_argument("--margin", type=float, default=1.0,
+                   help="which pairs carry a concept, as for `audit apply` (default 1)")
+    e.add_argument("--fraction", type=float, default=0.5,
+                   help="a run of the concept's tokens is cut when its peak reaches this share of the median peak "
+                        "over the concept's carriers (default 0.5)")
+    e.add_argument("--out", required=True, type=Path, help="output directory")
+    e.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl",
+                   help="file format of the written pairs (default jsonl)")
+    add_overwrite_option(e, "an intervention")
+    add_tokenization_options(e)
+    e.set_defaults(func=run_edit)
 
     t = actions.add_parser(
         "retrain", help="DPO from M0 with a feature intervention from the feedback file",
@@ -186,6 +208,18 @@ def run_apply(args: argparse.Namespace) -> int:
     summary = apply_feedback(data=args.data, audit_dir=args.audit, out_dir=args.out, feedback=args.feedback,
                              mode=args.mode, weight=args.weight, margin=args.margin, split=args.split,
                              on_error=args.on_error, overwrite=args.overwrite, formats=formats)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    from headwater.workflows.audit_feedback import apply_feedback
+
+    formats = ("jsonl", "parquet") if args.output_format == "both" else (args.output_format,)
+    summary = apply_feedback(data=args.data, audit_dir=args.audit, out_dir=args.out, feedback=args.feedback,
+                             mode="edit", margin=args.margin, split=args.split, on_error=args.on_error,
+                             overwrite=args.overwrite, formats=formats, model_path=args.model, fraction=args.fraction,
+                             settings=settings_from(args), device=args.device)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from headwater.audit.cards import Decision, read_feedback
 from headwater.audit.clusters import load_centroids, topic_memberships
+from headwater.audit.editing import edit_carriers
 from headwater.audit.features import FeatureStore
 from headwater.audit.interventions import (
     ACTING,
@@ -47,12 +48,13 @@ from headwater.engine import atomic
 from headwater.engine.models import load_model
 from headwater.engine.tokenization import TokenizationSettings
 from headwater.methods.generation import sample_responses
-from headwater.methods.interventions import write_intervention
+from headwater.methods.interventions import MODES, write_intervention
 from headwater.training.residual_edit import ResidualEdit
 from headwater.training.retrain import retrain
 from headwater.workflows.audit import open_sae, render_audit_html
 
 FEATURE_MODES = ("project", "offset")
+APPLY_MODES = (*MODES, "edit")  # the data interventions of `headwater audit apply`
 
 
 def _audit(audit_dir: Path) -> dict[str, Any]:
@@ -123,9 +125,19 @@ def _decisions(audit_dir: Path, feedback: str | Path | None) -> list[Decision]:
 
 def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, feedback: str | Path | None = None,
                    mode: str = "filter", weight: float = 0.0, margin: float = 1.0, split: str | None = None,
-                   on_error: str = "raise", overwrite: bool = False, formats: Sequence[str] = ("jsonl",)
-                   ) -> dict[str, Any]:
-    """The data intervention of a feedback file, written to ``out_dir`` (pairs + manifest)."""
+                   on_error: str = "raise", overwrite: bool = False, formats: Sequence[str] = ("jsonl",),
+                   model_path: str | None = None, fraction: float = 0.5,
+                   settings: TokenizationSettings = TokenizationSettings(), device: str = "cpu") -> dict[str, Any]:
+    """The data intervention of a feedback file, written to ``out_dir`` (pairs + manifest).
+
+    ``mode`` is one of :data:`APPLY_MODES`. ``"edit"`` cuts each concept's words out of its
+    carriers' responses (:mod:`headwater.audit.editing`); it reads them through M0
+    (``model_path``, the model the audit read) and the audit's SAE.
+    """
+    if mode not in APPLY_MODES:
+        raise ValueError(f"mode must be one of {APPLY_MODES}, got {mode!r}")
+    if mode == "edit" and model_path is None:
+        raise ValueError("mode edit reads the responses through M0: give the model the audit read (--model)")
     audit = Path(audit_dir)
     doc = _audit(audit)
     dataset = load_preferences(data, split=split, on_error=on_error)  # type: ignore[arg-type]
@@ -133,14 +145,24 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
     if store.manifest["dataset_fingerprint"] != dataset.fingerprint:
         raise ValueError(f"{audit} audited other data (dataset fingerprint differs from {data}'s)")
     decisions = _decisions(audit, feedback)
-    result, manifest = data_intervention(dataset, decisions, store, mode=mode,  # type: ignore[arg-type]
-                                         weight=weight, margin=margin, pooling=doc["config"]["pooling"],
-                                         topics=_pair_topics(doc, store),
-                                         centroids=_response_centroids(audit, doc, store, decisions))
+    options = dict(margin=margin, pooling=doc["config"]["pooling"], topics=_pair_topics(doc, store),
+                   centroids=_response_centroids(audit, doc, store, decisions))
+    if mode == "edit":
+        model, tokenizer = load_model(model_path, device=device)  # type: ignore[arg-type]
+        result, manifest = edit_carriers(dataset, decisions, store, model, tokenizer, _audited_sae(doc),
+                                         int(doc["sae"]["layer"]), settings=settings, fraction=fraction, **options)
+        counts = {name: c["carriers"] for name, c in manifest["per_concept"].items()}
+    else:
+        result, manifest = data_intervention(dataset, decisions, store, mode=mode,  # type: ignore[arg-type]
+                                             weight=weight, **options)
+        counts = manifest["carriers_per_concept"]
     written = write_intervention(out_dir, result, manifest, formats=formats, overwrite=overwrite)
-    return {"out": str(out_dir), "mode": mode, "n_input": manifest["n_input"], "n_changed": manifest["n_changed"],
-            "n_output": manifest["n_output"], "carriers_per_concept": manifest["carriers_per_concept"],
-            "files": {k: str(v) for k, v in written.items()}}
+    out = {"out": str(out_dir), "mode": mode, "n_input": manifest["n_input"], "n_changed": manifest["n_changed"],
+           "n_output": manifest["n_output"], "carriers_per_concept": counts,
+           "files": {k: str(v) for k, v in written.items()}}
+    if mode == "edit":
+        out.update(n_edited=manifest["n_edited"], n_dropped=manifest["n_dropped"], unedited=manifest["unedited"])
+    return out
 
 
 def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, out_dir: str | Path,
@@ -353,4 +375,4 @@ def check_predictions(*, model_path: str, trained_path: str, audit_dir: str | Pa
     return result
 
 
-__all__ = ["FEATURE_MODES", "apply_feedback", "check_predictions", "retrain_with_feedback"]
+__all__ = ["APPLY_MODES", "FEATURE_MODES", "apply_feedback", "check_predictions", "retrain_with_feedback"]

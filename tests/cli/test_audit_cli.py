@@ -293,3 +293,31 @@ def test_feedback_on_a_response_concept_acts_on_its_carriers_and_a_stale_line_is
     assert main(["audit", "retrain", "--model", str(saved_model), "--data", str(data), "--audit", str(out),
                  "--feedback", str(tmp_path / "fb.tsv"), "--out", str(tmp_path / "m1")]) == 2
     assert "run again" in capsys.readouterr().err
+
+
+def test_apply_edit_cuts_a_concepts_words_and_keeps_the_pairs(tmp_path, saved_model, capsys):
+    data, _, out = _sae_and_audit(tmp_path, saved_model, topics=2)
+    capsys.readouterr()
+    # a narrow concept the chosen side carries (a wide one covers whole answers: those pairs are dropped)
+    row = min((c for c in json.loads((out / "audit.json").read_text())["concepts"] if c["d"] > 0),
+              key=lambda c: len(c["latents"]))
+    (out / "feedback.tsv").write_text("concept\tdecision\tlatents\td\tlabel\n"
+                                      f"{row['concept']}\tsuppress\t{','.join(map(str, row['latents']))}\t1\tx\n")
+    base = ["audit", "edit", "--data", str(data), "--audit", str(out), "--format", "raw"]
+    with pytest.raises(SystemExit):  # M0 is required: the responses are read through it
+        main(base + ["--out", str(tmp_path / "e0")])
+    assert "--model" in capsys.readouterr().err
+    assert main(base + ["--model", str(saved_model), "--margin", "0", "--out", str(tmp_path / "e1")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    manifest = json.loads((tmp_path / "e1" / "manifest.json").read_text())
+    (concept, carried), = summary["carriers_per_concept"].items()
+    assert summary["n_edited"] + summary["n_dropped"] + sum(summary["unedited"].values()) == carried
+    assert summary["n_edited"] > 0 and summary["n_output"] == 48 - summary["n_dropped"]
+    for example in manifest["examples"]:
+        assert example["concept"] == concept and example["side"] == "chosen"
+        assert all(piece in example["before"] for piece in example["removed"])
+        assert len(example["after"]) < len(example["before"])
+    originals = {json.loads(line)["chosen"] for line in data.read_text().splitlines()}
+    edited = [json.loads(line) for line in (tmp_path / "e1" / "pairs.jsonl").read_text().splitlines()
+              if json.loads(line).get("edited_from")]
+    assert len(edited) == summary["n_edited"] and all(p["chosen"] not in originals for p in edited)

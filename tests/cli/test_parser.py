@@ -32,7 +32,7 @@ def test_every_command_has_a_description_and_every_option_help():
     commands = _subparsers(build_parser())
     assert set(commands) == {"demo", "encode", "attribute", "behaviors", "discover", "intervene", "retrain",
                              "evaluate", "experiment", "compare", "steer", "sae train", "audit run", "audit apply",
-                             "audit retrain", "audit check"}
+                             "audit edit", "audit retrain", "audit check"}
     missing = []
     for name, parser in commands.items():
         if not parser.description:

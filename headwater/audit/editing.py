@@ -1,0 +1,227 @@
+"""The data intervention that edits (method.md §6, step 4): cut a concept's words out of the
+responses that carry it, and keep the pair.
+
+Filtering a concept's carriers also removes everything else those pairs teach; editing removes
+only the concept. For a concept marked ``suppress`` the chosen response of each carrier pair is
+edited (for ``amplify``, the rejected one, so that the chosen side keeps the concept and the
+rejected side loses it). Which words: the response is read through M0 and the SAE token by token,
+as the cards do. The concept's activation per token is the sum of its latents' codes. The *runs*
+are maximal stretches of tokens where it is positive. A run is cut when its peak reaches
+``fraction`` of the median peak over the concept's carriers: where the concept is what the pair
+carries it peaks there, and a word it only touches elsewhere stays. The text of a cut run, decoded from its tokens, is found in the
+response and removed, widened to whole words (a run that covers "hel" of "helps" removes the
+word), with the space before it. Only text found in the response is ever removed, whatever the
+chat template adds around it.
+
+A pair is left as it was, and the reason recorded, when its response is not a plain string or no
+cut text is found in it. It is dropped, and recorded, when the edited response is empty or equals
+the other side. An edited pair gets a new id (its content changed), with ``edited_from`` in its
+metadata.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from headwater.audit.cards import Decision
+from headwater.audit.features import FeatureStore
+from headwater.audit.interventions import ACTING, carriers
+from headwater.audit.sae import SparseAutoencoder
+from headwater.data import PreferenceDataset, PreferencePair, make_pair
+from headwater.data.pairs import free_id
+from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
+from headwater.engine.tokenization import TokenizationSettings, encode_response
+
+EDITED_FROM = "edited_from"
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The outcome of cutting one response: the new text (``None`` when nothing was cut) and why."""
+
+    text: str | None
+    removed: list[str]
+    reason: str = ""
+
+
+_END = ".!?,;:"
+
+
+def _word_bounds(text: str, start: int, stop: int) -> tuple[int, int]:
+    """[start, stop) widened to whole words, then to the space before (or, at the start, after),
+    and to a punctuation mark after it when one ends the text before it too ("day. Hope this
+    helps!" loses " Hope this helps!", not leaving "day.!")."""
+    while start > 0 and text[start - 1].isalnum():
+        start -= 1
+    while stop < len(text) and text[stop].isalnum():
+        stop += 1
+    if start > 0 and text[start - 1] in " \t":
+        start -= 1
+    elif start == 0:
+        while stop < len(text) and text[stop] in " \t":
+            stop += 1
+    before = text[:start].rstrip()
+    if stop < len(text) and text[stop] in _END and (not before or before[-1] in _END):
+        stop += 1
+    return start, stop
+
+
+def cut_concept(response: Any, token_ids: Sequence[int], activations: np.ndarray, tokenizer: Any, *,
+                threshold: float) -> Cut:
+    """Cut the runs of a concept from one response (see the module docstring).
+
+    Args:
+        response: the response as stored in the pair (only a plain string is edited).
+        token_ids: [t] the response's tokens as the model read them.
+        activations: [t] the concept's activation on each of them.
+        threshold: a run is cut when its peak reaches this value (> 0).
+    """
+    if not isinstance(response, str):
+        return Cut(None, [], "not a plain-string response")
+    values = np.asarray(activations, dtype=np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    if peak < threshold or peak <= 0:
+        return Cut(None, [], "the concept is not active enough in the response")
+    ranges, removed, cursor, run = [], [], 0, []
+    for position, value in enumerate([*values.tolist(), 0.0]):
+        if value > 0 and position < values.size:
+            run.append(position)
+            continue
+        if run and values[run].max() >= threshold:
+            piece = tokenizer.decode([int(token_ids[i]) for i in run], skip_special_tokens=True).strip()
+            found = response.find(piece, cursor) if piece else -1
+            if found >= 0:
+                ranges.append(_word_bounds(response, found, found + len(piece)))
+                cursor = found + len(piece)
+        run = []
+    if not ranges:
+        return Cut(None, [], "no cut text is found in the response")
+    out, last = [], 0
+    for start, stop in ranges:
+        start = max(start, last)
+        if stop > start:
+            out.append(response[last:start])
+            removed.append(response[start:stop].strip())
+            last = stop
+    out.append(response[last:])
+    text = re.sub(r"[ \t]{2,}", " ", "".join(out)).strip()
+    return Cut(text, removed)
+
+
+@torch.no_grad()
+def concept_token_activations(model: Any, tokenizer: Any, sae: SparseAutoencoder, layer: int, prompts: Sequence[Any],
+                              responses: Sequence[Any], latents: Sequence[int],
+                              settings: TokenizationSettings = TokenizationSettings(), *, chunk: int = 256,
+                              max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH
+                              ) -> list[tuple[list[int], np.ndarray] | None]:
+    """Per response: (its token ids, [t] float64 the sum of ``latents``' codes on each token), read
+    through ``model`` at ``layer``; None for a response that cannot be encoded (empty, over-long
+    under "skip", or the wrong format)."""
+    sae = sae.inference_form()
+    index = torch.tensor(list(latents), dtype=torch.long)
+    out: list[tuple[list[int], np.ndarray] | None] = [None] * len(responses)
+    for start in range(0, len(responses), chunk):
+        encoded, rows = [], []
+        for i in range(start, min(len(responses), start + chunk)):
+            try:
+                encoded.append(encode_response(tokenizer, prompts[i], responses[i], settings))
+                rows.append(i)
+            except ValueError:
+                continue
+        if not encoded:
+            continue
+        captured = response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer),
+                                              max_tokens_per_batch=max_tokens_per_batch)
+        values = sae.encode(captured.activations)[:, index].sum(dim=1).double().numpy()
+        offset = 0
+        for i, length in zip(rows, captured.lengths):
+            out[i] = (captured.token_ids[offset:offset + length].tolist(), values[offset:offset + length])
+            offset += length
+    return out
+
+
+def edit_carriers(dataset: PreferenceDataset, decisions: Sequence[Decision], store: FeatureStore, model: Any,
+                  tokenizer: Any, sae: SparseAutoencoder, layer: int, *,
+                  settings: TokenizationSettings = TokenizationSettings(), margin: float = 1.0,
+                  pooling: str = "mean", topics: dict[str, int] | None = None, centroids: np.ndarray | None = None,
+                  fraction: float = 0.5) -> tuple[PreferenceDataset, dict[str, Any]]:
+    """Edit the carriers of each acted-on concept (see the module docstring and
+    :func:`~headwater.audit.interventions.carriers` for which pairs carry it). Concepts are
+    applied in order; a pair carrying two is read again after the first edit.
+
+    Returns the edited dataset (the original order; dropped pairs left out) and a manifest like
+    :func:`~headwater.methods.interventions.intervene`'s, with per-concept counts, the pairs left
+    unedited and why, and a few examples.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    prompts = {p.pair_id: p.prompt for p in dataset}
+    current: dict[str, PreferencePair] = {p.pair_id: p for p in dataset}  # original id → its pair now
+    acting = [d for d in decisions if d.decision in ACTING]
+    per_concept, unedited, examples, dropped = {}, {}, [], []
+    for decision in acting:
+        found = carriers([decision], store, margin=margin, pooling=pooling, prompts=prompts, topics=topics,
+                         centroids=centroids).pair_ids
+        missing = [pid for pid in found if pid not in current and pid not in dropped]
+        if missing:
+            raise ValueError(f"{len(missing)} carrier pairs are not in the dataset (features of other data?), "
+                             f"e.g. {missing[:3]}")
+        found = [pid for pid in found if pid in current]
+        side = "chosen" if decision.decision == "suppress" else "rejected"
+        texts = [getattr(current[pid], side) for pid in found]
+        read = concept_token_activations(model, tokenizer, sae, layer, [current[pid].prompt for pid in found], texts,
+                                         decision.latents, settings)
+        peaks = [float(t[1].max()) for t in read if t is not None and t[1].size]
+        threshold = fraction * float(np.median(peaks)) if peaks else np.inf
+        edited = 0
+        for pid, text, tokens in zip(found, texts, read):
+            pair = current[pid]
+            cut = (cut_concept(text, tokens[0], tokens[1], tokenizer, threshold=threshold) if tokens is not None
+                   else Cut(None, [], "the response cannot be encoded"))
+            if cut.text is None:
+                unedited[cut.reason] = unedited.get(cut.reason, 0) + 1
+                continue
+            other = pair.rejected if side == "chosen" else pair.chosen
+            if not cut.text or cut.text == other:
+                dropped.append(pid)
+                del current[pid]
+                continue
+            sides = (cut.text, pair.rejected) if side == "chosen" else (pair.chosen, cut.text)
+            new = make_pair(pair.prompt, *sides, row=pair.row, source=pair.source,
+                            metadata={**pair.metadata, EDITED_FROM: pair.metadata.get(EDITED_FROM, pair.pair_id)})
+            current[pid] = new
+            edited += 1
+            if len(examples) < _EXAMPLES:
+                examples.append({"pair_id": pid, "concept": decision.concept, "side": side, "before": text,
+                                 "after": cut.text, "removed": cut.removed})
+        per_concept[decision.concept] = {"carriers": len(found), "edited": edited, "threshold": threshold}
+    out, changed = [], []
+    taken = {p.pair_id for p in dataset}  # an edited pair's new id clashes with no pair's old one
+    for pair in dataset:
+        if pair.pair_id not in current:
+            continue
+        now = current[pair.pair_id]
+        if now is not pair:
+            new_id = free_id(now.pair_id, taken)
+            now = PreferencePair(new_id, now.prompt, now.chosen, now.rejected, now.row, now.source, now.metadata)
+            changed.append(pair.pair_id)
+        taken.add(now.pair_id)
+        out.append(now)
+    result = PreferenceDataset(out, source=dataset.source)
+    manifest = {
+        "mode": "edit", "source": dataset.source, "n_input": len(dataset), "input_fingerprint": dataset.fingerprint,
+        "changed_pair_ids": changed, "dropped_pair_ids": dropped, "n_changed": len(changed) + len(dropped),
+        "n_edited": len(changed), "n_dropped": len(dropped), "n_output": len(result),
+        "output_fingerprint": result.fingerprint, "unedited": unedited, "per_concept": per_concept,
+        "fraction": fraction, "margin": margin, "pooling": pooling, "examples": examples,
+        "decisions": [{"concept": d.concept, "decision": d.decision, "latents": list(d.latents)} for d in decisions],
+    }
+    return result, manifest
+
+
+__all__ = ["Cut", "EDITED_FROM", "concept_token_activations", "cut_concept", "edit_carriers"]
