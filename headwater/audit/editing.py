@@ -13,14 +13,17 @@ response and removed, widened to whole words (a run that covers "hel" of "helps"
 word), with the space before it. Only text found in the response is ever removed, whatever the
 chat template adds around it.
 
-A pair is left as it was, and the reason recorded, when its response is not a plain string or no
-cut text is found in it. It is dropped, and recorded, when the edited response is empty or equals
-the other side. An edited pair gets a new id (its content changed), with ``edited_from`` in its
-metadata.
+Where a run lies in the text comes from where its tokens fall in the decoded token stream, not
+from searching for its words (which may occur elsewhere too). Only the cut characters change;
+the rest of the response, its whitespace included, is left as it was. A pair is left as it was,
+and the reason recorded per concept, when its response is not a plain string (a list of chat
+messages), cannot be encoded, or its cut tokens do not line up with its text (a run inside a
+multi-byte character). It is dropped, and recorded, when the edited response is empty or equals
+the other side. An edited pair gets a new id (its content changed), with ``edited_from``, its id
+in the input, in its metadata.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -42,33 +45,64 @@ _EXAMPLES = 5
 
 @dataclass(frozen=True)
 class Cut:
-    """The outcome of cutting one response: the new text (``None`` when nothing was cut) and why."""
+    """The outcome of cutting one response: the new text (``None`` when nothing was cut), what was
+    removed, why nothing was, and how many runs over the threshold could not be placed."""
 
     text: str | None
     removed: list[str]
     reason: str = ""
+    runs_lost: int = 0
 
 
 _END = ".!?,;:"
 
 
 def _word_bounds(text: str, start: int, stop: int) -> tuple[int, int]:
-    """[start, stop) widened to whole words, then to the space before (or, at the start, after),
-    and to a punctuation mark after it when one ends the text before it too ("day. Hope this
-    helps!" loses " Hope this helps!", not leaving "day.!")."""
-    while start > 0 and text[start - 1].isalnum():
-        start -= 1
-    while stop < len(text) and text[stop].isalnum():
+    """[start, stop) widened to whole words (only where its own edge is a letter or digit), then to
+    one space before it (or, at the start of a line, after it), and to a punctuation mark after it
+    when one ends the text before it too ("day. Hope this helps!" loses " Hope this helps!")."""
+    if start < stop and text[start].isalnum():
+        while start > 0 and text[start - 1].isalnum():
+            start -= 1
+    if start < stop and text[stop - 1].isalnum():
+        while stop < len(text) and text[stop].isalnum():
+            stop += 1
+    before = text[:start].rstrip(" \t")
+    if stop < len(text) and text[stop] in _END and (not before or before[-1] in _END + "\n"):
         stop += 1
     if start > 0 and text[start - 1] in " \t":
         start -= 1
-    elif start == 0:
-        while stop < len(text) and text[stop] in " \t":
+    elif start == 0 or text[start - 1] == "\n":
+        if stop < len(text) and text[stop] in " \t":
             stop += 1
-    before = text[:start].rstrip()
-    if stop < len(text) and text[stop] in _END and (not before or before[-1] in _END):
-        stop += 1
     return start, stop
+
+
+def _run_spans(response: str, token_ids: Sequence[int], runs: list[list[int]], tokenizer: Any
+               ) -> tuple[list[tuple[int, int]], int]:
+    """Each run's [start, stop) characters in ``response``, from where its tokens fall in the
+    decoded token stream (never from searching its text, which may occur elsewhere too); and the
+    number of runs that do not line up with the response's text (left uncut)."""
+    decoded = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    offset = decoded.find(response)  # a chat template may wrap the response in plain text
+    if offset < 0:
+        return [], len(runs)
+    spans, lost = [], 0
+    for run in runs:
+        start = len(tokenizer.decode(list(token_ids[:run[0]]), skip_special_tokens=True)) - offset
+        stop = len(tokenizer.decode(list(token_ids[:run[-1] + 1]), skip_special_tokens=True)) - offset
+        start, stop = max(start, 0), min(stop, len(response))
+        piece = tokenizer.decode([int(token_ids[i]) for i in run], skip_special_tokens=True)
+        if not piece or stop <= start or response[start:stop] != piece:
+            lost += 1  # a run inside a multi-byte character, or reaching outside the response's own text
+            continue
+        while start < stop and response[start].isspace():
+            start += 1
+        while stop > start and response[stop - 1].isspace():
+            stop -= 1
+        if stop > start:
+            spans.append((start, stop))
+    return spans, lost
 
 
 def cut_concept(response: Any, token_ids: Sequence[int], activations: np.ndarray, tokenizer: Any, *,
@@ -87,30 +121,26 @@ def cut_concept(response: Any, token_ids: Sequence[int], activations: np.ndarray
     peak = float(values.max()) if values.size else 0.0
     if peak < threshold or peak <= 0:
         return Cut(None, [], "the concept is not active enough in the response")
-    ranges, removed, cursor, run = [], [], 0, []
+    runs, run = [], []
     for position, value in enumerate([*values.tolist(), 0.0]):
         if value > 0 and position < values.size:
             run.append(position)
             continue
         if run and values[run].max() >= threshold:
-            piece = tokenizer.decode([int(token_ids[i]) for i in run], skip_special_tokens=True).strip()
-            found = response.find(piece, cursor) if piece else -1
-            if found >= 0:
-                ranges.append(_word_bounds(response, found, found + len(piece)))
-                cursor = found + len(piece)
+            runs.append(run)
         run = []
-    if not ranges:
-        return Cut(None, [], "no cut text is found in the response")
-    out, last = [], 0
-    for start, stop in ranges:
+    spans, lost = _run_spans(response, token_ids, runs, tokenizer)
+    if not spans:
+        return Cut(None, [], "the cut tokens do not line up with the response's text", lost)
+    out, removed, last = [], [], 0
+    for start, stop in (_word_bounds(response, a, b) for a, b in spans):
         start = max(start, last)
         if stop > start:
             out.append(response[last:start])
             removed.append(response[start:stop].strip())
             last = stop
     out.append(response[last:])
-    text = re.sub(r"[ \t]{2,}", " ", "".join(out)).strip()
-    return Cut(text, removed)
+    return Cut("".join(out), removed, "", lost)
 
 
 @torch.no_grad()
@@ -123,7 +153,8 @@ def concept_token_activations(model: Any, tokenizer: Any, sae: SparseAutoencoder
     through ``model`` at ``layer``; None for a response that cannot be encoded (empty, over-long
     under "skip", or the wrong format)."""
     sae = sae.inference_form()
-    index = torch.tensor(list(latents), dtype=torch.long)
+    wanted = torch.zeros(sae.d_sae, dtype=torch.bool)
+    wanted[torch.tensor(list(latents), dtype=torch.long)] = True
     out: list[tuple[list[int], np.ndarray] | None] = [None] * len(responses)
     for start in range(0, len(responses), chunk):
         encoded, rows = [], []
@@ -137,7 +168,11 @@ def concept_token_activations(model: Any, tokenizer: Any, sae: SparseAutoencoder
             continue
         captured = response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer),
                                               max_tokens_per_batch=max_tokens_per_batch)
-        values = sae.encode(captured.activations)[:, index].sum(dim=1).double().numpy()
+        code = sae.encode_sparse(captured.activations)  # never a dense [tokens, d_sae] matrix
+        keep = wanted[code.indices]
+        values = torch.zeros(captured.activations.shape[0], dtype=torch.float64)
+        values.index_add_(0, code.rows[keep], code.values[keep].double())
+        values = values.numpy()
         offset = 0
         for i, length in zip(rows, captured.lengths):
             out[i] = (captured.token_ids[offset:offset + length].tolist(), values[offset:offset + length])
@@ -163,7 +198,7 @@ def edit_carriers(dataset: PreferenceDataset, decisions: Sequence[Decision], sto
     prompts = {p.pair_id: p.prompt for p in dataset}
     current: dict[str, PreferencePair] = {p.pair_id: p for p in dataset}  # original id → its pair now
     acting = [d for d in decisions if d.decision in ACTING]
-    per_concept, unedited, examples, dropped = {}, {}, [], []
+    per_concept, examples, dropped = {}, [], []
     for decision in acting:
         found = carriers([decision], store, margin=margin, pooling=pooling, prompts=prompts, topics=topics,
                          centroids=centroids).pair_ids
@@ -171,35 +206,50 @@ def edit_carriers(dataset: PreferenceDataset, decisions: Sequence[Decision], sto
         if missing:
             raise ValueError(f"{len(missing)} carrier pairs are not in the dataset (features of other data?), "
                              f"e.g. {missing[:3]}")
-        found = [pid for pid in found if pid in current]
+        record = {"carriers": len(found), "edited": 0, "dropped": 0, "unedited": {}, "runs_lost": 0}
+        per_concept[decision.concept] = record
+
+        def leave(reason: str, count: int = 1) -> None:
+            record["unedited"][reason] = record["unedited"].get(reason, 0) + count
+
+        gone = [pid for pid in found if pid not in current]
+        if gone:
+            leave("dropped by an earlier concept's edit", len(gone))
         side = "chosen" if decision.decision == "suppress" else "rejected"
-        texts = [getattr(current[pid], side) for pid in found]
-        read = concept_token_activations(model, tokenizer, sae, layer, [current[pid].prompt for pid in found], texts,
+        found = [pid for pid in found if pid in current]
+        plain = [pid for pid in found if isinstance(getattr(current[pid], side), str)]
+        if len(plain) < len(found):
+            leave("not a plain-string response", len(found) - len(plain))
+        texts = [getattr(current[pid], side) for pid in plain]
+        read = concept_token_activations(model, tokenizer, sae, layer, [current[pid].prompt for pid in plain], texts,
                                          decision.latents, settings)
-        peaks = [float(t[1].max()) for t in read if t is not None and t[1].size]
-        threshold = fraction * float(np.median(peaks)) if peaks else np.inf
-        edited = 0
-        for pid, text, tokens in zip(found, texts, read):
+        peaks = [float(t[1].max()) for t in read if t is not None and t[1].size and t[1].max() > 0]
+        # half the concept's typical peak where it is active; a carrier it touches only lightly stays
+        threshold = fraction * float(np.median(peaks)) if peaks else None
+        record["threshold"] = threshold
+        for pid, text, tokens in zip(plain, texts, read):
             pair = current[pid]
-            cut = (cut_concept(text, tokens[0], tokens[1], tokenizer, threshold=threshold) if tokens is not None
-                   else Cut(None, [], "the response cannot be encoded"))
+            if tokens is None or threshold is None:
+                leave("the response cannot be encoded" if tokens is None else "the concept is never active")
+                continue
+            cut = cut_concept(text, tokens[0], tokens[1], tokenizer, threshold=threshold)
+            record["runs_lost"] += cut.runs_lost
             if cut.text is None:
-                unedited[cut.reason] = unedited.get(cut.reason, 0) + 1
+                leave(cut.reason)
                 continue
             other = pair.rejected if side == "chosen" else pair.chosen
-            if not cut.text or cut.text == other:
+            if not cut.text.strip() or cut.text.strip() == str(other).strip():
                 dropped.append(pid)
+                record["dropped"] += 1
                 del current[pid]
                 continue
             sides = (cut.text, pair.rejected) if side == "chosen" else (pair.chosen, cut.text)
-            new = make_pair(pair.prompt, *sides, row=pair.row, source=pair.source,
-                            metadata={**pair.metadata, EDITED_FROM: pair.metadata.get(EDITED_FROM, pair.pair_id)})
-            current[pid] = new
-            edited += 1
+            current[pid] = make_pair(pair.prompt, *sides, row=pair.row, source=pair.source,
+                                     metadata={**pair.metadata, EDITED_FROM: pid})
+            record["edited"] += 1
             if len(examples) < _EXAMPLES:
                 examples.append({"pair_id": pid, "concept": decision.concept, "side": side, "before": text,
                                  "after": cut.text, "removed": cut.removed})
-        per_concept[decision.concept] = {"carriers": len(found), "edited": edited, "threshold": threshold}
     out, changed = [], []
     taken = {p.pair_id for p in dataset}  # an edited pair's new id clashes with no pair's old one
     for pair in dataset:
@@ -217,7 +267,7 @@ def edit_carriers(dataset: PreferenceDataset, decisions: Sequence[Decision], sto
         "mode": "edit", "source": dataset.source, "n_input": len(dataset), "input_fingerprint": dataset.fingerprint,
         "changed_pair_ids": changed, "dropped_pair_ids": dropped, "n_changed": len(changed) + len(dropped),
         "n_edited": len(changed), "n_dropped": len(dropped), "n_output": len(result),
-        "output_fingerprint": result.fingerprint, "unedited": unedited, "per_concept": per_concept,
+        "output_fingerprint": result.fingerprint, "per_concept": per_concept,
         "fraction": fraction, "margin": margin, "pooling": pooling, "examples": examples,
         "decisions": [{"concept": d.concept, "decision": d.decision, "latents": list(d.latents)} for d in decisions],
     }

@@ -106,8 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "edit", help="a data intervention from the feedback file: cut each marked concept's words out of its carriers",
         description="Each carrier of a concept marked suppress (amplify: its rejected response) is read through M0 and "
                     "the SAE token by token; the runs of tokens where the concept peaks are cut out of the response "
-                    "text, widened to whole words, and the pair is kept under a new id. Written like `headwater "
-                    "intervene` (pairs + manifest, with examples and the pairs left unedited and why).",
+                    "text, widened to whole words, and the pair is kept under a new id. The responses are tokenised "
+                    "as the audit recorded. Written like `headwater intervene` (pairs + manifest, with examples and "
+                    "the pairs left unedited and why).",
     )
     add_model_options(e, what="M0, the model the audit read", dtype=False)
     _data_options(e, "the audited preference data")
@@ -121,7 +122,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl",
                    help="file format of the written pairs (default jsonl)")
     add_overwrite_option(e, "an intervention")
-    add_tokenization_options(e)
     e.set_defaults(func=run_edit)
 
     t = actions.add_parser(
@@ -219,7 +219,7 @@ def run_edit(args: argparse.Namespace) -> int:
     summary = apply_feedback(data=args.data, audit_dir=args.audit, out_dir=args.out, feedback=args.feedback,
                              mode="edit", margin=args.margin, split=args.split, on_error=args.on_error,
                              overwrite=args.overwrite, formats=formats, model_path=args.model, fraction=args.fraction,
-                             settings=settings_from(args), device=args.device)
+                             device=args.device)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -127,12 +127,13 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
                    mode: str = "filter", weight: float = 0.0, margin: float = 1.0, split: str | None = None,
                    on_error: str = "raise", overwrite: bool = False, formats: Sequence[str] = ("jsonl",),
                    model_path: str | None = None, fraction: float = 0.5,
-                   settings: TokenizationSettings = TokenizationSettings(), device: str = "cpu") -> dict[str, Any]:
+                   settings: TokenizationSettings | None = None, device: str = "cpu") -> dict[str, Any]:
     """The data intervention of a feedback file, written to ``out_dir`` (pairs + manifest).
 
     ``mode`` is one of :data:`APPLY_MODES`. ``"edit"`` cuts each concept's words out of its
     carriers' responses (:mod:`headwater.audit.editing`); it reads them through M0
-    (``model_path``, the model the audit read) and the audit's SAE.
+    (``model_path``, the model the audit read) and the audit's SAE, tokenised as the audit
+    recorded (``settings`` overrides that).
     """
     if mode not in APPLY_MODES:
         raise ValueError(f"mode must be one of {APPLY_MODES}, got {mode!r}")
@@ -148,6 +149,8 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
     options = dict(margin=margin, pooling=doc["config"]["pooling"], topics=_pair_topics(doc, store),
                    centroids=_response_centroids(audit, doc, store, decisions))
     if mode == "edit":
+        if settings is None:
+            settings = TokenizationSettings(**store.manifest.get("tokenization", {}))
         model, tokenizer = load_model(model_path, device=device)  # type: ignore[arg-type]
         result, manifest = edit_carriers(dataset, decisions, store, model, tokenizer, _audited_sae(doc),
                                          int(doc["sae"]["layer"]), settings=settings, fraction=fraction, **options)
@@ -161,7 +164,8 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
            "n_output": manifest["n_output"], "carriers_per_concept": counts,
            "files": {k: str(v) for k, v in written.items()}}
     if mode == "edit":
-        out.update(n_edited=manifest["n_edited"], n_dropped=manifest["n_dropped"], unedited=manifest["unedited"])
+        out.update(n_edited=manifest["n_edited"], n_dropped=manifest["n_dropped"],
+                   unedited={name: c["unedited"] for name, c in manifest["per_concept"].items()})
     return out
 
 

@@ -303,7 +303,7 @@ def test_apply_edit_cuts_a_concepts_words_and_keeps_the_pairs(tmp_path, saved_mo
               key=lambda c: len(c["latents"]))
     (out / "feedback.tsv").write_text("concept\tdecision\tlatents\td\tlabel\n"
                                       f"{row['concept']}\tsuppress\t{','.join(map(str, row['latents']))}\t1\tx\n")
-    base = ["audit", "edit", "--data", str(data), "--audit", str(out), "--format", "raw"]
+    base = ["audit", "edit", "--data", str(data), "--audit", str(out)]
     with pytest.raises(SystemExit):  # M0 is required: the responses are read through it
         main(base + ["--out", str(tmp_path / "e0")])
     assert "--model" in capsys.readouterr().err
@@ -311,13 +311,24 @@ def test_apply_edit_cuts_a_concepts_words_and_keeps_the_pairs(tmp_path, saved_mo
     summary = json.loads(capsys.readouterr().out)
     manifest = json.loads((tmp_path / "e1" / "manifest.json").read_text())
     (concept, carried), = summary["carriers_per_concept"].items()
-    assert summary["n_edited"] + summary["n_dropped"] + sum(summary["unedited"].values()) == carried
+    assert summary["n_edited"] + summary["n_dropped"] + sum(summary["unedited"][concept].values()) == carried
     assert summary["n_edited"] > 0 and summary["n_output"] == 48 - summary["n_dropped"]
     for example in manifest["examples"]:
         assert example["concept"] == concept and example["side"] == "chosen"
         assert all(piece in example["before"] for piece in example["removed"])
         assert len(example["after"]) < len(example["before"])
-    originals = {json.loads(line)["chosen"] for line in data.read_text().splitlines()}
-    edited = [json.loads(line) for line in (tmp_path / "e1" / "pairs.jsonl").read_text().splitlines()
-              if json.loads(line).get("edited_from")]
-    assert len(edited) == summary["n_edited"] and all(p["chosen"] not in originals for p in edited)
+    from headwater.data import load_preferences
+
+    before = {p.pair_id: p for p in load_preferences(str(data))}
+    after = list(load_preferences(str(tmp_path / "e1" / "pairs.jsonl")))
+    edited = [p for p in after if p.metadata.get("edited_from")]
+    assert len(edited) == summary["n_edited"]
+    for pair in after:
+        source = before[pair.metadata.get("edited_from") or pair.pair_id]
+        assert pair.prompt == source.prompt and pair.rejected == source.rejected
+        if pair.metadata.get("edited_from"):
+            assert pair.pair_id != source.pair_id and pair.chosen != source.chosen
+            rest = iter(source.chosen)  # the edit only removes characters: what is left is in order
+            assert all(ch in rest for ch in pair.chosen)
+        else:
+            assert pair.chosen == source.chosen
