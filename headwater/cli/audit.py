@@ -29,6 +29,18 @@ def _feedback_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feedback", type=Path, default=None, help="the feedback file (default <audit>/feedback.tsv)")
 
 
+def _written_pairs_options(p: argparse.ArgumentParser) -> None:
+    """Where a data intervention writes its pairs: ``--out``, ``--output-format``, ``--overwrite``."""
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl",
+                   help="file format of the written pairs (default jsonl)")
+    add_overwrite_option(p, "an intervention")
+
+
+def _formats(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("jsonl", "parquet") if args.output_format == "both" else (args.output_format,)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     import headwater.organism  # noqa: F401  (registers the organism's recipe)
     from headwater.training.recipes import RECIPES
@@ -96,10 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a carrier's chosen − rejected difference must exceed this × the concept's typical "
                         "activation, the mean of its non-zero pooled values (default 1; a response concept's "
                         "carriers are the pairs whose chosen response alone is in the cluster, whatever the margin)")
-    a.add_argument("--out", required=True, type=Path, help="output directory")
-    a.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl",
-                   help="file format of the written pairs (default jsonl)")
-    add_overwrite_option(a, "an intervention")
+    _written_pairs_options(a)
     a.set_defaults(func=run_apply)
 
     e = actions.add_parser(
@@ -118,10 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--fraction", type=float, default=0.5,
                    help="a run of the concept's tokens is cut when its peak reaches this share of the median peak "
                         "over the concept's carriers (default 0.5)")
-    e.add_argument("--out", required=True, type=Path, help="output directory")
-    e.add_argument("--output-format", choices=["jsonl", "parquet", "both"], default="jsonl",
-                   help="file format of the written pairs (default jsonl)")
-    add_overwrite_option(e, "an intervention")
+    _written_pairs_options(e)
     e.set_defaults(func=run_edit)
 
     t = actions.add_parser(
@@ -204,10 +210,9 @@ def run_audit(args: argparse.Namespace) -> int:
 def run_apply(args: argparse.Namespace) -> int:
     from headwater.workflows.audit_feedback import apply_feedback
 
-    formats = ("jsonl", "parquet") if args.output_format == "both" else (args.output_format,)
     summary = apply_feedback(data=args.data, audit_dir=args.audit, out_dir=args.out, feedback=args.feedback,
                              mode=args.mode, weight=args.weight, margin=args.margin, split=args.split,
-                             on_error=args.on_error, overwrite=args.overwrite, formats=formats)
+                             on_error=args.on_error, overwrite=args.overwrite, formats=_formats(args))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -215,10 +220,9 @@ def run_apply(args: argparse.Namespace) -> int:
 def run_edit(args: argparse.Namespace) -> int:
     from headwater.workflows.audit_feedback import apply_feedback
 
-    formats = ("jsonl", "parquet") if args.output_format == "both" else (args.output_format,)
     summary = apply_feedback(data=args.data, audit_dir=args.audit, out_dir=args.out, feedback=args.feedback,
                              mode="edit", margin=args.margin, split=args.split, on_error=args.on_error,
-                             overwrite=args.overwrite, formats=formats, model_path=args.model, fraction=args.fraction,
+                             overwrite=args.overwrite, formats=_formats(args), model_path=args.model, fraction=args.fraction,
                              device=args.device)
     print(json.dumps(summary, indent=2))
     return 0
