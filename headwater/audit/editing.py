@@ -20,7 +20,8 @@ and the reason recorded per concept, when its response is not a plain string (a 
 messages), cannot be encoded, or its cut tokens do not line up with its text (a run inside a
 multi-byte character). It is dropped, and recorded, when the edited response is empty or equals
 the other side. An edited pair gets a new id (its content changed), with ``edited_from``, its id
-in the input, in its metadata.
+in the input, in its metadata; an edit that makes a pair a copy of another is listed in the
+manifest (``copies_made``).
 """
 from __future__ import annotations
 
@@ -250,7 +251,7 @@ def edit_carriers(dataset: PreferenceDataset, decisions: Sequence[Decision], sto
             if len(examples) < _EXAMPLES:
                 examples.append({"pair_id": pid, "concept": decision.concept, "side": side, "before": text,
                                  "after": cut.text, "removed": cut.removed})
-    out, changed = [], []
+    out, changed, copies = [], [], []
     taken = {p.pair_id for p in dataset}  # an edited pair's new id clashes with no pair's old one
     for pair in dataset:
         if pair.pair_id not in current:
@@ -258,6 +259,8 @@ def edit_carriers(dataset: PreferenceDataset, decisions: Sequence[Decision], sto
         now = current[pair.pair_id]
         if now is not pair:
             new_id = free_id(now.pair_id, taken)
+            if new_id != now.pair_id:  # the edit made it a copy of another pair: reported
+                copies.append(new_id)
             now = PreferencePair(new_id, now.prompt, now.chosen, now.rejected, now.row, now.source, now.metadata)
             changed.append(pair.pair_id)
         taken.add(now.pair_id)
@@ -267,7 +270,7 @@ def edit_carriers(dataset: PreferenceDataset, decisions: Sequence[Decision], sto
         "mode": "edit", "source": dataset.source, "n_input": len(dataset), "input_fingerprint": dataset.fingerprint,
         "changed_pair_ids": changed, "dropped_pair_ids": dropped, "n_changed": len(changed) + len(dropped),
         "n_edited": len(changed), "n_dropped": len(dropped), "n_output": len(result),
-        "output_fingerprint": result.fingerprint, "per_concept": per_concept,
+        "output_fingerprint": result.fingerprint, "per_concept": per_concept, "copies_made": copies,
         "fraction": fraction, "margin": margin, "pooling": pooling, "examples": examples,
         "decisions": [{"concept": d.concept, "decision": d.decision, "latents": list(d.latents)} for d in decisions],
     }

@@ -65,3 +65,37 @@ def test_nothing_is_cut_when_the_concept_is_weak_absent_or_off_the_text(tiny_tok
     assert other.text is None and other.reason.startswith("the cut tokens do not line up") and other.runs_lost == 1
     messages = [{"role": "assistant", "content": text}]
     assert cut_concept(messages, ids, active, tiny_tokenizer, threshold=1.0).reason == "not a plain-string response"
+
+
+def test_edit_carriers_keeps_order_reports_copies_and_drops_emptied_pairs(tiny_tokenizer, monkeypatch):
+    """The carriers and the token reads are given (they are tested elsewhere); what is checked is
+    the bookkeeping: new ids, ``edited_from``, an edit that copies another pair, a dropped pair."""
+    import headwater.audit.editing as editing
+    from headwater.audit.cards import Decision
+    from headwater.audit.interventions import Carriers
+    from headwater.data import PreferenceDataset, make_pair
+
+    signed = make_pair("Q", "Practice daily. Hope this helps!", "No.")
+    plain = make_pair("Q", "Practice daily.", "No.")  # what the first becomes once edited
+    only = make_pair("Q2", "Hope this helps!", "Sure.")  # nothing would be left: dropped
+    other = make_pair("Q3", "Fine.", "Bad.")
+    data = PreferenceDataset([signed, plain, only, other])
+    monkeypatch.setattr(editing, "carriers", lambda *a, **k: Carriers([signed.pair_id, only.pair_id], {}))
+
+    def read(model, tokenizer, sae, layer, prompts, responses, latents, settings):
+        out = []
+        for text in responses:
+            ids = _tokens(tokenizer, text)
+            out.append((ids, _active_on(tokenizer, ids, "Hope this helps")))
+        return out
+
+    monkeypatch.setattr(editing, "concept_token_activations", read)
+    result, manifest = editing.edit_carriers(data, [Decision("c1", "suppress", (1,))], store=None, model=None,
+                                             tokenizer=tiny_tokenizer, sae=None, layer=1)
+    ids = [p.pair_id for p in result]
+    assert ids[1:] == [plain.pair_id, other.pair_id] and ids[0] == plain.pair_id + "#1"
+    assert result[0].chosen == "Practice daily." and result[0].metadata["edited_from"] == signed.pair_id
+    assert manifest["copies_made"] == [plain.pair_id + "#1"] and manifest["dropped_pair_ids"] == [only.pair_id]
+    assert manifest["n_edited"] == 1 and manifest["n_dropped"] == 1 and manifest["n_output"] == 3
+    assert manifest["per_concept"]["c1"] == {"carriers": 2, "edited": 1, "dropped": 1, "unedited": {}, "runs_lost": 0,
+                                             "threshold": 1.0}
