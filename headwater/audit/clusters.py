@@ -170,9 +170,10 @@ def topic_response_centroids(store: FeatureStore, topics: np.ndarray, k: int, *,
         for block in store.blocks():
             stop = start + block.positions.numel()
             inside = np.flatnonzero(wanted[start:stop])
-            if inside.size:
-                parts += [_sparse_rows(block.chosen, store.d_sae, pooling)[inside],
-                          _sparse_rows(block.rejected, store.d_sae, pooling)[inside]]
+            if inside.size:  # only the sampled rows become a sparse matrix
+                mine = torch.from_numpy(inside)
+                parts += [_sparse_rows(block.chosen.select(mine), store.d_sae, pooling),
+                          _sparse_rows(block.rejected.select(mine), store.d_sae, pooling)]
             start = stop
         if not parts:
             continue
@@ -209,16 +210,15 @@ def response_membership(features: PooledFeatures, centroids: np.ndarray, d_sae: 
     """[rows, k] float32 one-hot: the response cluster of each response (its nearest centroid by
     cosine, among ``centroids`` [k, d_sae] that are not zero); a response with no active latent
     belongs to none (a zero row)."""
-    k = centroids.shape[0]
-    x = torch.nn.functional.normalize(features.dense(d_sae, pooling).double(), dim=1)
-    out = torch.zeros((x.shape[0], k), dtype=torch.float32)
-    centres = torch.from_numpy(np.asarray(centroids, dtype=np.float64))
-    real = centres.abs().sum(dim=1) > 0
-    if not bool(real.any()) or x.shape[0] == 0:
+    centres = np.asarray(centroids, dtype=np.float64)
+    out = torch.zeros((features.rows, centres.shape[0]), dtype=torch.float32)
+    real = np.abs(centres).sum(axis=1) > 0
+    if not real.any() or features.rows == 0:
         return out
-    nearest = (x @ centres.T).masked_fill(~real, -math.inf).argmax(dim=1)
-    rows = (x.abs().sum(dim=1) > 0).nonzero().flatten()
-    out[rows, nearest[rows]] = 1.0
+    x = _sparse_rows(features, d_sae, pooling)  # sparse: never a dense [rows, d_sae] matrix
+    scores = np.where(real, np.asarray(x @ centres.T), -math.inf)
+    rows = np.flatnonzero(x.getnnz(axis=1) > 0)
+    out[torch.from_numpy(rows), torch.from_numpy(scores[rows].argmax(axis=1))] = 1.0
     return out
 
 

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from headwater.audit.cards import Decision
-from headwater.audit.features import FeatureStore
+from headwater.audit.features import FeatureStore, captured_chunks
 from headwater.audit.interventions import ACTING, carriers
 from headwater.audit.sae import SparseAutoencoder
 from headwater.data import PreferenceDataset, PreferencePair, make_pair
 from headwater.data.pairs import free_id
-from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
-from headwater.engine.tokenization import TokenizationSettings, encode_response
+from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH
+from headwater.engine.tokenization import TokenizationSettings
 
 EDITED_FROM = "edited_from"
 _EXAMPLES = 5
@@ -157,18 +157,8 @@ def concept_token_activations(model: Any, tokenizer: Any, sae: SparseAutoencoder
     wanted = torch.zeros(sae.d_sae, dtype=torch.bool)
     wanted[torch.tensor(list(latents), dtype=torch.long)] = True
     out: list[tuple[list[int], np.ndarray] | None] = [None] * len(responses)
-    for start in range(0, len(responses), chunk):
-        encoded, rows = [], []
-        for i in range(start, min(len(responses), start + chunk)):
-            try:
-                encoded.append(encode_response(tokenizer, prompts[i], responses[i], settings))
-                rows.append(i)
-            except ValueError:
-                continue
-        if not encoded:
-            continue
-        captured = response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer),
-                                              max_tokens_per_batch=max_tokens_per_batch)
+    for rows, captured in captured_chunks(model, tokenizer, layer, prompts, responses, settings, chunk=chunk,
+                                          max_tokens_per_batch=max_tokens_per_batch):
         code = sae.encode_sparse(captured.activations)  # never a dense [tokens, d_sae] matrix
         keep = wanted[code.indices]
         values = torch.zeros(captured.activations.shape[0], dtype=torch.float64)

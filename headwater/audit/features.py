@@ -37,7 +37,7 @@ from headwater.audit.sae import SparseAutoencoder
 from headwater.engine import atomic
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
 from headwater.engine.store import fingerprint_ids
-from headwater.engine.tokenization import TokenizationSettings, encode_pairs, settings_as_used
+from headwater.engine.tokenization import TokenizationSettings, encode_pairs, encode_response, settings_as_used
 
 LOG = logging.getLogger(__name__)
 MANIFEST = "features.json"
@@ -101,6 +101,29 @@ class PooledFeatures:
         within = torch.arange(int(indptr[-1])) - torch.repeat_interleave(indptr[:-1], lengths)
         take = torch.repeat_interleave(starts, lengths) + within
         return PooledFeatures(indptr, self.indices[take], self.mean[take], self.max[take])
+
+
+def captured_chunks(model: Any, tokenizer: Any, layer: int, prompts: Sequence[Any], responses: Sequence[Any],
+                    settings: TokenizationSettings = TokenizationSettings(), *, chunk: int = 256,
+                    max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH) -> Iterator[tuple[list[int], Any]]:
+    """(rows, their block-ℓ response tokens) for ``chunk`` responses at a time (each to its prompt).
+    A response that cannot be encoded (empty, over-long under "skip", the wrong format) is left out
+    of ``rows``; a chunk with none left is not yielded."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    for start in range(0, len(responses), chunk):
+        encoded, rows = [], []
+        for i in range(start, min(len(responses), start + chunk)):
+            try:
+                enc = encode_response(tokenizer, prompts[i], responses[i], settings)
+            except ValueError:  # empty (or over-long under "skip"): nothing to read
+                continue
+            if enc.response_length:
+                encoded.append(enc)
+                rows.append(i)
+        if encoded:
+            yield rows, response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer),
+                                                   max_tokens_per_batch=max_tokens_per_batch)
 
 
 def pool_codes(sae: SparseAutoencoder, activations: torch.Tensor, lengths: Sequence[int]) -> PooledFeatures:
@@ -356,5 +379,5 @@ class FeatureStore:
                                t["tokens"].view(rows, 2) if rows else t["tokens"].view(0, 2))
 
 
-__all__ = ["FeatureBlock", "FeatureStore", "FeatureStoreError", "PooledFeatures", "encode_features", "pool_codes",
+__all__ = ["FeatureBlock", "captured_chunks", "FeatureStore", "FeatureStoreError", "PooledFeatures", "encode_features", "pool_codes",
            "sae_fingerprint"]

@@ -52,10 +52,10 @@ import numpy as np
 import torch
 from scipy import stats
 
-from headwater.audit.features import PooledFeatures, pool_codes
+from headwater.audit.features import PooledFeatures, captured_chunks, pool_codes
 from headwater.audit.sae import SparseAutoencoder
 from headwater.engine.capture import DEFAULT_MAX_TOKENS_PER_BATCH, pad_token_id_of, response_token_activations
-from headwater.engine.tokenization import EncodedResponse, TokenizationSettings, encode_pairs, encode_response, pad_batch
+from headwater.engine.tokenization import TokenizationSettings, encode_pairs, encode_response, pad_batch
 from headwater.kernels import cosine_topk, prepare_keys
 from headwater.training.common import response_logps
 
@@ -69,25 +69,10 @@ def response_columns(
     """[n, width] float64: ``read`` applied to the pooled SAE features of each response (to its
     prompt), read through ``model`` at ``layer``, ``chunk`` responses at a time. An empty response
     (a model may stop at once) reads as 0 everywhere."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     sae = sae.inference_form()
     out = np.zeros((len(responses), width))
-    for start in range(0, len(responses), chunk):
-        encoded: list[EncodedResponse] = []
-        rows: list[int] = []
-        for i in range(start, min(len(responses), start + chunk)):
-            try:
-                enc = encode_response(tokenizer, prompts[i], responses[i], settings)
-            except ValueError:  # empty (or over-long under "skip"): nothing to read
-                continue
-            if enc.response_length:
-                encoded.append(enc)
-                rows.append(i)
-        if not encoded:
-            continue
-        captured = response_token_activations(model, encoded, layer, pad_token_id=pad_token_id_of(tokenizer),
-                                              max_tokens_per_batch=max_tokens_per_batch)
+    for rows, captured in captured_chunks(model, tokenizer, layer, prompts, responses, settings, chunk=chunk,
+                                          max_tokens_per_batch=max_tokens_per_batch):
         out[rows] = read(pool_codes(sae, captured.activations, captured.lengths))
     return out
 
