@@ -6,6 +6,10 @@ sign-off; this script measures what that does:
 
     python bench/audit_mark_concepts.py --run /tmp/audit-organism-2 --concepts c10 c8 c3 c6 c4 --mode project
     python bench/audit_mark_concepts.py --run /tmp/audit-organism-2 --concepts c10 c8 c3 c6 c4 --mode offset
+    python bench/audit_mark_concepts.py --run /tmp/audit-organism-2 --signoff-cards --mode offset
+
+``--signoff-cards`` marks every card of the over-all list's top 10 whose label shows "Hope" or
+"helps" (the rule `bench/audit_organism.py` applies to the first such card only).
 
 Prints the sign-off rate and its reduction against the seed-0 unmodified retrain, and each
 behaviour's rate beside the range of the three unmodified retrains.
@@ -27,7 +31,10 @@ from headwater.workflows.audit_feedback import retrain_with_feedback  # noqa: E4
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a bench/audit_organism.py --out directory")
-    parser.add_argument("--concepts", nargs="+", required=True, help="concepts of the over-all list to suppress")
+    marked = parser.add_mutually_exclusive_group(required=True)
+    marked.add_argument("--concepts", nargs="+", help="concepts of the over-all list to suppress")
+    marked.add_argument("--signoff-cards", action="store_true",
+                        help="every top-10 card of the over-all list whose label shows 'Hope' or 'helps'")
     parser.add_argument("--mode", choices=("project", "offset"), default="project")
     parser.add_argument("--samples", type=int, default=4)
     args = parser.parse_args()
@@ -36,6 +43,13 @@ def main() -> None:
     org = build_organism(OrganismConfig.audit(seed))  # cached: only read
     doc = json.loads((args.run / "audit" / "audit.json").read_text())
     rows = {c["concept"]: c for c in doc["concepts"]}
+    if args.signoff_cards:
+        top = {c["concept"] for c in doc["concepts"][:10]}
+        args.concepts = [card["concept"] for card in doc["cards"] if card["concept"] in top
+                         and ("Hope" in card["label"] or "helps" in card["label"])]
+        if not args.concepts:
+            parser.error("no top-10 card shows the sign-off")
+        print("marked: " + " ".join(args.concepts))
     missing = [name for name in args.concepts if name not in rows]
     if missing:
         parser.error(f"not in the audit's over-all list: {missing}")
@@ -48,6 +62,11 @@ def main() -> None:
     retrain_with_feedback(model_path=str(org.m0_path), data=str(org.preferences_path), audit_dir=args.run / "audit",
                           out_dir=out, feedback=feedback, mode=args.mode, config="organism", overwrite=True)
     result = evaluate(out, org, org.m0_path, args.samples, seed)
+    # Cached where bench/audit_retrain_spread.py looks (--extra <mode>-<concepts>), without the per-prompt lists.
+    (args.run / "spread").mkdir(exist_ok=True)
+    (args.run / "spread" / f"{out.name.removeprefix('m1-')}.json").write_text(json.dumps(
+        {k: (v if k == "capability" else {kk: vv for kk, vv in v.items() if kk != "per_prompt"})
+         for k, v in result.items()}, indent=1, default=float))
     controls = [summary["models"][name] for name in ("base", "base-seed1", "base-seed2")]
     base = controls[0]["signoff"]["rate"]
     rate = result["signoff"]["rate"]

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from headwater.audit.audit import AuditConfig
+from headwater.audit.audit import CLUSTERINGS, AuditConfig
 from headwater.audit.features import FeatureStore
 from headwater.audit.cards import Decision
 from headwater.audit.clusters import load_centroids
@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=4, help="generations per test prompt")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clusters", choices=("coactivation", "differences"), default="coactivation",
+    parser.add_argument("--clusters", choices=CLUSTERINGS, default="coactivation",
                         help="the audit's feature clusters (headwater audit run --clusters)")
     parser.add_argument("--control-seeds", type=int, nargs="*", default=[1, 2],
                         help="DPO seeds of extra retrains of the unmodified data: how much the rates move "

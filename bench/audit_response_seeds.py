@@ -1,8 +1,10 @@
-"""How much do the audit's response concepts depend on the audit's own seed (split halves, prompt
-topics and the per-topic k-means)? Re-runs the audit statistics on an organism's stored features
-under several audit seeds and prints, per planted behaviour, its best match among the top 10
-response concepts (and topic concepts) by |d|: rank, d, and how many of that concept's carriers
-are planted. Needs a finished `bench/audit_organism.py` directory (its features and summary).
+"""How much does what the audit finds depend on the audit's own seed (split halves, prompt topics
+and the per-topic k-means)? Re-runs the audit statistics on an organism's stored features under
+several audit seeds and prints, per planted set (the sign-off and the three behaviours), its best
+match among the top 10 of each of the audit's four lists by |d| (over all pairs, conditional,
+topic concepts, response concepts): rank, d, and how many of that concept's carriers are planted.
+A run finds a set cleanly in a list when that match's carriers are at least 80% planted. Needs a
+finished `bench/audit_organism.py` directory (its features and summary).
 
     python bench/audit_response_seeds.py --run /tmp/audit-organism --audit-seeds 0 1 2
     python bench/audit_response_seeds.py --run /tmp/audit-organism --response-clusters 8 --topics 16
@@ -30,25 +32,28 @@ def main() -> None:
     parser.add_argument("--audit-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--response-clusters", type=int, default=AuditConfig.response_clusters)
     parser.add_argument("--topics", type=int, default=AuditConfig.n_topics)
+    parser.add_argument("--json", type=Path, help="also write the tally here")
     args = parser.parse_args()
     summary = json.loads((args.run / "summary.json").read_text())
     org = build_organism(OrganismConfig.audit(int(summary["seed"])))  # cached: only read
     store = FeatureStore.open(args.run / "audit" / "features")
     pairs = org.load_preferences()
     prompt_of = {p.pair_id: p.prompt for p in pairs}
-    sets = {k: v for k, v in planted_sets(org).items() if k != "signoff"}
+    sets = planted_sets(org)
     doc_base = json.loads((args.run / "audit" / "audit.json").read_text())
     print(f"organism seed {summary['seed']}, {len(store)} pairs, {args.topics} prompt topics, "
           f"{args.response_clusters} response clusters per topic")
-    tally = {b: {"response": 0, "topic": 0, "either": 0} for b in sets}
+    names = ("over_all", "conditional", "topic", "response")
+    tally = {b: {**{name: 0 for name in names}, "topic_or_response": 0, "any": 0} for b in sets}
     for audit_seed in args.audit_seeds:
         result = run_audit(store, AuditConfig(response_clusters=args.response_clusters, n_topics=args.topics,
                                               seed=audit_seed),
                            prompts=[p.prompt for p in pairs])
         doc = {**doc_base, "cards": [], "config": {**doc_base["config"], "pooling": result.config.pooling}}
         topics = result.topics
-        lists = {"response": (result.response_concepts(10), result.response_centroids),
-                 "topic": (result.topic_concepts(10), None)}
+        lists = {"over_all": (result.concepts(10), None), "conditional": (result.conditional_concepts(10), None),
+                 "topic": (result.topic_concepts(10), None),
+                 "response": (result.response_concepts(10), result.response_centroids)}
         hit = {b: set() for b in sets}
         for name, (concepts, centroids) in lists.items():
             found = match_concepts(concepts, doc, store, sets, prompt_of, topics, centroids) if concepts else {}
@@ -64,11 +69,16 @@ def main() -> None:
         for behaviour, lists_hit in hit.items():
             for name in lists_hit:
                 tally[behaviour][name] += 1
-            tally[behaviour]["either"] += bool(lists_hit)
+            tally[behaviour]["topic_or_response"] += bool(lists_hit & {"topic", "response"})
+            tally[behaviour]["any"] += bool(lists_hit)
     runs = len(args.audit_seeds)
-    print("clean match (≥ 80% of its carriers planted) in the top 10, audit seeds out of " + str(runs) + ": "
-          + "; ".join(f"{b}: response {t['response']}, topic {t['topic']}, either {t['either']}"
-                      for b, t in tally.items()))
+    print("clean match (≥ 80% of its carriers planted) in a top 10, audit seeds out of " + str(runs) + ":")
+    for behaviour, t in tally.items():
+        print(f"  {behaviour}: " + ", ".join(f"{name} {count}" for name, count in t.items()))
+    if args.json:
+        args.json.write_text(json.dumps({"organism_seed": summary["seed"], "audit_seeds": args.audit_seeds,
+                                         "topics": args.topics, "response_clusters": args.response_clusters,
+                                         "clean_matches": tally}, indent=1))
 
 
 if __name__ == "__main__":

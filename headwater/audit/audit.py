@@ -33,6 +33,7 @@ from headwater.audit.clusters import (
     cluster_columns,
     coactivation_clusters,
     difference_clusters,
+    joined_clusters,
     prompt_topics,
     response_membership,
     topic_labels,
@@ -43,7 +44,7 @@ from headwater.audit.statistics import ConceptStatistics, PairedMoments, concate
 from headwater.engine import atomic
 
 POOLINGS = ("mean", "max")
-CLUSTERINGS = ("coactivation", "differences")
+CLUSTERINGS = ("coactivation", "differences", "joined")
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,11 @@ class AuditConfig:
         min_rate: the share of responses on a side for the side badge to count it.
         max_cluster_latents: significant latents (by |d|) that enter the feature clusters.
         clusters: ``"coactivation"`` (latents active in the same responses, the paper's reading
-            aid) or ``"differences"`` (latents whose chosen − rejected differences correlate over
-            the pairs; see :mod:`headwater.audit.clusters`).
-        min_similarity: similarity (Ochiai, or Pearson for ``"differences"``) under which clusters
-            are cut apart.
+            aid), ``"differences"`` (latents whose chosen − rejected differences correlate over
+            the pairs) or ``"joined"`` (co-activation clusters, then those whose differences
+            correlate joined; see :mod:`headwater.audit.clusters`).
+        min_similarity: similarity (Ochiai, and Pearson for ``"differences"`` and the joining)
+            under which clusters are cut apart.
         n_topics: prompt topics.
         response_clusters: response clusters per prompt topic (k of its k-means; 0: none).
         seed: split halves, topics and response clusters.
@@ -281,9 +283,9 @@ def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, promp
         names = {t: f"topic {t}" for t in range(n_topics)}
     say("co-activation clusters")
     significant = latents.significant(config.alpha)[:config.max_cluster_latents]
-    if config.clusters == "differences":
-        clusters = difference_clusters(store, significant.tolist(), min_similarity=config.min_similarity,
-                                       pooling=config.pooling)
+    if config.clusters in ("differences", "joined"):
+        grouping = difference_clusters if config.clusters == "differences" else joined_clusters
+        clusters = grouping(store, significant.tolist(), min_similarity=config.min_similarity, pooling=config.pooling)
     else:
         clusters = coactivation_clusters(store, significant.tolist(), min_similarity=config.min_similarity)
     say("cluster statistics")

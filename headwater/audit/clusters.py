@@ -7,6 +7,9 @@
   (Pearson correlation), cut the same way: latents taught by the same pairs group together even
   when one of them also fires elsewhere on both sides (a word of a fixed phrase that is common on
   its own), which splits co-activation clusters of one phrase into several.
+  Or, with ``joined_clusters``, co-activation clusters first, then those whose summed differences
+  correlate joined into one: a co-activation cluster is never split, and the pieces of one phrase
+  are put back together.
 - Prompt topics: spherical k-means (mini-batch, streamed part by part) on the prompts' mean
   activation at ℓ, labelled by the TF-IDF terms that set a topic's prompts apart.
 - Response clusters, per prompt topic: k-means on the unit pooled feature vectors of the topic's
@@ -73,6 +76,26 @@ def _cut(latents: list[int], similarity: np.ndarray, min_similarity: float) -> l
     return sorted(clusters.values(), key=lambda c: (-len(c), c[0]))
 
 
+def _difference_correlation(store: FeatureStore, columns: Callable[[PooledFeatures], torch.Tensor], m: int
+                            ) -> np.ndarray | None:
+    """[m, m] Pearson correlation over the pairs of the chosen − rejected differences of ``m``
+    columns (``columns`` maps a side's pooled features to [rows, m]), from streamed float64 sums;
+    a column whose difference never varies correlates with nothing. None with fewer than 2 pairs."""
+    n, total, cross = 0, torch.zeros(m, dtype=torch.float64), torch.zeros((m, m), dtype=torch.float64)
+    for block in store.blocks():
+        diff = (columns(block.chosen) - columns(block.rejected)).double()
+        n += diff.shape[0]
+        total += diff.sum(dim=0)
+        cross += diff.T @ diff
+    if n < 2:
+        return None
+    mean = total / n
+    cov = (cross - n * mean[:, None] * mean[None, :]) / (n - 1)
+    sd = cov.diag().clamp_min(0).sqrt()
+    scale = sd[:, None] * sd[None, :]
+    return torch.where(scale > 0, cov / torch.where(scale > 0, scale, 1.0), 0.0).clamp(-1, 1).numpy()
+
+
 def difference_clusters(store: FeatureStore, latents: Sequence[int], *, min_similarity: float = 0.5,
                         pooling: str = "mean") -> list[list[int]]:
     """Clusters of ``latents`` whose chosen − rejected pooled differences correlate over the pairs
@@ -82,22 +105,35 @@ def difference_clusters(store: FeatureStore, latents: Sequence[int], *, min_simi
     if len(latents) < 2:
         return [latents] if latents else []
     index = torch.tensor(latents)
-    m = len(latents)
-    n, total, cross = 0, torch.zeros(m, dtype=torch.float64), torch.zeros((m, m), dtype=torch.float64)
-    for block in store.blocks():
-        diff = (_columns(block.chosen, index, store.d_sae, pooling)
-                - _columns(block.rejected, index, store.d_sae, pooling)).double()
-        n += diff.shape[0]
-        total += diff.sum(dim=0)
-        cross += diff.T @ diff
-    if n < 2:
+    similarity = _difference_correlation(store, lambda side: _columns(side, index, store.d_sae, pooling), len(latents))
+    if similarity is None:
         return [[v] for v in latents]
-    mean = total / n
-    cov = (cross - n * mean[:, None] * mean[None, :]) / (n - 1)
-    sd = cov.diag().clamp_min(0).sqrt()
-    scale = sd[:, None] * sd[None, :]
-    similarity = torch.where(scale > 0, cov / torch.where(scale > 0, scale, 1.0), 0.0).clamp(-1, 1).numpy()
     return _cut(latents, similarity, min_similarity)
+
+
+def joined_clusters(store: FeatureStore, latents: Sequence[int], *, min_similarity: float = 0.5,
+                    pooling: str = "mean") -> list[list[int]]:
+    """Co-activation clusters, then those whose chosen − rejected differences (each cluster's
+    summed pooled activation) correlate over the pairs joined into one (average linkage, cut at
+    ``min_similarity``), largest first.
+
+    Why: the pieces of one fixed phrase ("Hope" / "this helps" / "ps!") are latents of different
+    tokens, some of which also fire elsewhere, so co-activation alone keeps them apart; but the
+    same pairs teach all of them, so their differences move together. Unlike
+    :func:`difference_clusters`, a co-activation cluster is never split, only joined.
+    """
+    clusters = coactivation_clusters(store, latents, min_similarity=min_similarity)
+    if len(clusters) < 2:
+        return clusters
+    similarity = _difference_correlation(store, lambda side: cluster_columns(side, clusters, store.d_sae, pooling),
+                                         len(clusters))
+    if similarity is None:
+        return clusters
+    groups = _cut(list(range(len(clusters))), similarity, min_similarity)
+    joined = [sorted(lat for g in group for lat in clusters[g]) for group in groups]
+    order = {lat: k for k, lat in enumerate(dict.fromkeys(int(v) for v in latents))}  # the input's order (by |d|)
+    joined = [sorted(c, key=order.__getitem__) for c in joined]
+    return sorted(joined, key=lambda c: (-len(c), c[0]))
 
 
 def cluster_columns(features: PooledFeatures, clusters: Sequence[Sequence[int]], d_sae: int, pooling: str

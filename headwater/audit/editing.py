@@ -10,7 +10,7 @@ are maximal stretches of tokens where it is positive. A run is cut when its peak
 ``fraction`` of the median peak over the concept's carriers: where the concept is what the pair
 carries it peaks there, and a word it only touches elsewhere stays. The text of a cut run, decoded from its tokens, is found in the
 response and removed, widened to whole words (a run that covers "hel" of "helps" removes the
-word), with the space before it. Only text found in the response is ever removed, whatever the
+word; "well-known" is one word) and to quotes or brackets left empty, with the space before it. Only text found in the response is ever removed, whatever the
 chat template adds around it.
 
 Where a run lies in the text comes from where its tokens fall in the decoded token stream, not
@@ -56,24 +56,37 @@ class Cut:
 
 
 _END = ".!?,;:"
+_JOINERS = "-'’"  # inside a word when a letter or digit is on both sides ("well-known", "don't")
+_PAIRS = {'"': '"', "'": "'", "“": "”", "‘": "’", "(": ")", "[": "]", "«": "»"}
+
+
+def _in_word(text: str, i: int) -> bool:
+    """Whether character i belongs to a word: a letter or digit, or a joiner between two."""
+    if text[i].isalnum():
+        return True
+    return (text[i] in _JOINERS and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum())
 
 
 def _word_bounds(text: str, start: int, stop: int) -> tuple[int, int]:
-    """[start, stop) widened to whole words (only where its own edge is a letter or digit), then to
-    one space before it (or, at the start of a line, after it), and to a punctuation mark after it
-    when one ends the text before it too ("day. Hope this helps!" loses " Hope this helps!")."""
+    """[start, stop) widened to whole words (only where its own edge is a letter or digit; a
+    hyphen or apostrophe between letters is inside a word), then to the quotes or brackets around
+    it when nothing else is between them ('said "hello" to' loses '"hello"'), then to one space
+    before it (or, at the start of a line or after an opening quote or bracket, after it), and to a punctuation mark after it when one
+    ends the text before it too ("day. Hope this helps!" loses " Hope this helps!")."""
     if start < stop and text[start].isalnum():
-        while start > 0 and text[start - 1].isalnum():
+        while start > 0 and _in_word(text, start - 1):
             start -= 1
     if start < stop and text[stop - 1].isalnum():
-        while stop < len(text) and text[stop].isalnum():
+        while stop < len(text) and _in_word(text, stop):
             stop += 1
+    while start > 0 and stop < len(text) and _PAIRS.get(text[start - 1]) == text[stop]:
+        start, stop = start - 1, stop + 1
     before = text[:start].rstrip(" \t")
     if stop < len(text) and text[stop] in _END and (not before or before[-1] in _END + "\n"):
         stop += 1
     if start > 0 and text[start - 1] in " \t":
         start -= 1
-    elif start == 0 or text[start - 1] == "\n":
+    elif start == 0 or text[start - 1] == "\n" or text[start - 1] in _PAIRS:
         if stop < len(text) and text[stop] in " \t":
             stop += 1
     return start, stop

@@ -73,9 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-response pooling of a latent over its tokens (default mean)")
     r.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for significance (default 0.05)")
     r.add_argument("--topics", type=int, default=8, help="prompt topics (default 8)")
-    r.add_argument("--clusters", choices=("coactivation", "differences"), default="coactivation",
-                   help="feature clusters from latents active in the same responses (default) or from latents "
-                        "whose chosen − rejected differences correlate over the pairs")
+    r.add_argument("--clusters", choices=("coactivation", "differences", "joined"), default="coactivation",
+                   help="feature clusters from latents active in the same responses (default), from latents "
+                        "whose chosen − rejected differences correlate over the pairs, or co-activation clusters "
+                        "joined where their differences correlate")
     r.add_argument("--response-clusters", type=int, default=4,
                    help="response clusters per prompt topic (k-means on the pooled features of the topic's responses; "
                         "0: none; default 4)")

@@ -12,6 +12,7 @@ from headwater.audit.clusters import (
     centroid_latents,
     coactivation_clusters,
     difference_clusters,
+    joined_clusters,
     load_centroids,
     response_membership,
     save_centroids,
@@ -71,6 +72,31 @@ def test_difference_clusters_join_one_phrase_that_co_activation_splits(tmp_path)
     assert [0, 1] in by_difference and [2] in by_difference and [3] in by_difference
     # latent 1 is active in 30 + 2·170 responses, latent 0 in 30: Ochiai 30/√(30·370) ≈ 0.28 < 0.5
     assert [0] in coactivation_clusters(store, [0, 1, 2, 3]) and [1] not in by_difference
+
+
+def test_joined_clusters_put_a_phrase_back_together_and_never_split_a_co_activation_cluster(tmp_path):
+    """Latents 0 and 1 mark a phrase on the chosen side of pairs 0-29 (one co-activation cluster);
+    latent 2 marks it too but is also a common word on both sides of pairs 30-99 (co-activation
+    keeps it apart, its difference moves with theirs); latents 4 and 5 fire together on both sides
+    of pairs 100-199 with independent amounts (one co-activation cluster whose differences do not
+    correlate, so correlated differences alone split it); latent 3 never fires."""
+    n = 200
+    rng = np.random.default_rng(1)
+    chosen, rejected = np.zeros((n, 6)), np.zeros((n, 6))
+    for latent in (0, 1, 2):
+        chosen[:30, latent] = 1.0 + rng.random(30)
+    chosen[30:100, 2] = rejected[30:100, 2] = 0.5
+    chosen[100:, 4:6], rejected[100:, 4:6] = 0.1 + rng.random((100, 2)), 0.1 + rng.random((100, 2))
+    store = store_from(tmp_path, chosen, rejected)
+    latents = [0, 1, 2, 3, 4, 5]
+    co = coactivation_clusters(store, latents)
+    assert [0, 1] in co and [2] in co and [4, 5] in co
+    assert sorted(map(sorted, difference_clusters(store, latents))) == [[0, 1, 2], [3], [4], [5]]
+    joined = joined_clusters(store, latents)
+    assert sorted(map(sorted, joined)) == [[0, 1, 2], [3], [4, 5]]
+    assert joined[0] == [0, 1, 2]  # largest first
+    both = run_audit(store, AuditConfig(n_topics=1, clusters="joined", min_active=1, response_clusters=0))
+    assert [0, 1, 2] in map(sorted, both.cluster_latents)
 
 
 def test_difference_similarity_is_pearson_over_the_pairs(tmp_path):

@@ -99,3 +99,28 @@ def test_edit_carriers_keeps_order_reports_copies_and_drops_emptied_pairs(tiny_t
     assert manifest["n_edited"] == 1 and manifest["n_dropped"] == 1 and manifest["n_output"] == 3
     assert manifest["per_concept"]["c1"] == {"carriers": 2, "edited": 1, "dropped": 1, "unedited": {}, "runs_lost": 0,
                                              "threshold": 1.0}
+
+
+def test_words_joined_by_a_hyphen_or_apostrophe_and_emptied_quotes_go_whole():
+    from headwater.audit.editing import _word_bounds
+
+    def cut(text: str, piece: str) -> str:
+        start = text.index(piece)
+        a, b = _word_bounds(text, start, start + len(piece))
+        return text[:a] + text[b:]
+
+    assert cut("It is a well-known fact.", "well") == "It is a fact."
+    assert cut("It is a well-known fact.", "known") == "It is a fact."
+    assert cut("I don't know.", "don") == "I know."
+    assert cut('He said "hello" to me.', "hello") == "He said to me."
+    assert cut("See (this) below.", "this") == "See below."
+    assert cut("A - B", "A") == "- B"  # a hyphen between spaces joins nothing
+    assert cut('He said "hello there" to me.', "hello") == 'He said "there" to me.'  # the quotes still hold a word
+
+
+def test_a_quoted_word_is_cut_with_its_quotes(tiny_tokenizer):
+    text = 'He said "hello" to me.'
+    ids = _tokens(tiny_tokenizer, text)
+    active = _active_on(tiny_tokenizer, ids, "hello")
+    assert active.any()
+    assert cut_concept(text, ids, active, tiny_tokenizer, threshold=1.0).text == "He said to me."
