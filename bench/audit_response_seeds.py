@@ -3,8 +3,10 @@ and the per-topic k-means)? Re-runs the audit statistics on an organism's stored
 several audit seeds and prints, per planted set (the sign-off and the three behaviours), its best
 match among the top 10 of each of the audit's four lists by |d| (over all pairs, conditional,
 topic concepts, response concepts): rank, d, and how many of that concept's carriers are planted.
-A run finds a set cleanly in a list when that match's carriers are at least 80% planted. Needs a
-finished `bench/audit_organism.py` directory (its features and summary).
+Two criteria, each counted per list: *clean carriers* (that match's carriers, the pairs above half
+its typical difference, are at least 80% planted) and *ranked* (its top |set| pairs are at least
+80% planted, precision@n ≥ 0.8). Needs a finished `bench/audit_organism.py` directory (its
+features and summary).
 
     python bench/audit_response_seeds.py --run /tmp/audit-organism --audit-seeds 0 1 2
     python bench/audit_response_seeds.py --run /tmp/audit-organism --response-clusters 8 --topics 16
@@ -21,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from audit_organism import match_concepts, planted_sets  # noqa: E402
 
-from headwater.audit.audit import AuditConfig, run_audit  # noqa: E402
+from headwater.audit.audit import CLUSTERINGS, AuditConfig, run_audit  # noqa: E402
 from headwater.audit.features import FeatureStore  # noqa: E402
 from headwater.organism import OrganismConfig, build_organism  # noqa: E402
 
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--audit-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--response-clusters", type=int, default=AuditConfig.response_clusters)
     parser.add_argument("--topics", type=int, default=AuditConfig.n_topics)
+    parser.add_argument("--clusters", choices=CLUSTERINGS, default=AuditConfig.clusters)
     parser.add_argument("--json", type=Path, help="also write the tally here")
     args = parser.parse_args()
     summary = json.loads((args.run / "summary.json").read_text())
@@ -44,41 +47,49 @@ def main() -> None:
     print(f"organism seed {summary['seed']}, {len(store)} pairs, {args.topics} prompt topics, "
           f"{args.response_clusters} response clusters per topic")
     names = ("over_all", "conditional", "topic", "response")
-    tally = {b: {**{name: 0 for name in names}, "topic_or_response": 0, "any": 0} for b in sets}
+    criteria = {"clean_carriers": lambda best: best["carrier_precision"] >= 0.8 and best["carriers"] > 0,
+                "ranked": lambda best: best["precision_at_n"] >= 0.8}
+    tally = {c: {b: {**{name: 0 for name in names}, "topic_or_response": 0, "any": 0} for b in sets}
+             for c in criteria}
     for audit_seed in args.audit_seeds:
         result = run_audit(store, AuditConfig(response_clusters=args.response_clusters, n_topics=args.topics,
-                                              seed=audit_seed),
+                                              clusters=args.clusters, seed=audit_seed),
                            prompts=[p.prompt for p in pairs])
         doc = {**doc_base, "cards": [], "config": {**doc_base["config"], "pooling": result.config.pooling}}
         topics = result.topics
         lists = {"over_all": (result.concepts(10), None), "conditional": (result.conditional_concepts(10), None),
                  "topic": (result.topic_concepts(10), None),
                  "response": (result.response_concepts(10), result.response_centroids)}
-        hit = {b: set() for b in sets}
+        hit = {c: {b: set() for b in sets} for c in criteria}
         for name, (concepts, centroids) in lists.items():
             found = match_concepts(concepts, doc, store, sets, prompt_of, topics, centroids) if concepts else {}
             cells = []
             for behaviour, best in found.items():
-                clean = best["carrier_precision"] >= 0.8 and best["carriers"] > 0
-                if clean:
-                    hit[behaviour].add(name)
-                cells.append(f"{behaviour}: {best['concept']} rank {best['rank']} d {best['d']:+.2f} carriers "
+                for criterion, meets in criteria.items():
+                    if meets(best):
+                        hit[criterion][behaviour].add(name)
+                clean = criteria["clean_carriers"](best)
+                cells.append(f"{behaviour}: {best['concept']} rank {best['rank']} d {best['d']:+.2f} "
+                             f"precision@n {best['precision_at_n']:.2f} carriers "
                              f"{round(best['carrier_precision'] * best['carriers'])}/{best['carriers']} planted"
                              f"{'' if clean else ' (no clean match)'}")
             print(f"  audit seed {audit_seed}, {name} concepts: " + "; ".join(cells))
-        for behaviour, lists_hit in hit.items():
-            for name in lists_hit:
-                tally[behaviour][name] += 1
-            tally[behaviour]["topic_or_response"] += bool(lists_hit & {"topic", "response"})
-            tally[behaviour]["any"] += bool(lists_hit)
+        for criterion, by_set in hit.items():
+            for behaviour, lists_hit in by_set.items():
+                counts = tally[criterion][behaviour]
+                for name in lists_hit:
+                    counts[name] += 1
+                counts["topic_or_response"] += bool(lists_hit & {"topic", "response"})
+                counts["any"] += bool(lists_hit)
     runs = len(args.audit_seeds)
-    print("clean match (≥ 80% of its carriers planted) in a top 10, audit seeds out of " + str(runs) + ":")
-    for behaviour, t in tally.items():
-        print(f"  {behaviour}: " + ", ".join(f"{name} {count}" for name, count in t.items()))
+    for criterion, by_set in tally.items():
+        print(f"{criterion} (≥ 80% planted) in a top 10, audit seeds out of {runs}:")
+        for behaviour, t in by_set.items():
+            print(f"  {behaviour}: " + ", ".join(f"{name} {count}" for name, count in t.items()))
     if args.json:
         args.json.write_text(json.dumps({"organism_seed": summary["seed"], "audit_seeds": args.audit_seeds,
                                          "topics": args.topics, "response_clusters": args.response_clusters,
-                                         "clean_matches": tally}, indent=1))
+                                         "clusters": args.clusters, "matches": tally}, indent=1))
 
 
 if __name__ == "__main__":

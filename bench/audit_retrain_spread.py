@@ -9,7 +9,9 @@ spread includes the evaluation's own sampling noise, since each retrain is evalu
     python bench/audit_retrain_spread.py --run /tmp/audit-organism-2 --extra all-project all-offset
 
 Three retrains give a min-max range that is narrow by chance (0.4 points for links on seed 0);
-this is the interval the closing figures use. Evaluations of new models are cached in
+this is the interval the closing figures use. The sign-off's reduction is read against the mean of
+the unmodified retrains, with a conservative 95% interval (the model's own interval over prompts
+against the t-interval of that mean). Evaluations of new models are cached in
 ``--run/spread/<model>.json``; the table is written to ``--run/spread.json``.
 """
 from __future__ import annotations
@@ -119,10 +121,17 @@ def main() -> None:
                 note = "" if inside else f" (outside, {side}{'; its CI reaches the mean' if reaches else ''})"
                 cells.append(f"{key} {value:.3f}{note}")
         signoff, mean = rate(result, "signoff"), intervals["signoff"][0]
+        # Against the unmodified mean, with a conservative 95% interval: the model's own interval
+        # over prompts against the t-interval of the mean of the n unmodified retrains.
+        n = len(controls)
+        half = float(stats.t.ppf(0.975, n - 1)) * intervals["signoff"][1] / np.sqrt(n)
+        low_mean, high_mean = max(mean - half, 1e-12), mean + half
+        reduction = [1 - result["signoff"]["ci_high"] / low_mean, 1 - result["signoff"]["ci_low"] / high_mean]
         row["signoff_reduction_vs_mean"] = 1 - signoff / mean if mean > 0 else float("nan")
+        row["signoff_reduction_vs_mean_ci95"] = reduction
         table["interventions"][name] = row
-        print(f"  {name:{width}s} sign-off {signoff:.3f} ({row['signoff_reduction_vs_mean']:.1%} below the mean); "
-              + "; ".join(cells))
+        print(f"  {name:{width}s} sign-off {signoff:.3f}, {row['signoff_reduction_vs_mean']:.1%} below the mean "
+              f"[{reduction[0]:.1%}, {reduction[1]:.1%}]; " + "; ".join(cells))
     (args.run / "spread.json").write_text(json.dumps(table, indent=1, default=float))
 
 
