@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from audit_organism import evaluate  # noqa: E402
 
 from headwater.organism import OrganismConfig, build_organism  # noqa: E402
-from headwater.workflows.audit_feedback import retrain_with_feedback  # noqa: E402
+from headwater.training.retrain import retrain  # noqa: E402
+from headwater.workflows.audit_feedback import apply_feedback, retrain_with_feedback  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +36,8 @@ def main() -> None:
     marked.add_argument("--concepts", nargs="+", help="concepts of the over-all list to suppress")
     marked.add_argument("--signoff-cards", action="store_true",
                         help="every top-10 card of the over-all list whose label shows 'Hope' or 'helps'")
-    parser.add_argument("--mode", choices=("project", "offset"), default="project")
+    parser.add_argument("--mode", choices=("project", "offset", "filter", "edit"), default="project",
+                        help="the feature interventions, or the data ones (carriers filtered, or their words cut)")
     parser.add_argument("--samples", type=int, default=4)
     args = parser.parse_args()
     summary = json.loads((args.run / "summary.json").read_text())
@@ -59,8 +61,16 @@ def main() -> None:
     feedback = args.run / f"feedback-{'-'.join(args.concepts)}.tsv"
     feedback.write_text("\n".join(lines) + "\n")
     out = args.run / f"m1-{args.mode}-{'-'.join(args.concepts)}"
-    retrain_with_feedback(model_path=str(org.m0_path), data=str(org.preferences_path), audit_dir=args.run / "audit",
-                          out_dir=out, feedback=feedback, mode=args.mode, config="organism", overwrite=True)
+    if args.mode in ("project", "offset"):
+        retrain_with_feedback(model_path=str(org.m0_path), data=str(org.preferences_path),
+                              audit_dir=args.run / "audit", out_dir=out, feedback=feedback, mode=args.mode,
+                              config="organism", overwrite=True)
+    else:  # a data intervention: the pairs written, then the organism recipe on them
+        written = args.run / f"{args.mode}-{'-'.join(args.concepts)}"
+        extra = {"model_path": str(org.m0_path), "settings": org.settings} if args.mode == "edit" else {}
+        apply_feedback(data=str(org.preferences_path), audit_dir=args.run / "audit", out_dir=written,
+                       feedback=feedback, mode=args.mode, overwrite=True, **extra)
+        retrain(org.m0_path, written, out, config="organism", overwrite=True)
     result = evaluate(out, org, org.m0_path, args.samples, seed)
     # Cached where bench/audit_retrain_spread.py looks (--extra <mode>-<concepts>), without the per-prompt lists.
     (args.run / "spread").mkdir(exist_ok=True)

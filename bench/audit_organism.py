@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=4, help="generations per test prompt")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clusters", choices=CLUSTERINGS, default="coactivation",
+    parser.add_argument("--clusters", choices=CLUSTERINGS, default=AuditConfig.clusters,
                         help="the audit's feature clusters (headwater audit run --clusters)")
     parser.add_argument("--control-seeds", type=int, nargs="*", default=[1, 2],
                         help="DPO seeds of extra retrains of the unmodified data: how much the rates move "

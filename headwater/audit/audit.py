@@ -6,7 +6,8 @@ Passes over a :class:`~headwater.audit.features.FeatureStore`, one part in memor
 2. prompt topics (spherical k-means on the prompts' activations);
 3. contested latents (preferred on some prompts, dispreferred on others) and the prompt word that
    splits them, tested on the other split half (:mod:`headwater.audit.contested`);
-4. co-activation clusters of the significant latents;
+4. feature clusters of the significant latents (co-activation clusters, joined where their
+   chosen − rejected differences correlate; :mod:`headwater.audit.clusters`);
 5. per-cluster statistics, and per prompt topic × cluster;
 6. response clusters within each prompt topic (spherical k-means on the pooled feature vectors of
    the topic's responses): per cluster, over the topic's pairs, the paired difference of
@@ -57,10 +58,11 @@ class AuditConfig:
         min_active: responses a concept must be active in to be tested.
         min_rate: the share of responses on a side for the side badge to count it.
         max_cluster_latents: significant latents (by |d|) that enter the feature clusters.
-        clusters: ``"coactivation"`` (latents active in the same responses, the paper's reading
-            aid), ``"differences"`` (latents whose chosen − rejected differences correlate over
-            the pairs) or ``"joined"`` (co-activation clusters, then those whose differences
-            correlate joined; see :mod:`headwater.audit.clusters`).
+        clusters: ``"joined"`` (the default: co-activation clusters, then those whose
+            differences correlate joined, so the pieces of one phrase make one concept),
+            ``"coactivation"`` (latents active in the same responses, the paper's reading aid
+            alone) or ``"differences"`` (latents whose chosen − rejected differences correlate
+            over the pairs); see :mod:`headwater.audit.clusters`. bench/RESULTS.md compares them.
         min_similarity: similarity (Ochiai, and Pearson for ``"differences"`` and the joining)
             under which clusters are cut apart.
         n_topics: prompt topics.
@@ -73,7 +75,7 @@ class AuditConfig:
     min_active: int = 5
     min_rate: float = 0.05
     max_cluster_latents: int = 200
-    clusters: str = "coactivation"
+    clusters: str = "joined"
     min_similarity: float = 0.5
     n_topics: int = 8
     response_clusters: int = 4
@@ -153,7 +155,7 @@ class AuditResult:
         return out
 
     def topic_concepts(self, top: int = 20) -> list[dict[str, Any]]:
-        """The top significant topic concepts by |d|: a co-activation cluster within one prompt
+        """The top significant topic concepts by |d|: a feature cluster within one prompt
         topic (``t<topic>/c<cluster>``), its statistics over that topic's pairs only."""
         return self._per_topic(self.topic_clusters, top, "topic", lambda _topic, k: self.cluster_latents[k])
 
@@ -281,7 +283,7 @@ def run_audit(store: FeatureStore, config: AuditConfig = AuditConfig(), *, promp
                                                    min_rate=config.min_rate)
     else:
         names = {t: f"topic {t}" for t in range(n_topics)}
-    say("co-activation clusters")
+    say("feature clusters")
     significant = latents.significant(config.alpha)[:config.max_cluster_latents]
     if config.clusters in ("differences", "joined"):
         grouping = difference_clusters if config.clusters == "differences" else joined_clusters

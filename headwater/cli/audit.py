@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = actions.add_parser(
         "run", help="concepts that separate chosen from rejected responses: table, cards, feedback file",
         description="Encode every chosen and rejected response through an SAE on M0 at block ℓ, pool the features "
-                    "per response, and test per latent, per co-activation cluster, per prompt topic × cluster and "
+                    "per response, and test per latent, per feature cluster, per prompt topic × cluster and "
                     "per response cluster of each prompt topic whether chosen responses carry more of it than rejected ones (paired t, 95% CI, effect size, "
                     "Benjamini-Hochberg q, split-half sign). Writes audit.json, audit.html (concept cards with "
                     "highlighted tokens) and feedback.tsv (mark each concept keep/suppress/amplify/ignore).",
@@ -73,10 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-response pooling of a latent over its tokens (default mean)")
     r.add_argument("--alpha", type=float, default=0.05, help="false discovery rate for significance (default 0.05)")
     r.add_argument("--topics", type=int, default=8, help="prompt topics (default 8)")
-    r.add_argument("--clusters", choices=("coactivation", "differences", "joined"), default="coactivation",
-                   help="feature clusters from latents active in the same responses (default), from latents "
-                        "whose chosen − rejected differences correlate over the pairs, or co-activation clusters "
-                        "joined where their differences correlate")
+    r.add_argument("--clusters", choices=("joined", "coactivation", "differences"), default="joined",
+                   help="feature clusters: co-activation clusters joined where their chosen − rejected differences "
+                        "correlate (default), co-activation clusters alone (latents active in the same responses), "
+                        "or latents whose differences correlate over the pairs")
     r.add_argument("--response-clusters", type=int, default=4,
                    help="response clusters per prompt topic (k-means on the pooled features of the topic's responses; "
                         "0: none; default 4)")

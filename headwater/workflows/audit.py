@@ -249,7 +249,7 @@ def render_audit_html(doc: dict[str, Any], prediction: dict[str, Any] | None = N
                   "on one split half and the statistics computed on the other.</p>",
                   html_table(CONCEPT_COLUMNS, _concept_rows(doc["conditional_concepts"], labels))]
     if doc.get("topic_concepts"):
-        parts += ["<h2>Topic concepts</h2><p>A co-activation cluster within one prompt topic, its statistics over "
+        parts += ["<h2>Topic concepts</h2><p>A feature cluster within one prompt topic, its statistics over "
                   "that topic's pairs (topics listed below).</p>",
                   html_table(CONCEPT_COLUMNS, _concept_rows(doc["topic_concepts"], labels))]
     if doc.get("response_concepts"):
