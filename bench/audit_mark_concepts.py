@@ -32,6 +32,8 @@ from headwater.workflows.audit_feedback import apply_feedback, retrain_with_feed
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="a bench/audit_organism.py --out directory")
+    parser.add_argument("--directions", choices=("rows", "principal"), default="rows",
+                        help="with --mode project: decoder rows, or their |Δ|-weighted principal directions")
     marked = parser.add_mutually_exclusive_group(required=True)
     marked.add_argument("--concepts", nargs="+", help="concepts of the over-all list to suppress")
     marked.add_argument("--signoff-cards", action="store_true",
@@ -60,11 +62,12 @@ def main() -> None:
         for name in args.concepts]
     feedback = args.run / f"feedback-{'-'.join(args.concepts)}.tsv"
     feedback.write_text("\n".join(lines) + "\n")
-    out = args.run / f"m1-{args.mode}-{'-'.join(args.concepts)}"
+    principal = "-principal" if args.mode == "project" and args.directions == "principal" else ""
+    out = args.run / f"m1-{args.mode}{principal}-{'-'.join(args.concepts)}"
     if args.mode in ("project", "offset"):
         retrain_with_feedback(model_path=str(org.m0_path), data=str(org.preferences_path),
                               audit_dir=args.run / "audit", out_dir=out, feedback=feedback, mode=args.mode,
-                              config="organism", overwrite=True)
+                              directions=args.directions, config="organism", overwrite=True)
     else:  # a data intervention: the pairs written, then the organism recipe on them
         written = args.run / f"{args.mode}-{'-'.join(args.concepts)}"
         extra = {"model_path": str(org.m0_path), "settings": org.settings} if args.mode == "edit" else {}

@@ -144,6 +144,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="project the concept out at ℓ (amplify: add it), or shape the margin (default project)")
     t.add_argument("--strength", type=float, default=1.0,
                    help="offset per typical activation (offset), or the added multiple (project, amplify)")
+    t.add_argument("--directions", choices=["rows", "principal"], default="rows",
+                   help="with --intervention project: every latent's decoder row (default), or the fewest principal "
+                        "directions of those rows, each weighted by its latent's |Δ| in the data, that hold --energy "
+                        "of their mass (suppress only)")
+    t.add_argument("--energy", type=float, default=0.9,
+                   help="with --directions principal: the share of the weighted rows' squared mass kept (default 0.9)")
     t.add_argument("--recipe", choices=sorted(RECIPES), default="organism", help="the DPO recipe (default organism)")
     t.add_argument("--device", default="cpu", help="torch device to train on")
     t.add_argument("--out", required=True, type=Path, help="output directory for M1")
@@ -234,7 +240,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     summary = retrain_with_feedback(model_path=args.model, data=args.data, audit_dir=args.audit, out_dir=args.out,
                                     feedback=args.feedback, mode=args.intervention, strength=args.strength,
-                                    config=args.recipe, split=args.split, on_error=args.on_error,
+                                    directions=args.directions, energy=args.energy, config=args.recipe, split=args.split, on_error=args.on_error,
                                     overwrite=args.overwrite, device=args.device)
     print(json.dumps(summary, indent=2))
     return 0

@@ -25,8 +25,10 @@ from headwater.audit.interventions import (
     ACTING,
     concept_directions,
     data_intervention,
+    latent_deltas,
     margin_offsets,
     membership_sides,
+    principal_directions,
     response_cluster,
 )
 from headwater.audit.prediction import (
@@ -54,6 +56,7 @@ from headwater.training.retrain import retrain
 from headwater.workflows.audit import open_sae, render_audit_html
 
 FEATURE_MODES = ("project", "offset")
+DIRECTIONS = ("rows", "principal")  # what mode="project" takes out: every decoder row, or their weighted principal directions
 APPLY_MODES = (*MODES, "edit")  # the data interventions of `headwater audit apply`
 
 
@@ -171,18 +174,23 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
 
 def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, out_dir: str | Path,
                           feedback: str | Path | None = None, mode: str = "project", strength: float = 1.0,
-                          config: Any = None, split: str | None = None, on_error: str = "raise",
+                          directions: str = "rows", energy: float = 0.9, config: Any = None, split: str | None = None, on_error: str = "raise",
                           overwrite: bool = False, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Retrain M0 on ``data`` with the feature intervention of a feedback file.
 
     ``mode="project"``: suppressed concepts' directions are projected out at ℓ (amplified ones
-    added with scale ``strength``); ``mode="offset"``: reward shaping with margin offsets of
+    added with scale ``strength``). ``directions="rows"`` takes every latent's decoder row;
+    ``"principal"`` (suppress only) the fewest weighted principal directions of those rows that
+    hold ``energy`` of their mass, each row weighted by its latent's |Δ| in the data
+    (:func:`~headwater.audit.interventions.principal_directions`); ``mode="offset"``: reward shaping with margin offsets of
     ``strength`` per typical activation. A conditional concept's offsets apply only to the pairs
     whose prompt has its word, a topic concept's only to its topic's pairs, but their directions
     are projected out on every prompt (a residual edit does not see the prompt).
     """
     if mode not in FEATURE_MODES:
         raise ValueError(f"mode must be one of {FEATURE_MODES}, got {mode!r}")
+    if directions not in DIRECTIONS:
+        raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
     audit = Path(audit_dir)
     doc = _audit(audit)
     decisions = _decisions(audit, feedback)
@@ -201,8 +209,17 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
         if suppress and amplify:
             raise ValueError("mode project edits one way at a time: mark concepts either suppress or amplify")
         latents = suppress or amplify
-        edit = ResidualEdit(layer, concept_directions(sae, latents), "project" if suppress else "add", strength)
-        record["n_directions"] = len(latents)
+        if directions == "principal":
+            if not suppress:
+                raise ValueError("directions='principal' is for suppressed concepts (its directions have no sign "
+                                 "to add); amplify with directions='rows'")
+            weights = np.abs(latent_deltas(store, latents, pooling=doc["config"]["pooling"]))
+            basis = principal_directions(sae, latents, weights, energy=energy)
+        else:
+            basis = concept_directions(sae, latents)
+        edit = ResidualEdit(layer, basis, "project" if suppress else "add", strength)
+        record.update(directions=directions, n_latents=len(latents), n_directions=int(basis.shape[0]),
+                      **({"energy": energy} if directions == "principal" else {}))
     else:
         offsets = margin_offsets(decisions, store, dataset, strength=strength, pooling=doc["config"]["pooling"],
                                  topics=_pair_topics(doc, store),

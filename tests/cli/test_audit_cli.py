@@ -158,6 +158,11 @@ def test_apply_retrain_and_check_from_a_feedback_file(tmp_path, saved_model, cap
                      "--intervention", mode, "--out", str(tmp_path / f"m1-{mode}")]) == 0
         record = json.loads((tmp_path / f"m1-{mode}" / "retrain.json").read_text())
         assert record["feature_intervention"]["mode"] == mode
+    assert main(["audit", "retrain", "--model", str(saved_model), "--data", str(data), "--audit", str(out),
+                 "--directions", "principal", "--energy", "0.5", "--out", str(tmp_path / "m1-principal")]) == 0
+    principal = json.loads((tmp_path / "m1-principal" / "retrain.json").read_text())["feature_intervention"]
+    assert principal["directions"] == "principal" and principal["energy"] == 0.5
+    assert 1 <= principal["n_directions"] <= principal["n_latents"]
     capsys.readouterr()
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me about bread (99).\nTell me about chess (98).\nTell me about stars (97).\n")
