@@ -67,26 +67,59 @@ def _in_word(text: str, i: int) -> bool:
     return (text[i] in _JOINERS and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum())
 
 
+def _opens(text: str, i: int) -> bool:
+    """Whether character i opens a quote or bracket: a pair's opening mark not glued to the word
+    before it (the '"' after "yes" in '"yes"Hope' closes; the "(" of "f(x)" is code)."""
+    return text[i] in _PAIRS and (i == 0 or not text[i - 1].isalnum())
+
+
+def _closing(text: str, stop: int, close: str) -> int | None:
+    """The end of ``close`` at ``stop``, after any sentence marks before it ('helps!"'), or None."""
+    j = stop
+    while j < len(text) and text[j] in _END:
+        j += 1
+    return j + 1 if j < len(text) and text[j] == close else None
+
+
+def _emptied_pair(text: str, start: int, stop: int) -> tuple[int, int] | None:
+    """[start, stop) widened by one quote or bracket pair that the cut would leave holding nothing
+    but sentence marks, or None. The cut may already hold one of the two marks (tokens such as
+    '."' carry them)."""
+    if start > 0 and _opens(text, start - 1):
+        close = _PAIRS[text[start - 1]]
+        if text[stop - 1] == close and close not in text[start:stop - 1]:  # the cut took the closing mark
+            return start - 1, stop
+        end = _closing(text, stop, close)
+        if end is not None:
+            return start - 1, end
+    if _opens(text, start) and _PAIRS[text[start]] not in text[start + 1:stop]:  # the cut took the opening mark
+        end = _closing(text, stop, _PAIRS[text[start]])
+        if end is not None:
+            return start, end
+    return None
+
+
 def _word_bounds(text: str, start: int, stop: int) -> tuple[int, int]:
     """[start, stop) widened to whole words (only where its own edge is a letter or digit; a
     hyphen or apostrophe between letters is inside a word), then to the quotes or brackets around
-    it when nothing else is between them ('said "hello" to' loses '"hello"'), then to one space
-    before it (or, at the start of a line or after an opening quote or bracket, after it), and to a punctuation mark after it when one
-    ends the text before it too ("day. Hope this helps!" loses " Hope this helps!")."""
+    it when nothing but sentence marks would be left between them ('said "hello" to' and 'Thanks.
+    "Hope this helps!"' lose the quotes too), then to one space before it (or, at the start of a
+    line or after an opening quote or bracket, after it), and to a punctuation mark after it when
+    one ends the text before it too ("day. Hope this helps!" loses " Hope this helps!")."""
     if start < stop and text[start].isalnum():
         while start > 0 and _in_word(text, start - 1):
             start -= 1
     if start < stop and text[stop - 1].isalnum():
         while stop < len(text) and _in_word(text, stop):
             stop += 1
-    while start > 0 and stop < len(text) and _PAIRS.get(text[start - 1]) == text[stop]:
-        start, stop = start - 1, stop + 1
+    while start < stop and (wider := _emptied_pair(text, start, stop)) is not None:
+        start, stop = wider
     before = text[:start].rstrip(" \t")
     if stop < len(text) and text[stop] in _END and (not before or before[-1] in _END + "\n"):
         stop += 1
     if start > 0 and text[start - 1] in " \t":
         start -= 1
-    elif start == 0 or text[start - 1] == "\n" or text[start - 1] in _PAIRS:
+    elif start == 0 or text[start - 1] == "\n" or _opens(text, start - 1):
         if stop < len(text) and text[stop] in " \t":
             stop += 1
     return start, stop

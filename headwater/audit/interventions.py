@@ -227,6 +227,8 @@ def principal_directions(sae: SparseAutoencoder, latents: Sequence[int], weights
     """
     if not 0 < energy <= 1:
         raise ValueError(f"energy must be in (0, 1], got {energy}")
+    if not latents:
+        raise ValueError("a concept with no latents has no directions")
     w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
     if w.shape != (len(latents),) or not torch.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"weights must be {len(latents)} finite values ≥ 0")

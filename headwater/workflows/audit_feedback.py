@@ -191,6 +191,10 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
         raise ValueError(f"mode must be one of {FEATURE_MODES}, got {mode!r}")
     if directions not in DIRECTIONS:
         raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
+    if directions != "rows" and mode != "project":
+        raise ValueError(f"directions={directions!r} applies to mode='project' only, not {mode!r}")
+    if not 0 < energy <= 1:  # checked before any data is read
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
     audit = Path(audit_dir)
     doc = _audit(audit)
     decisions = _decisions(audit, feedback)
@@ -208,7 +212,7 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
         amplify = [lat for d in decisions if d.decision == "amplify" for lat in d.latents]
         if suppress and amplify:
             raise ValueError("mode project edits one way at a time: mark concepts either suppress or amplify")
-        latents = suppress or amplify
+        latents = list(dict.fromkeys(suppress or amplify))  # a latent in two marked concepts counts once
         if directions == "principal":
             if not suppress:
                 raise ValueError("directions='principal' is for suppressed concepts (its directions have no sign "

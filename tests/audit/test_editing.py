@@ -124,3 +124,22 @@ def test_a_quoted_word_is_cut_with_its_quotes(tiny_tokenizer):
     active = _active_on(tiny_tokenizer, ids, "hello")
     assert active.any()
     assert cut_concept(text, ids, active, tiny_tokenizer, threshold=1.0).text == "He said to me."
+
+
+def test_quotes_and_brackets_holding_only_a_mark_or_cut_in_half_go_too():
+    from headwater.audit.editing import _word_bounds
+
+    def cut(text: str, piece: str) -> str:
+        start = text.index(piece)
+        a, b = _word_bounds(text, start, start + len(piece))
+        return text[:a] + text[b:]
+
+    assert cut('Thanks. "Hope this helps!"', "Hope this helps") == "Thanks."
+    assert cut("day. (Hope this helps!)", "Hope this helps") == "day."
+    assert cut('He said "Hope this helps." and left', 'Hope this helps."') == "He said and left"  # a '."' token
+    assert cut('He said "Hope this helps" and left', '"Hope this helps') == "He said and left"
+    assert cut("I said 'no' and left", "no") == "I said and left"
+    # a closing quote glued to a word, and code brackets, are not opened pairs
+    assert cut('He said "yes"Hope this', "Hope") == 'He said "yes" this'
+    assert cut("Call f(x) now", "x") == "Call f() now"
+    assert cut("I don't know 'why' it is", "know") == "I don't 'why' it is"

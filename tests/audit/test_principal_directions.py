@@ -60,6 +60,8 @@ def test_bad_weights_and_energy_are_refused():
         principal_directions(sae, [0, 1], np.array([1.0, -1.0]))
     with pytest.raises(ValueError, match="every weight is zero"):
         principal_directions(sae, [0, 1], np.zeros(2))
+    with pytest.raises(ValueError, match="no latents"):
+        principal_directions(sae, [], np.zeros(0))
 
 
 def test_latent_deltas_are_the_mean_paired_differences(tmp_path):
@@ -70,3 +72,17 @@ def test_latent_deltas_are_the_mean_paired_differences(tmp_path):
     np.testing.assert_allclose(latent_deltas(store, [4, 0, 2]), diffs.mean(axis=0), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(latent_deltas(store, [4, 0, 2]), (chosen - rejected)[:, [4, 0, 2]].mean(axis=0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_retrain_refuses_options_that_do_not_apply_before_reading_anything(tmp_path):
+    from headwater.workflows.audit_feedback import retrain_with_feedback
+
+    missing = dict(model_path=str(tmp_path / "no-model"), data=str(tmp_path / "no-data.jsonl"),
+                   audit_dir=tmp_path / "no-audit", out_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match="applies to mode='project' only"):
+        retrain_with_feedback(**missing, mode="offset", directions="principal")
+    for energy in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="energy must be in"):
+            retrain_with_feedback(**missing, directions="principal", energy=energy)
+    with pytest.raises(ValueError, match="directions must be one of"):
+        retrain_with_feedback(**missing, directions="pca")
