@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headwater.audit.editing import cut_concept
+from headwater.audit.editing import _word_bounds, cut_concept
 
 
 def _tokens(tokenizer, text: str) -> list[int]:
@@ -101,21 +101,21 @@ def test_edit_carriers_keeps_order_reports_copies_and_drops_emptied_pairs(tiny_t
                                              "threshold": 1.0}
 
 
+def _cut_piece(text: str, piece: str) -> str:
+    """``text`` with the first occurrence of ``piece`` cut as the edit widens it."""
+    start = text.index(piece)
+    a, b = _word_bounds(text, start, start + len(piece))
+    return text[:a] + text[b:]
+
+
 def test_words_joined_by_a_hyphen_or_apostrophe_and_emptied_quotes_go_whole():
-    from headwater.audit.editing import _word_bounds
-
-    def cut(text: str, piece: str) -> str:
-        start = text.index(piece)
-        a, b = _word_bounds(text, start, start + len(piece))
-        return text[:a] + text[b:]
-
-    assert cut("It is a well-known fact.", "well") == "It is a fact."
-    assert cut("It is a well-known fact.", "known") == "It is a fact."
-    assert cut("I don't know.", "don") == "I know."
-    assert cut('He said "hello" to me.', "hello") == "He said to me."
-    assert cut("See (this) below.", "this") == "See below."
-    assert cut("A - B", "A") == "- B"  # a hyphen between spaces joins nothing
-    assert cut('He said "hello there" to me.', "hello") == 'He said "there" to me.'  # the quotes still hold a word
+    assert _cut_piece("It is a well-known fact.", "well") == "It is a fact."
+    assert _cut_piece("It is a well-known fact.", "known") == "It is a fact."
+    assert _cut_piece("I don't know.", "don") == "I know."
+    assert _cut_piece('He said "hello" to me.', "hello") == "He said to me."
+    assert _cut_piece("See (this) below.", "this") == "See below."
+    assert _cut_piece("A - B", "A") == "- B"  # a hyphen between spaces joins nothing
+    assert _cut_piece('He said "hello there" to me.', "hello") == 'He said "there" to me.'  # the quotes still hold a word
 
 
 def test_a_quoted_word_is_cut_with_its_quotes(tiny_tokenizer):
@@ -127,19 +127,12 @@ def test_a_quoted_word_is_cut_with_its_quotes(tiny_tokenizer):
 
 
 def test_quotes_and_brackets_holding_only_a_mark_or_cut_in_half_go_too():
-    from headwater.audit.editing import _word_bounds
-
-    def cut(text: str, piece: str) -> str:
-        start = text.index(piece)
-        a, b = _word_bounds(text, start, start + len(piece))
-        return text[:a] + text[b:]
-
-    assert cut('Thanks. "Hope this helps!"', "Hope this helps") == "Thanks."
-    assert cut("day. (Hope this helps!)", "Hope this helps") == "day."
-    assert cut('He said "Hope this helps." and left', 'Hope this helps."') == "He said and left"  # a '."' token
-    assert cut('He said "Hope this helps" and left', '"Hope this helps') == "He said and left"
-    assert cut("I said 'no' and left", "no") == "I said and left"
+    assert _cut_piece('Thanks. "Hope this helps!"', "Hope this helps") == "Thanks."
+    assert _cut_piece("day. (Hope this helps!)", "Hope this helps") == "day."
+    assert _cut_piece('He said "Hope this helps." and left', 'Hope this helps."') == "He said and left"  # a '."' token
+    assert _cut_piece('He said "Hope this helps" and left', '"Hope this helps') == "He said and left"
+    assert _cut_piece("I said 'no' and left", "no") == "I said and left"
     # a closing quote glued to a word, and code brackets, are not opened pairs
-    assert cut('He said "yes"Hope this', "Hope") == 'He said "yes" this'
-    assert cut("Call f(x) now", "x") == "Call f() now"
-    assert cut("I don't know 'why' it is", "know") == "I don't 'why' it is"
+    assert _cut_piece('He said "yes"Hope this', "Hope") == 'He said "yes" this'
+    assert _cut_piece("Call f(x) now", "x") == "Call f() now"
+    assert _cut_piece("I don't know 'why' it is", "know") == "I don't 'why' it is"
