@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from audit_organism import evaluate  # noqa: E402
+from audit_organism import evaluate, without_per_prompt, write_json  # noqa: E402
 
+from headwater.engine import atomic  # noqa: E402
 from headwater.organism import OrganismConfig, build_organism  # noqa: E402
 from headwater.training.retrain import retrain  # noqa: E402
 from headwater.workflows.audit_feedback import apply_feedback, retrain_with_feedback  # noqa: E402
@@ -61,7 +62,7 @@ def main() -> None:
         f"{name}\tsuppress\t{','.join(map(str, rows[name]['latents']))}\t{rows[name]['d']:.4f}\tmarked"
         for name in args.concepts]
     feedback = args.run / f"feedback-{'-'.join(args.concepts)}.tsv"
-    feedback.write_text("\n".join(lines) + "\n")
+    atomic.write_text(feedback, "\n".join(lines) + "\n")
     principal = "-principal" if args.mode == "project" and args.directions == "principal" else ""
     out = args.run / f"m1-{args.mode}{principal}-{'-'.join(args.concepts)}"
     if args.mode in ("project", "offset"):
@@ -77,9 +78,7 @@ def main() -> None:
     result = evaluate(out, org, org.m0_path, args.samples, seed)
     # Cached where bench/audit_retrain_spread.py looks (--extra <mode>-<concepts>), without the per-prompt lists.
     (args.run / "spread").mkdir(exist_ok=True)
-    (args.run / "spread" / f"{out.name.removeprefix('m1-')}.json").write_text(json.dumps(
-        {k: (v if k == "capability" else {kk: vv for kk, vv in v.items() if kk != "per_prompt"})
-         for k, v in result.items()}, indent=1, default=float))
+    write_json(args.run / "spread" / f"{out.name.removeprefix('m1-')}.json", without_per_prompt(result))
     controls = [summary["models"][name] for name in ("base", "base-seed1", "base-seed2")]
     base = controls[0]["signoff"]["rate"]
     rate = result["signoff"]["rate"]

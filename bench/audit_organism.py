@@ -46,6 +46,7 @@ from headwater.audit.features import FeatureStore
 from headwater.audit.cards import Decision
 from headwater.audit.clusters import load_centroids
 from headwater.audit.interventions import concept_topic, decision_differences
+from headwater.engine import atomic
 from headwater.audit.sae_training import SAETrainingConfig
 from headwater.methods.cards import words
 from headwater.methods.evaluation import evaluate_model, paired_bootstrap_ci
@@ -117,6 +118,18 @@ def match_concepts(concepts: list[dict], doc: dict, store: FeatureStore, sets: d
                     carrier_recall=hits / max(int(y.sum()), 1))
         out[name] = best
     return out
+
+
+def without_per_prompt(result: dict) -> dict:
+    """An evaluation without its per-prompt lists (the capability scores kept whole): what summaries
+    and caches keep."""
+    return {k: (v if k == "capability" else {kk: vv for kk, vv in v.items() if kk != "per_prompt"})
+            for k, v in result.items()}
+
+
+def write_json(path: Path, value) -> None:
+    """``value`` as JSON, written atomically (numpy scalars as floats)."""
+    atomic.write_text(path, json.dumps(value, indent=1, default=float))
 
 
 def evaluate(model_dir: Path, org, tokenizer_dir: Path, samples: int, seed: int) -> dict:
@@ -242,10 +255,9 @@ def main() -> int:
         "audit": {k: audit[k] for k in ("n_pairs", "n_latents_tested", "n_latents_significant", "n_clusters",
                                          "n_conditional_significant")},
         "planted_matches_top10": matches, "prediction_check": check["agreement"], "decision": decision,
-        "models": {name: {k: (v if k == "capability" else {kk: v[kk] for kk in v if kk != "per_prompt"})
-                          for k, v in m.items()} for name, m in models.items()},
+        "models": {name: without_per_prompt(m) for name, m in models.items()},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    write_json(out / "summary.json", summary)
     print(audit["table"])
     print(json.dumps({"planted_matches_top10": matches, "prediction_check": check["agreement"],
                       "decision": decision}, indent=1, default=float))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from audit_organism import match_concepts, planted_sets  # noqa: E402
+from audit_organism import match_concepts, planted_sets, write_json  # noqa: E402
 
 from headwater.audit.audit import CLUSTERINGS, AuditConfig, run_audit  # noqa: E402
 from headwater.audit.features import FeatureStore  # noqa: E402
@@ -87,9 +87,9 @@ def main() -> None:
         for behaviour, t in by_set.items():
             print(f"  {behaviour}: " + ", ".join(f"{name} {count}" for name, count in t.items()))
     if args.json:
-        args.json.write_text(json.dumps({"organism_seed": summary["seed"], "audit_seeds": args.audit_seeds,
-                                         "topics": args.topics, "response_clusters": args.response_clusters,
-                                         "clusters": args.clusters, "matches": tally}, indent=1))
+        write_json(args.json, {"organism_seed": summary["seed"], "audit_seeds": args.audit_seeds,
+                               "topics": args.topics, "response_clusters": args.response_clusters,
+                               "clusters": args.clusters, "matches": tally})
 
 
 if __name__ == "__main__":

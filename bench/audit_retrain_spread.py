@@ -27,7 +27,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from audit_organism import evaluate  # noqa: E402
+from audit_organism import evaluate, without_per_prompt, write_json  # noqa: E402
 
 from headwater.organism import OrganismConfig, build_organism  # noqa: E402
 from headwater.training.recipes import recipe  # noqa: E402
@@ -83,10 +83,7 @@ def main() -> None:
                 dpo_seed = int(name.removeprefix("base-seed"))
                 retrain(org.m0_path, str(org.preferences_path), model_dir,
                         config=dataclasses.replace(recipe("organism"), seed=dpo_seed), overwrite=True)
-            result = evaluate(model_dir, org, org.m0_path, args.samples, seed)
-            drop = {k: ({kk: vv for kk, vv in v.items() if kk != "per_prompt"} if k != "capability" else v)
-                    for k, v in result.items()}
-            path.write_text(json.dumps(drop, indent=1, default=float))
+            write_json(path, without_per_prompt(evaluate(model_dir, org, org.m0_path, args.samples, seed)))
         return json.loads(path.read_text())
 
     controls = {s: result_of("base" if s == 0 else f"base-seed{s}") for s in args.dpo_seeds}
@@ -132,7 +129,7 @@ def main() -> None:
         table["interventions"][name] = row
         print(f"  {name:{width}s} sign-off {signoff:.3f}, {row['signoff_reduction_vs_mean']:.1%} below the mean "
               f"[{reduction[0]:.1%}, {reduction[1]:.1%}]; " + "; ".join(cells))
-    (args.run / "spread.json").write_text(json.dumps(table, indent=1, default=float))
+    write_json(args.run / "spread.json", table)
 
 
 if __name__ == "__main__":

@@ -130,9 +130,8 @@ def joined_clusters(store: FeatureStore, latents: Sequence[int], *, min_similari
     if similarity is None:
         return clusters
     groups = _cut(list(range(len(clusters))), similarity, min_similarity)
-    joined = [sorted(lat for g in group for lat in clusters[g]) for group in groups]
     order = {lat: k for k, lat in enumerate(dict.fromkeys(int(v) for v in latents))}  # the input's order (by |d|)
-    joined = [sorted(c, key=order.__getitem__) for c in joined]
+    joined = [sorted((lat for g in group for lat in clusters[g]), key=order.__getitem__) for group in groups]
     return sorted(joined, key=lambda c: (-len(c), c[0]))
 
 

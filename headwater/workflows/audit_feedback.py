@@ -174,16 +174,17 @@ def apply_feedback(*, data: str, audit_dir: str | Path, out_dir: str | Path, fee
 
 def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, out_dir: str | Path,
                           feedback: str | Path | None = None, mode: str = "project", strength: float = 1.0,
-                          directions: str = "rows", energy: float = 0.9, config: Any = None, split: str | None = None, on_error: str = "raise",
-                          overwrite: bool = False, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+                          directions: str = "rows", energy: float = 0.9, config: Any = None, split: str | None = None,
+                          on_error: str = "raise", overwrite: bool = False, device: str = "cpu",
+                          progress: bool = False) -> dict[str, Any]:
     """Retrain M0 on ``data`` with the feature intervention of a feedback file.
 
     ``mode="project"``: suppressed concepts' directions are projected out at ℓ (amplified ones
     added with scale ``strength``). ``directions="rows"`` takes every latent's decoder row;
     ``"principal"`` (suppress only) the fewest weighted principal directions of those rows that
     hold ``energy`` of their mass, each row weighted by its latent's |Δ| in the data
-    (:func:`~headwater.audit.interventions.principal_directions`); ``mode="offset"``: reward shaping with margin offsets of
-    ``strength`` per typical activation. A conditional concept's offsets apply only to the pairs
+    (:func:`~headwater.audit.interventions.principal_directions`); ``mode="offset"``: reward
+    shaping with margin offsets of ``strength`` per typical activation. A conditional concept's offsets apply only to the pairs
     whose prompt has its word, a topic concept's only to its topic's pairs, but their directions
     are projected out on every prompt (a residual edit does not see the prompt).
     """
@@ -206,7 +207,7 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
                                             for d in decisions]}
     edit, offsets = None, None
     store = FeatureStore.open(audit / "features")
-    _response_centroids(audit, doc, store, decisions)  # a stale feedback line is refused in either mode
+    centroids = _response_centroids(audit, doc, store, decisions)  # a stale feedback line is refused in either mode
     if mode == "project":
         suppress = [lat for d in decisions if d.decision == "suppress" for lat in d.latents]
         amplify = [lat for d in decisions if d.decision == "amplify" for lat in d.latents]
@@ -226,8 +227,7 @@ def retrain_with_feedback(*, model_path: str, data: str, audit_dir: str | Path, 
                       **({"energy": energy} if directions == "principal" else {}))
     else:
         offsets = margin_offsets(decisions, store, dataset, strength=strength, pooling=doc["config"]["pooling"],
-                                 topics=_pair_topics(doc, store),
-                                 centroids=_response_centroids(audit, doc, store, decisions))
+                                 topics=_pair_topics(doc, store), centroids=centroids)
         record["offsets"] = {"n_nonzero": int(sum(o != 0 for o in offsets)), "min": min(offsets), "max": max(offsets)}
     retrain(model_path, dataset, out_dir, config=config, overwrite=overwrite, device=device, progress=progress,
             margin_offsets=offsets, residual_edit=edit, feature_intervention=record)
